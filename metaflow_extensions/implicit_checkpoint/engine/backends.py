@@ -1,0 +1,224 @@
+"""Storage backends: the small interface the store writes through, and its two implementations.
+
+Paths are '/'-separated and relative to the backend's root. The store only ever builds
+paths from validated parts (see keys.py), never from raw user input.
+
+- ``LocalDirBackend``: a plain directory. Atomic writes (temp file + rename), optional
+  fsync, reads straight into the caller's buffer.
+- ``MetaflowStorageBackend``: Metaflow's own datastore storage (``flow_datastore._storage_impl``:
+  local, S3, Azure, GCS), so remote datastores run the same store code.
+"""
+
+import io
+import os
+import uuid
+from abc import ABC, abstractmethod
+from typing import Iterable, List, Sequence, Tuple
+
+
+class StorageBackend(ABC):
+    """What the checkpoint store needs from a storage system."""
+
+    #: Short name shown in messages ("local", "s3", ...).
+    TYPE = "abstract"
+
+    @abstractmethod
+    def write(self, path: str, parts: Sequence, durable: bool) -> None:
+        """Store the concatenation of ``parts`` (bytes-like) at ``path``, all or nothing."""
+
+    @abstractmethod
+    def read_into(self, path: str, buffer: memoryview) -> int:
+        """Fill ``buffer`` from the start of ``path``; return the number of bytes read.
+
+        Raises FileNotFoundError when ``path`` does not exist.
+        """
+
+    @abstractmethod
+    def read(self, path: str) -> bytes:
+        """The whole content of ``path``; FileNotFoundError when it does not exist."""
+
+    @abstractmethod
+    def exists_many(self, paths: Sequence[str]) -> List[bool]:
+        """For each path, whether it exists."""
+
+    @abstractmethod
+    def list_dir(self, path: str) -> List[Tuple[str, bool]]:
+        """The entries directly under ``path`` as ``(name, is_dir)``; [] when absent."""
+
+    @abstractmethod
+    def delete(self, paths: Iterable[str]) -> None:
+        """Remove the given files; missing ones are ignored."""
+
+    def describe(self, path: str = "") -> str:
+        """A human-readable location, for messages."""
+        return path
+
+
+class LocalDirBackend(StorageBackend):
+    """A directory on a local file system."""
+
+    TYPE = "local"
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+
+    def _full(self, path: str) -> str:
+        return os.path.join(self.root, *path.split("/"))
+
+    def describe(self, path: str = "") -> str:
+        return self._full(path)
+
+    def write(self, path: str, parts: Sequence, durable: bool) -> None:
+        full = self._full(path)
+        directory = os.path.dirname(full)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, ".tmp-%s-%s" % (os.path.basename(full), uuid.uuid4().hex))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            for part in parts:
+                view = memoryview(part).cast("B")
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            if durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, full)
+        if durable:
+            # Makes the rename itself durable. ext4 journals renames in order, so the
+            # manifest's rename (written last) being durable implies the blobs' are too.
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def read_into(self, path: str, buffer: memoryview) -> int:
+        with open(self._full(path), "rb", buffering=0) as f:
+            view = memoryview(buffer).cast("B")
+            total = 0
+            while total < len(view):
+                n = f.readinto(view[total:])
+                if not n:
+                    break
+                total += n
+            return total
+
+    def read(self, path: str) -> bytes:
+        with open(self._full(path), "rb") as f:
+            return f.read()
+
+    def exists_many(self, paths: Sequence[str]) -> List[bool]:
+        return [os.path.exists(self._full(p)) for p in paths]
+
+    def list_dir(self, path: str) -> List[Tuple[str, bool]]:
+        try:
+            with os.scandir(self._full(path)) as entries:
+                return [
+                    (e.name, e.is_dir())
+                    for e in entries
+                    if not e.name.startswith(".tmp-")
+                ]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def delete(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            try:
+                os.remove(self._full(path))
+            except FileNotFoundError:
+                pass
+
+
+class _PartsReader(io.RawIOBase):
+    """A read-only file over a sequence of buffers, so uploads stream without joining them."""
+
+    def __init__(self, parts: Sequence):
+        self._parts = [memoryview(p).cast("B") for p in parts]
+        self._index = 0
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        out = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(out) and self._index < len(self._parts):
+            part = self._parts[self._index]
+            n = min(len(part) - self._offset, len(out) - filled)
+            out[filled : filled + n] = part[self._offset : self._offset + n]
+            filled += n
+            self._offset += n
+            if self._offset == len(part):
+                self._index += 1
+                self._offset = 0
+        return filled
+
+
+class MetaflowStorageBackend(StorageBackend):
+    """Metaflow's datastore storage (``flow_datastore._storage_impl``), wrapped.
+
+    That object is private Metaflow API; this class is the only place that touches it.
+    Paths are relative to its ``datastore_root``.
+    """
+
+    def __init__(self, storage_impl):
+        self._storage = storage_impl
+        self.TYPE = storage_impl.TYPE
+
+    def describe(self, path: str = "") -> str:
+        return self._storage.full_uri(path) if path else self._storage.datastore_root
+
+    def write(self, path: str, parts: Sequence, durable: bool) -> None:
+        # Metaflow's storages write whole objects atomically (temp file + rename
+        # locally, a single PUT on object stores).
+        self._storage.save_bytes([(path, _PartsReader(parts))], overwrite=True, len_hint=1)
+
+    def read_into(self, path: str, buffer: memoryview) -> int:
+        with self._storage.load_bytes([path]) as loaded:
+            for _, local_path, _ in loaded:
+                if local_path is None:
+                    raise FileNotFoundError(self.describe(path))
+                return LocalDirBackend(os.path.dirname(local_path)).read_into(
+                    os.path.basename(local_path), buffer
+                )
+        raise FileNotFoundError(self.describe(path))
+
+    def read(self, path: str) -> bytes:
+        with self._storage.load_bytes([path]) as loaded:
+            for _, local_path, _ in loaded:
+                if local_path is None:
+                    raise FileNotFoundError(self.describe(path))
+                with open(local_path, "rb") as f:
+                    return f.read()
+        raise FileNotFoundError(self.describe(path))
+
+    def exists_many(self, paths: Sequence[str]) -> List[bool]:
+        if not paths:
+            return []
+        return [bool(x) for x in self._storage.is_file(list(paths))]
+
+    def list_dir(self, path: str) -> List[Tuple[str, bool]]:
+        prefix = path.rstrip("/")
+        entries = []
+        for result in self._storage.list_content([prefix]):
+            name = result.path.rstrip("/").rsplit("/", 1)[-1]
+            if not name.startswith(".tmp-"):
+                entries.append((name, not result.is_file))
+        return entries
+
+    def delete(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
+        if not paths:
+            return
+        if self.TYPE == "local":
+            LocalDirBackend(self._storage.datastore_root).delete(paths)
+            return
+        raise NotImplementedError(
+            "Deleting checkpoints is not supported on the %r datastore yet." % self.TYPE
+        )

@@ -1,0 +1,111 @@
+"""Field selection: which attributes of the step a save captures.
+
+By default: every public attribute the step assigned in this task, except functions,
+classes and modules, and except Metaflow's own names. ``include`` replaces that default
+with the attributes matching its names or fnmatch patterns (parent artifacts included);
+``exclude`` removes matches from the default.
+"""
+
+import fnmatch
+import types
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+from .errors import CheckpointException
+
+#: Attributes Metaflow itself puts on a flow object; never captured by default.
+METAFLOW_NAMES = frozenset(
+    {"name", "input", "index", "foreach_stack", "cmd", "script_name", "merge_artifacts", "next"}
+)
+
+_NOT_STATE = (
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.BuiltinMethodType,
+    types.ModuleType,
+    type,
+)
+
+
+def is_pattern(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def normalize_patterns(value: Any, argument: str, step: str) -> Optional[List[str]]:
+    """Turn an include/exclude argument into a list of names/patterns, or raise clearly.
+
+    Accepts a list or tuple of strings, or one string (comma-separated, as ``--with``
+    passes it).
+    """
+    if value is None or value == "" or value == "None":
+        return None
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, str) and v for v in value
+    ):
+        raise CheckpointException(
+            "@checkpoint(%s=...) on step *%s* must be a list of attribute names or "
+            "fnmatch patterns, e.g. %s=[\"model\", \"optimizer*\"]; got %r."
+            % (argument, step, argument, value)
+        )
+    return list(value)
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _is_state(name: str, value: Any) -> bool:
+    return (
+        not name.startswith("_")
+        and name not in METAFLOW_NAMES
+        and not isinstance(value, _NOT_STATE)
+    )
+
+
+class FieldSelector:
+    """Applies a step's include/exclude rules to the attributes available at save time."""
+
+    def __init__(self, include: Optional[List[str]] = None, exclude: Optional[List[str]] = None):
+        self.include = include
+        self.exclude = exclude or []
+
+    def select(
+        self,
+        assigned: Dict[str, Any],
+        available_names: Iterable[str] = (),
+        lookup: Optional[Callable[[str], Any]] = None,
+        step: str = None,
+    ) -> Dict[str, Any]:
+        """Return ``{field name: value}`` for one save, in a stable (sorted) order.
+
+        ``assigned``: attributes the step assigned in this task.
+        ``available_names`` / ``lookup``: other readable attributes (parent artifacts),
+        considered only when ``include`` names them.
+        """
+        if self.include is None:
+            return {
+                name: assigned[name]
+                for name in sorted(assigned)
+                if _is_state(name, assigned[name]) and not _matches(name, self.exclude)
+            }
+        candidates = set(assigned) | set(available_names)
+        chosen = {}
+        for name in sorted(candidates):
+            if name.startswith("_") or not _matches(name, self.include):
+                continue
+            chosen[name] = assigned[name] if name in assigned else lookup(name)
+        missing = [
+            pattern
+            for pattern in self.include
+            if not is_pattern(pattern) and pattern not in chosen
+        ]
+        if missing:
+            raise CheckpointException(
+                "@checkpoint(include=...) on step *%s* names %s, but the step has no "
+                "such attribute at save() time. Assign it before saving (self.%s = ...) "
+                "or remove it from include."
+                % (step, ", ".join(repr(m) for m in missing), missing[0])
+            )
+        return chosen

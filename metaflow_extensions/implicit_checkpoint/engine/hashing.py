@@ -1,0 +1,24 @@
+"""The content hash that names every blob.
+
+BLAKE3: a cryptographic hash (so a blob's name is a trustworthy integrity check, and
+content addressing cannot collide by accident) that runs at memory speed on this class
+of machine (about 4.5 GB/s per core, measured in benchmarks/), so it is never the
+bottleneck of a save or a load.
+"""
+
+from typing import Iterable
+
+import blake3
+
+#: Buffers at least this large are hashed with several threads.
+_MULTITHREAD_BYTES = 16 * 1024 * 1024
+
+
+def content_hash(parts: Iterable) -> str:
+    """Hex BLAKE3 digest of the concatenation of ``parts`` (bytes-like objects)."""
+    parts = list(parts)
+    big = sum(memoryview(p).nbytes for p in parts) >= _MULTITHREAD_BYTES
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if big else 1)
+    for part in parts:
+        hasher.update(part)
+    return hasher.hexdigest()

@@ -1,0 +1,57 @@
+"""I/O preparation: how a save's buffers are cut into blobs.
+
+Large buffers are split into fixed-size chunks, one blob each, so a big tensor is
+written and read by several threads at once and an unchanged chunk dedups on its own.
+Small buffers (biases, norms, pickled skeletons) are packed together into a few blobs,
+so a model with hundreds of small tensors does not become hundreds of tiny files.
+Nothing is copied: a blob is a list of views into the original buffers.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Sequence, Tuple
+
+CHUNK_BYTES = 64 * 1024 * 1024
+SMALL_BYTES = 1024 * 1024
+PACK_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class PlannedBlob:
+    parts: List[memoryview] = field(default_factory=list)
+    size: int = 0
+
+    def append(self, view: memoryview) -> int:
+        """Add ``view`` at the end; return its offset in the blob."""
+        offset = self.size
+        self.parts.append(view)
+        self.size += len(view)
+        return offset
+
+
+#: Where one buffer's bytes live: ``(blob index, offset in blob, length)``, in order.
+Extents = List[Tuple[int, int, int]]
+
+
+def plan_blobs(buffers: Sequence[memoryview]) -> Tuple[List[PlannedBlob], List[Extents]]:
+    """Cut ``buffers`` into blobs; return the blobs and, per buffer, its extents."""
+    blobs: List[PlannedBlob] = []
+    extents: List[Extents] = []
+    pack_index = None
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        if len(view) == 0:
+            extents.append([])
+        elif len(view) < SMALL_BYTES:
+            if pack_index is None or blobs[pack_index].size + len(view) > PACK_BYTES:
+                pack_index = len(blobs)
+                blobs.append(PlannedBlob())
+            offset = blobs[pack_index].append(view)
+            extents.append([(pack_index, offset, len(view))])
+        else:
+            own = []
+            for start in range(0, len(view), CHUNK_BYTES):
+                chunk = view[start : start + CHUNK_BYTES]
+                blobs.append(PlannedBlob([chunk], len(chunk)))
+                own.append((len(blobs) - 1, 0, len(chunk)))
+            extents.append(own)
+    return blobs, extents

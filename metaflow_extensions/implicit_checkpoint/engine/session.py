@@ -1,0 +1,223 @@
+"""One task's checkpointing: save, load, inspect, list, and finding where to resume.
+
+This is what ``current.checkpoint`` is. It knows nothing of Metaflow: the task's
+identity, its attributes (an ``AttributeSource``) and the object to restore onto are
+handed in, so it runs the same in a flow and in a unit test.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from .artifact import CheckpointArtifact, Reference, key_of
+from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
+from .fields import FieldSelector
+from .keys import CheckpointKey, split_pathspec, validate_name
+from .manifest import normalize_metadata, public_view
+from .restore import apply_fields
+from .rng import capture_rng_state, restore_rng_state
+from .snapshot import read_rng_state, read_snapshot, write_snapshot
+from .store import CheckpointStore
+
+LOAD_POLICIES = ("fresh", "eager", "none")
+DEFAULT_NAME = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TaskIdentity:
+    flow: str
+    run_id: str
+    step: str
+    task_id: str
+    attempt: int
+    foreach_indices: Tuple[int, ...] = ()
+
+    @property
+    def pathspec(self) -> str:
+        return "/".join((self.flow, self.run_id, self.step, self.task_id))
+
+
+@dataclass
+class AttributeSource:
+    """What a save can capture: attributes assigned in this task, and others readable."""
+
+    assigned: Callable[[], Dict[str, Any]]
+    available_names: Callable[[], Iterable[str]] = lambda: ()
+    lookup: Optional[Callable[[str], Any]] = None
+
+
+class CheckpointSession:
+    """Checkpointing for one task attempt (``current.checkpoint``)."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        task: TaskIdentity,
+        source: AttributeSource,
+        target: Any,
+        selector: Optional[FieldSelector] = None,
+        rng: bool = True,
+        load_policy: str = "fresh",
+    ):
+        self._store = store
+        self._task = task
+        self._source = source
+        self._target = target
+        self._selector = selector or FieldSelector()
+        self._rng = rng
+        self._load_policy = load_policy
+        self._next_version: Optional[int] = None
+        self._resume_point: Optional[CheckpointArtifact] = None
+        self._parent: Optional[str] = None  # key of the checkpoint this attempt resumed from
+        self._saved: List[CheckpointArtifact] = []
+        self.on_commit: List[Callable[[CheckpointArtifact, dict], None]] = []
+
+    # -- task start ------------------------------------------------------------------
+
+    def start(self) -> Optional[CheckpointArtifact]:
+        """Find the checkpoint to resume from (per ``load_policy``); it is not loaded yet."""
+        if self._load_policy == "none" or self._task.attempt == 0:
+            self._next_version = 1 if self._task.attempt == 0 else None
+            return None
+        keys = self._task_keys()
+        self._next_version = max((k.version for k in keys), default=0) + 1
+        earlier = [k for k in keys if k.attempt < self._task.attempt]
+        for key in reversed(earlier):
+            try:
+                self._resume_point = CheckpointArtifact.from_manifest(
+                    self._store.read_manifest(key)
+                )
+                break
+            except CheckpointCorrupted as ex:
+                print("@checkpoint: skipping damaged checkpoint: %s" % ex, file=sys.stderr)
+        return self._resume_point
+
+    def _task_keys(self) -> List[CheckpointKey]:
+        t = self._task
+        return self._store.list_keys(t.flow, t.run_id, t.step, t.task_id)
+
+    # -- public surface --------------------------------------------------------------
+
+    @property
+    def is_loaded(self) -> bool:
+        """True when a checkpoint to resume from was found at task start."""
+        return self._resume_point is not None
+
+    @property
+    def loaded(self) -> Optional[CheckpointArtifact]:
+        """The checkpoint found at task start, or None."""
+        return self._resume_point
+
+    def save(
+        self, name: str = DEFAULT_NAME, metadata: Optional[dict] = None, blocking: bool = True
+    ) -> CheckpointArtifact:
+        """Snapshot the step's attributes; return once the checkpoint is committed."""
+        t = self._task
+        validate_name(name, t.step)
+        metadata = normalize_metadata(metadata, t.step)
+        fields = self._selector.select(
+            self._source.assigned(),
+            self._source.available_names(),
+            self._source.lookup,
+            t.step,
+        )
+        if self._next_version is None:
+            self._next_version = max((k.version for k in self._task_keys()), default=0) + 1
+        key = CheckpointKey(t.flow, t.run_id, t.step, t.task_id, t.attempt, name, self._next_version)
+        manifest = write_snapshot(
+            self._store,
+            key,
+            fields,
+            metadata,
+            parent=self._parent,
+            rng_state=capture_rng_state() if self._rng else None,
+            extra={"foreach_indices": list(t.foreach_indices)},
+        )
+        self._next_version += 1
+        artifact = CheckpointArtifact.from_manifest(manifest)
+        self._saved.append(artifact)
+        for listener in self.on_commit:
+            listener(artifact, manifest)
+        return artifact
+
+    def wait(self) -> None:
+        """Block until background saves are committed (every save is synchronous for now)."""
+
+    def load(self, reference: Optional[Reference] = None) -> CheckpointArtifact:
+        """Restore a checkpoint's fields onto the step (and RNG state, when captured)."""
+        key = self._resolve(reference, for_what="load")
+        manifest = self._store.read_manifest(key)
+        values = read_snapshot(self._store, manifest)
+        apply_fields(self._target, values, str(key))
+        if self._rng:
+            state = read_rng_state(self._store, manifest)
+            if state:
+                restore_rng_state(state)
+        self._parent = str(key)
+        return CheckpointArtifact.from_manifest(manifest)
+
+    def inspect(self, reference: Optional[Reference] = None) -> dict:
+        """The checkpoint's manifest, without reading any field data."""
+        if reference is None and self._resume_point is None and self._saved:
+            reference = self._saved[-1]
+        key = self._resolve(reference, for_what="inspect")
+        return public_view(self._store.read_manifest(key))
+
+    def list(
+        self, name: Optional[str] = None, task: Any = None, attempt: Optional[int] = None
+    ) -> List[CheckpointArtifact]:
+        """Committed checkpoints of a task (default: this one), oldest first."""
+        if task is None:
+            flow, run_id, step, task_id = (
+                self._task.flow,
+                self._task.run_id,
+                self._task.step,
+                self._task.task_id,
+            )
+        else:
+            flow, run_id, step, task_id = split_pathspec(getattr(task, "pathspec", task))
+        return list_artifacts(self._store, flow, run_id, step, task_id, name, attempt)
+
+    def _resolve(self, reference: Optional[Reference], for_what: str) -> CheckpointKey:
+        if reference is not None:
+            return key_of(reference)
+        if self._resume_point is None:
+            raise CheckpointNotFound(
+                "current.checkpoint.%s() in step *%s* has no checkpoint to %s: %s. "
+                "Guard the call with `if current.checkpoint.is_loaded:`, or pass a "
+                "checkpoint (an artifact from list(), or its key)."
+                % (for_what, self._task.step, for_what, self._why_nothing_found())
+            )
+        return CheckpointKey.parse(self._resume_point.key)
+
+    def _why_nothing_found(self) -> str:
+        if self._load_policy == "none":
+            return "load_policy='none' never looks for one"
+        if self._task.attempt == 0:
+            return "this is the task's first attempt (attempt 0)"
+        return "no earlier attempt of this task committed a checkpoint"
+
+
+def list_artifacts(
+    store: CheckpointStore,
+    flow: str,
+    run_id: str,
+    step: str,
+    task_id: str,
+    name: Optional[str] = None,
+    attempt: Optional[int] = None,
+) -> List[CheckpointArtifact]:
+    """Committed checkpoints of one task, oldest first, skipping damaged manifests."""
+    if name is not None:
+        validate_name(name, step)
+    if attempt is not None and (not isinstance(attempt, int) or attempt < 0):
+        raise CheckpointException("list(attempt=...) must be an int >= 0; got %r." % (attempt,))
+    artifacts = []
+    for key in store.list_keys(flow, run_id, step, task_id, attempt):
+        if name is not None and key.name != name:
+            continue
+        try:
+            artifacts.append(CheckpointArtifact.from_manifest(store.read_manifest(key)))
+        except CheckpointCorrupted as ex:
+            print("@checkpoint: skipping damaged checkpoint: %s" % ex, file=sys.stderr)
+    return artifacts

@@ -1,0 +1,219 @@
+"""The checkpoint store: content-addressed blobs and committed manifests on a backend.
+
+Layout under the backend root (the flow datastore root)::
+
+    <Flow>/_implicit_checkpoints/blobs/<h[:2]>/<h>              one blob, named by its hash
+    <Flow>/_implicit_checkpoints/tasks/<run>/<step>/<task>/<attempt>/<version>.<name>.manifest
+
+Blobs are shared by every checkpoint of a flow, so unchanged data is stored once across
+saves, attempts, foreach siblings and runs. A checkpoint exists exactly when its
+manifest does; the manifest is written after all of its blobs, and every blob is
+verified against its hash when read.
+"""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .backends import StorageBackend
+from .errors import CheckpointCorrupted, CheckpointNotFound, CheckpointStorageError
+from .hashing import content_hash
+from .keys import CheckpointKey, is_valid_name
+from .layout import PlannedBlob
+from .manifest import pack_manifest, unpack_manifest
+
+ROOT = "_implicit_checkpoints"
+_MANIFEST_SUFFIX = ".manifest"
+
+
+@dataclass
+class BlobRead:
+    """One blob to read, and where its bytes go: ``(offset in blob, destination view)``."""
+
+    hash: str
+    size: int
+    targets: List[Tuple[int, memoryview]]
+    label: str  # what the bytes belong to, for error messages ("field 'model'")
+
+
+class CheckpointStore:
+    """Reads and writes checkpoints of any flow on one storage backend."""
+
+    def __init__(self, backend: StorageBackend, durable: bool = True, workers: int = 4):
+        self.backend = backend
+        self.durable = durable
+        self._workers = workers
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._lock = threading.Lock()
+        # Blobs known to exist (written or seen by this process): never checked twice.
+        self._known_blobs = set()
+        self._manifest_cache: Dict[str, dict] = {}
+
+    # -- paths -----------------------------------------------------------------------
+
+    @staticmethod
+    def blob_path(flow: str, digest: str) -> str:
+        return "%s/%s/blobs/%s/%s" % (flow, ROOT, digest[:2], digest)
+
+    @staticmethod
+    def task_dir(flow: str, run_id: str, step: str, task_id: str) -> str:
+        return "%s/%s/tasks/%s/%s/%s" % (flow, ROOT, run_id, step, task_id)
+
+    @classmethod
+    def manifest_path(cls, key: CheckpointKey) -> str:
+        return "%s/%d/%08d.%s%s" % (
+            cls.task_dir(key.flow, key.run_id, key.step, key.task_id),
+            key.attempt,
+            key.version,
+            key.name,
+            _MANIFEST_SUFFIX,
+        )
+
+    # -- blobs -----------------------------------------------------------------------
+
+    def _map(self, fn, items: Sequence) -> list:
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(
+                        max_workers=self._workers, thread_name_prefix="checkpoint-io"
+                    )
+        return list(self._pool.map(fn, items))
+
+    def put_blobs(self, flow: str, blobs: Sequence[PlannedBlob]) -> Tuple[List[str], int]:
+        """Hash and store ``blobs`` (skipping ones that exist); return hashes, bytes written."""
+
+        def put(blob: PlannedBlob) -> Tuple[str, int]:
+            digest = content_hash(blob.parts)
+            with self._lock:
+                if digest in self._known_blobs:
+                    return digest, 0
+                # Claimed now so a twin blob of the same save is written once.
+                self._known_blobs.add(digest)
+            path = self.blob_path(flow, digest)
+            try:
+                if self.backend.exists_many([path])[0]:
+                    return digest, 0
+                self.backend.write(path, blob.parts, self.durable)
+            except BaseException as ex:
+                with self._lock:
+                    self._known_blobs.discard(digest)
+                if isinstance(ex, Exception):
+                    raise CheckpointStorageError(
+                        "Could not write blob %s to %s: %s"
+                        % (digest, self.backend.describe(path), ex)
+                    ) from ex
+                raise
+            return digest, blob.size
+
+        results = self._map(put, list(blobs))
+        return [digest for digest, _ in results], sum(written for _, written in results)
+
+    def read_blobs(self, flow: str, reads: Sequence[BlobRead], key: str) -> None:
+        """Read each blob into its targets, verifying its hash. Raises CheckpointCorrupted."""
+
+        def read(request: BlobRead) -> None:
+            path = self.blob_path(flow, request.hash)
+            whole = (
+                len(request.targets) == 1
+                and request.targets[0][0] == 0
+                and len(request.targets[0][1]) == request.size
+            )
+            buffer = request.targets[0][1] if whole else memoryview(bytearray(request.size))
+            try:
+                n = self.backend.read_into(path, buffer)
+            except FileNotFoundError:
+                raise CheckpointCorrupted(
+                    "Checkpoint %s: the data of %s is missing (blob %s not found at %s)."
+                    % (key, request.label, request.hash, self.backend.describe(path)),
+                    key=key,
+                    field=request.label,
+                )
+            if n != request.size or content_hash([buffer]) != request.hash:
+                raise CheckpointCorrupted(
+                    "Checkpoint %s: the data of %s failed its integrity check (blob %s "
+                    "at %s has %d bytes, expected %d, or different content). The stored "
+                    "bytes were altered; load an earlier checkpoint."
+                    % (
+                        key,
+                        request.label,
+                        request.hash,
+                        self.backend.describe(path),
+                        n,
+                        request.size,
+                    ),
+                    key=key,
+                    field=request.label,
+                )
+            if not whole:
+                for offset, target in request.targets:
+                    target[:] = buffer[offset : offset + len(target)]
+
+        self._map(read, list(reads))
+
+    # -- manifests -------------------------------------------------------------------
+
+    def commit(self, key: CheckpointKey, manifest: dict) -> None:
+        """Write the manifest: from this moment the checkpoint exists."""
+        path = self.manifest_path(key)
+        try:
+            self.backend.write(path, [pack_manifest(manifest)], self.durable)
+        except Exception as ex:
+            raise CheckpointStorageError(
+                "Could not commit checkpoint %s to %s: %s"
+                % (key, self.backend.describe(path), ex)
+            ) from ex
+        self._manifest_cache[str(key)] = manifest
+
+    def read_manifest(self, key: CheckpointKey) -> dict:
+        text = str(key)
+        cached = self._manifest_cache.get(text)
+        if cached is not None:
+            return cached
+        path = self.manifest_path(key)
+        try:
+            data = self.backend.read(path)
+        except FileNotFoundError:
+            raise CheckpointNotFound(
+                "No committed checkpoint %s (looked for %s)."
+                % (text, self.backend.describe(path))
+            )
+        manifest = unpack_manifest(data, text)
+        self._manifest_cache[text] = manifest
+        return manifest
+
+    def list_keys(
+        self, flow: str, run_id: str, step: str, task_id: str, attempt: Optional[int] = None
+    ) -> List[CheckpointKey]:
+        """Committed checkpoint keys of one task, oldest (lowest version) first."""
+        task_dir = self.task_dir(flow, run_id, step, task_id)
+        if attempt is None:
+            attempts = sorted(
+                int(name) for name, is_dir in self.backend.list_dir(task_dir)
+                if is_dir and name.isdigit()
+            )
+        else:
+            attempts = [attempt]
+        keys = []
+        for number in attempts:
+            for name, is_dir in self.backend.list_dir("%s/%d" % (task_dir, number)):
+                key = self._key_from_filename(flow, run_id, step, task_id, number, name)
+                if not is_dir and key is not None:
+                    keys.append(key)
+        return sorted(keys, key=lambda k: (k.version, k.attempt, k.name))
+
+    @staticmethod
+    def _key_from_filename(flow, run_id, step, task_id, attempt, filename):
+        if not filename.endswith(_MANIFEST_SUFFIX):
+            return None
+        version, _, name = filename[: -len(_MANIFEST_SUFFIX)].partition(".")
+        if not version.isdigit() or not is_valid_name(name):
+            return None
+        return CheckpointKey(flow, run_id, step, task_id, attempt, name, int(version))
+
+    def delete_manifest(self, key: CheckpointKey) -> None:
+        self.backend.delete([self.manifest_path(key)])
+        self._manifest_cache.pop(str(key), None)

@@ -1,0 +1,1 @@
+STEP_DECORATORS_DESC = [("checkpoint", ".checkpoint_decorator.CheckpointDecorator")]

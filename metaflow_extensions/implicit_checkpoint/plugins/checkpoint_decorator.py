@@ -1,0 +1,186 @@
+from metaflow import current
+from metaflow.decorators import StepDecorator
+
+from ..engine.errors import CheckpointConfigError
+from ..engine.fields import FieldSelector, normalize_patterns
+from ..engine.session import LOAD_POLICIES, AttributeSource, CheckpointSession, TaskIdentity
+from .assignment_tracking import stop_tracking, track_assignments
+from .store_binding import store_for_datastore
+
+
+class CheckpointDecorator(StepDecorator):
+    """
+    Makes a step crash-safe: `current.checkpoint.save()` snapshots the step's own
+    attributes (`self.model`, `self.epoch`, ...) into the datastore, and after a crash
+    the next attempt (with `@retry`) finds the newest committed checkpoint, so that
+    `current.checkpoint.load()` puts every attribute back on `self`.
+
+    ```
+    @retry(times=3)
+    @checkpoint
+    @step
+    def train(self):
+        self.model = Net()
+        self.optimizer = torch.optim.Adam(self.model.parameters())
+        self.epoch = 0
+        if current.checkpoint.is_loaded:
+            current.checkpoint.load()
+        while self.epoch < 10:
+            ...
+            self.epoch += 1
+            current.checkpoint.save(metadata={"loss": loss})
+    ```
+
+    Parameters
+    ----------
+    include : List[str], optional, default None
+        Capture only the attributes matching these names or fnmatch patterns
+        (an included parent artifact is captured too).
+    exclude : List[str], optional, default None
+        Never capture attributes matching these names or patterns.
+        Mutually exclusive with `include`.
+    load_policy : str, default "fresh"
+        "fresh": on a retry, resume from the newest checkpoint of this task's earlier
+        attempts. "eager": like "fresh"; if there is none, the newest checkpoint of the
+        same flow, step and foreach index from earlier runs. "none": never resume.
+    keep_last : int, optional, default None
+        Per checkpoint name, keep only the newest N checkpoints (None keeps all).
+    keep_best : int, optional, default None
+        Per checkpoint name, also keep the best N by `best_metric`.
+    best_metric : str, optional, default None
+        The metadata key that `keep_best` ranks by.
+    best_mode : str, default "min"
+        "min" or "max": whether a lower or a higher `best_metric` is better.
+    rng : bool, default True
+        Save captures the Python, numpy and torch random generator states; load
+        restores them.
+    card : bool, default True
+        Attach the live checkpoint card to this step.
+    """
+
+    name = "checkpoint"
+    defaults = {
+        "include": None,
+        "exclude": None,
+        "load_policy": "fresh",
+        "keep_last": None,
+        "keep_best": None,
+        "best_metric": None,
+        "best_mode": "min",
+        "rng": True,
+        "card": True,
+    }
+
+    def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
+        self._step_name = step_name
+        self._flow_datastore = flow_datastore
+        attrs = self.attributes
+        include = normalize_patterns(attrs["include"], "include", step_name)
+        exclude = normalize_patterns(attrs["exclude"], "exclude", step_name)
+        if include is not None and exclude is not None:
+            raise CheckpointConfigError(
+                "@checkpoint on step *%s*: include and exclude are mutually exclusive. "
+                "Pass include=[...] to capture only those attributes, or exclude=[...] "
+                "to capture everything else, not both." % step_name
+            )
+        if attrs["load_policy"] not in LOAD_POLICIES:
+            raise CheckpointConfigError(
+                "@checkpoint(load_policy=%r) on step *%s*: load_policy must be one of %s."
+                % (attrs["load_policy"], step_name, ", ".join(map(repr, LOAD_POLICIES)))
+            )
+        keep_last = self._count(attrs["keep_last"], "keep_last")
+        keep_best = self._count(attrs["keep_best"], "keep_best")
+        best_metric = attrs["best_metric"]
+        if best_metric is not None and (not isinstance(best_metric, str) or not best_metric):
+            raise CheckpointConfigError(
+                "@checkpoint(best_metric=%r) on step *%s*: best_metric is the name of a "
+                "metadata key, e.g. best_metric=\"val_loss\"." % (best_metric, step_name)
+            )
+        if keep_best is not None and best_metric is None:
+            raise CheckpointConfigError(
+                "@checkpoint(keep_best=%d) on step *%s* needs best_metric: the metadata "
+                "key to rank checkpoints by, e.g. best_metric=\"val_loss\"."
+                % (keep_best, step_name)
+            )
+        if attrs["best_mode"] not in ("min", "max"):
+            raise CheckpointConfigError(
+                "@checkpoint(best_mode=%r) on step *%s*: best_mode must be 'min' (lower "
+                "is better) or 'max'." % (attrs["best_mode"], step_name)
+            )
+        self._selector = FieldSelector(include, exclude)
+        self._keep_last, self._keep_best = keep_last, keep_best
+        self._rng = self._flag(attrs["rng"], "rng")
+        self._card = self._flag(attrs["card"], "card")
+
+    def _count(self, value, argument):
+        if value is None or value == "None":
+            return None
+        try:
+            number = int(value)
+            valid = number >= 1 and float(value) == number and not isinstance(value, bool)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise CheckpointConfigError(
+                "@checkpoint(%s=%r) on step *%s*: %s must be a positive whole number "
+                "(or None to keep every checkpoint)."
+                % (argument, value, self._step_name, argument)
+            )
+        return number
+
+    def _flag(self, value, argument):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise CheckpointConfigError(
+            "@checkpoint(%s=%r) on step *%s*: %s must be True or False."
+            % (argument, value, self._step_name, argument)
+        )
+
+    def task_pre_step(
+        self,
+        step_name,
+        task_datastore,
+        metadata,
+        run_id,
+        task_id,
+        flow,
+        graph,
+        retry_count,
+        max_user_code_retries,
+        ubf_context,
+        inputs,
+    ):
+        self._flow = flow
+        log = track_assignments(flow)
+        parents = flow._datastore
+        task = TaskIdentity(
+            flow=flow.name,
+            run_id=str(run_id),
+            step=step_name,
+            task_id=str(task_id),
+            attempt=int(retry_count),
+            foreach_indices=tuple(frame.index for frame in getattr(flow, "_foreach_stack", []) or []),
+        )
+        source = AttributeSource(
+            assigned=lambda: log.assigned_values(flow),
+            available_names=lambda: [name for name, _ in parents.items()] if parents else [],
+            lookup=lambda name: getattr(flow, name),
+        )
+        self._session = CheckpointSession(
+            store_for_datastore(self._flow_datastore),
+            task,
+            source,
+            target=flow,
+            selector=self._selector,
+            rng=self._rng,
+            load_policy=self.attributes["load_policy"],
+        )
+        self._session.start()
+        current._update_env({"checkpoint": self._session})
+
+    def task_finished(
+        self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries
+    ):
+        stop_tracking(flow)

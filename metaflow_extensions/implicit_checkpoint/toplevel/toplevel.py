@@ -1,0 +1,2 @@
+__mf_extensions__ = "implicit-checkpoint"
+__version__ = "0.1.0"

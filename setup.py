@@ -1,0 +1,26 @@
+from setuptools import find_namespace_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="metaflow-implicit-checkpoint",
+    version="0.1.0",
+    description="Crash-safe Metaflow steps: @checkpoint saves and restores the step's own attributes.",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    packages=find_namespace_packages(include=["metaflow_extensions.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "metaflow>=2.19.39",
+        "cloudpickle>=3.0",
+        "msgpack>=1.0",
+        # BLAKE3: a cryptographic content hash at memory speed (see engine/hashing.py).
+        "blake3>=1.0",
+    ],
+    extras_require={
+        "torch": ["torch>=2.1"],
+        "s3": ["boto3>=1.28"],
+        "test": ["pytest>=8", "numpy>=1.24", "boto3>=1.28", "moto[server]>=5.0"],
+    },
+)
