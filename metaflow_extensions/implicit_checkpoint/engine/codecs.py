@@ -201,7 +201,9 @@ def decode_field(codec: str, payload: bytes, tensors: Mapping[int, Any]) -> Any:
 
 def plain_preview(value: Any) -> Tuple[bool, Any]:
     """``(True, value)`` when ``value`` is a short JSON-safe scalar worth showing inline."""
-    if value is None or type(value) in (bool, int, float):
+    if value is None or type(value) in (bool, float):
+        return True, value
+    if type(value) is int and -(2**63) <= value < 2**63:
         return True, value
     if type(value) is str and len(value) <= 200:
         return True, value

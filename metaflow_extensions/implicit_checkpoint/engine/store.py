@@ -205,6 +205,17 @@ class CheckpointStore:
                     keys.append(key)
         return sorted(keys, key=lambda k: (k.version, k.attempt, k.name))
 
+    def list_run_tasks(self, flow: str, run_id: str) -> List[Tuple[str, str]]:
+        """``(step, task_id)`` of every task of a run that has checkpoint records."""
+        run_dir = "%s/%s/tasks/%s" % (flow, ROOT, run_id)
+        tasks = []
+        for step, step_is_dir in self.backend.list_dir(run_dir):
+            if step_is_dir:
+                for task_id, is_dir in self.backend.list_dir("%s/%s" % (run_dir, step)):
+                    if is_dir:
+                        tasks.append((step, task_id))
+        return sorted(tasks)
+
     @staticmethod
     def _key_from_filename(flow, run_id, step, task_id, attempt, filename):
         if not filename.endswith(_MANIFEST_SUFFIX):

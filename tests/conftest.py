@@ -1,0 +1,116 @@
+"""Shared fixtures: an isolated Metaflow world per test, and helpers to run real flows."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_FLOWS = REPO / "tests" / "flows"
+EXAMPLE_FLOWS = REPO / "flows"
+
+
+class MetaflowWorld:
+    """A private METAFLOW_HOME, local datastore and metadata under one directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("METAFLOW_", "AWS_"))
+        }
+        self.env.update(
+            {
+                "USERNAME": "tester",
+                "METAFLOW_HOME": str(root),
+                "METAFLOW_DEFAULT_DATASTORE": "local",
+                "METAFLOW_DEFAULT_METADATA": "local",
+                "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(root),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+
+    @property
+    def datastore_root(self) -> Path:
+        return self.root / ".metaflow"
+
+    def run_flow(self, flow: Path, *args: str, check: bool = True, timeout: int = 300):
+        """Run ``python flow.py run ARGS`` and return the completed process (output merged)."""
+        proc = subprocess.run(
+            [sys.executable, str(flow), "--no-pylint", "run", *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError("flow %s failed:\n%s" % (flow.name, proc.stdout[-6000:]))
+        return proc
+
+    def command(self, flow: Path, *args: str, check: bool = True, timeout: int = 120):
+        """Run ``python flow.py ARGS`` (any Metaflow command) and return the process."""
+        proc = subprocess.run(
+            [sys.executable, str(flow), "--no-pylint", *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError("command %s failed:\n%s" % (args, proc.stdout[-6000:]))
+        return proc
+
+    def python(self, code: str, timeout: int = 120):
+        """Run ``code`` in a separate Python process (a "notebook") and return the JSON it
+        prints on its last line."""
+        proc = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code)],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+        )
+        if proc.returncode != 0:
+            raise AssertionError("notebook process failed:\n%s\n%s" % (proc.stdout, proc.stderr))
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def latest_run_id(self, flow_name: str) -> str:
+        return self.python(
+            """
+            import json
+            from metaflow import Flow, namespace
+            namespace(None)
+            print(json.dumps(Flow(%r).latest_run.id))
+            """
+            % flow_name
+        )
+
+
+@pytest.fixture
+def world(tmp_path) -> MetaflowWorld:
+    root = tmp_path / "mf"
+    root.mkdir()
+    return MetaflowWorld(root)
+
+
+@pytest.fixture
+def write_flow(tmp_path):
+    """Write a flow file from source text and return its path."""
+
+    def write(source: str, name: str = "flow_under_test.py") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    return write

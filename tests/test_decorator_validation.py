@@ -1,0 +1,54 @@
+"""Bad @checkpoint arguments fail in step_init, before any task runs."""
+
+import re
+
+import pytest
+
+FLOW = """
+from metaflow import FlowSpec, checkpoint, step
+
+class BadArgsFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.train)
+
+    @checkpoint({args})
+    @step
+    def train(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+if __name__ == "__main__":
+    BadArgsFlow()
+"""
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ('include=["a"], exclude=["b"]', ["mutually exclusive", "include", "exclude"]),
+        ('load_policy="lazy"', ["load_policy", "'lazy'", "'fresh', 'eager', 'none'"]),
+        ("keep_last=-1", ["keep_last", "-1", "positive"]),
+        ("keep_best=-2", ["keep_best", "positive"]),
+        ("keep_best=2", ["keep_best", "best_metric"]),
+        ('best_mode="lowest"', ["best_mode", "'lowest'", "'min'"]),
+        ('include="*", rng="maybe"', ["rng", "'maybe'"]),
+        ("include=[3]", ["include", "list of attribute names"]),
+    ],
+)
+def test_bad_arguments_fail_before_any_task(world, write_flow, args, expected):
+    proc = world.run_flow(write_flow(FLOW.format(args=args)), check=False)
+    assert proc.returncode != 0
+    assert "Task is starting" not in proc.stdout
+    # Metaflow prints *name* in bold, i.e. without the asterisks.
+    assert re.search(r"step \*?train\*?", proc.stdout), proc.stdout
+    for text in expected:
+        assert text in proc.stdout, proc.stdout
+
+
+def test_good_arguments_run(world, write_flow):
+    args = 'exclude=["tmp_*"], load_policy="none", keep_last=2, keep_best=1, best_metric="loss", best_mode="max", rng=False, card=False'
+    world.run_flow(write_flow(FLOW.format(args=args)))
