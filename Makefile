@@ -15,13 +15,24 @@ $(STAMP): setup.py constraints.txt
 setup: $(STAMP)
 
 demo: setup
-	PYTHON=$(BIN)/python ./scripts/demo.sh
+	PYTHON=$(CURDIR)/$(BIN)/python ./scripts/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest tests
 
-bench: setup
-	$(BIN)/python benchmarks/run.py
+# The benchmarks get their own environment: the peers they compare against are never
+# dependencies of the package.
+BENCH_VENV := benchmarks/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): setup.py constraints.txt benchmarks/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt \
+		--config-settings editable_mode=compat -e ".[torch]" -r benchmarks/requirements.txt
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) demo-output test-output
+	rm -rf $(VENV) $(BENCH_VENV) demo-output test-output

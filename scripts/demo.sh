@@ -17,7 +17,7 @@ echo "== Training with a simulated hard crash after epoch 3 (attempt 0 dies, @re
 
 echo
 echo "== Checkpoints of the train step, from the datastore =="
-"$PY" "$ROOT/scripts/show_checkpoints.py" TrainResumeFlow train
+"$PY" "$ROOT/scripts/show_checkpoints.py" TrainResumeFlow
 
 cat <<MSG
 

@@ -56,6 +56,7 @@ class TensorTable:
     def __init__(self):
         self.specs: List[TensorSpec] = []
         self.data: List[memoryview] = []
+        self.sources: List[int] = []  # id() of each tensor's object
         self._index_by_id: Dict[int, int] = {}
         self._keepalive: List[Any] = []
 
@@ -66,6 +67,7 @@ class TensorTable:
             index = len(self.specs)
             self.specs.append(spec)
             self.data.append(data)
+            self.sources.append(id(obj))
             self._index_by_id[id(obj)] = index
             # Holding obj keeps id(obj) from being reused by another object mid-save.
             self._keepalive.append((obj, keepalive))

@@ -14,6 +14,11 @@ import blake3
 _MULTITHREAD_BYTES = 16 * 1024 * 1024
 
 
+def new_hasher():
+    """An incremental hasher (``update()``, ``hexdigest()``) for streaming writes."""
+    return blake3.blake3()
+
+
 def content_hash(parts: Iterable) -> str:
     """Hex BLAKE3 digest of the concatenation of ``parts`` (bytes-like objects)."""
     parts = list(parts)

@@ -8,7 +8,7 @@ Nothing is copied: a blob is a list of views into the original buffers.
 """
 
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import Hashable, List, Optional, Sequence, Tuple
 
 CHUNK_BYTES = 64 * 1024 * 1024
 SMALL_BYTES = 1024 * 1024
@@ -19,6 +19,9 @@ PACK_BYTES = 4 * 1024 * 1024
 class PlannedBlob:
     parts: List[memoryview] = field(default_factory=list)
     size: int = 0
+    #: For a chunk of a large buffer: (the buffer's source, offset). The store uses it
+    #: to remember whether this chunk was unchanged last time.
+    slot: Optional[Tuple[Hashable, int]] = None
 
     def append(self, view: memoryview) -> int:
         """Add ``view`` at the end; return its offset in the blob."""
@@ -32,12 +35,17 @@ class PlannedBlob:
 Extents = List[Tuple[int, int, int]]
 
 
-def plan_blobs(buffers: Sequence[memoryview]) -> Tuple[List[PlannedBlob], List[Extents]]:
-    """Cut ``buffers`` into blobs; return the blobs and, per buffer, its extents."""
+def plan_blobs(
+    buffers: Sequence[memoryview], sources: Sequence[Optional[Hashable]]
+) -> Tuple[List[PlannedBlob], List[Extents]]:
+    """Cut ``buffers`` into blobs; return the blobs and, per buffer, its extents.
+
+    ``sources[i]`` identifies where buffer i came from (a tensor), or is None.
+    """
     blobs: List[PlannedBlob] = []
     extents: List[Extents] = []
     pack_index = None
-    for buffer in buffers:
+    for buffer, source in zip(buffers, sources):
         view = memoryview(buffer).cast("B")
         if len(view) == 0:
             extents.append([])
@@ -51,7 +59,8 @@ def plan_blobs(buffers: Sequence[memoryview]) -> Tuple[List[PlannedBlob], List[E
             own = []
             for start in range(0, len(view), CHUNK_BYTES):
                 chunk = view[start : start + CHUNK_BYTES]
-                blobs.append(PlannedBlob([chunk], len(chunk)))
+                slot = None if source is None else (source, start)
+                blobs.append(PlannedBlob([chunk], len(chunk), slot))
                 own.append((len(blobs) - 1, 0, len(chunk)))
             extents.append(own)
     return blobs, extents

@@ -49,12 +49,14 @@ def write_snapshot(
 
     # Every buffer to store: tensor bytes first, then payloads too big to inline.
     buffers: List[memoryview] = list(table.data)
+    sources: List[Optional[int]] = list(table.sources)
     payload_buffer: Dict[str, int] = {}
     for name, enc in _with_rng(encoded, rng_encoded):
         if len(enc.payload) > INLINE_BYTES:
             payload_buffer[name] = len(buffers)
             buffers.append(memoryview(enc.payload))
-    blobs, extents = plan_blobs(buffers)
+            sources.append(None)
+    blobs, extents = plan_blobs(buffers, sources)
     hashes, bytes_written = store.put_blobs(key.flow, blobs)
 
     def located(buffer_index: int) -> list:

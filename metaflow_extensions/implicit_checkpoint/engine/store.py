@@ -48,6 +48,8 @@ class CheckpointStore:
         self._lock = threading.Lock()
         # Blobs known to exist (written or seen by this process): never checked twice.
         self._known_blobs = set()
+        # Per chunk slot of the previous save: was its content already stored?
+        self._slot_unchanged: Dict[tuple, bool] = {}
         self._manifest_cache: Dict[str, dict] = {}
 
     # -- paths -----------------------------------------------------------------------
@@ -55,6 +57,10 @@ class CheckpointStore:
     @staticmethod
     def blob_path(flow: str, digest: str) -> str:
         return "%s/%s/blobs/%s/%s" % (flow, ROOT, digest[:2], digest)
+
+    @staticmethod
+    def _blob_dir(flow: str) -> str:
+        return "%s/%s/blobs" % (flow, ROOT)
 
     @staticmethod
     def task_dir(flow: str, run_id: str, step: str, task_id: str) -> str:
@@ -84,33 +90,56 @@ class CheckpointStore:
         return list(self._pool.map(fn, items))
 
     def put_blobs(self, flow: str, blobs: Sequence[PlannedBlob]) -> Tuple[List[str], int]:
-        """Hash and store ``blobs`` (skipping ones that exist); return hashes, bytes written."""
+        """Hash and store ``blobs`` (skipping ones that exist); return hashes, bytes written.
+
+        A chunk that changed since the previous save (or is new) is hashed and written
+        in one pass; one that was unchanged last time is hashed first, since it most
+        likely exists already.
+        """
+        slot_unchanged = {}
 
         def put(blob: PlannedBlob) -> Tuple[str, int]:
-            digest = content_hash(blob.parts)
-            with self._lock:
-                if digest in self._known_blobs:
-                    return digest, 0
-                # Claimed now so a twin blob of the same save is written once.
-                self._known_blobs.add(digest)
-            path = self.blob_path(flow, digest)
+            speculate = blob.slot is not None and not self._slot_unchanged.get(blob.slot, False)
             try:
-                if self.backend.exists_many([path])[0]:
-                    return digest, 0
-                self.backend.write(path, blob.parts, self.durable)
-            except BaseException as ex:
-                with self._lock:
-                    self._known_blobs.discard(digest)
-                if isinstance(ex, Exception):
-                    raise CheckpointStorageError(
-                        "Could not write blob %s to %s: %s"
-                        % (digest, self.backend.describe(path), ex)
-                    ) from ex
+                if speculate:
+                    digest, written = self.backend.write_hashed(
+                        blob.parts, self.durable, lambda d: self.blob_path(flow, d), self._blob_dir(flow)
+                    )
+                    with self._lock:
+                        self._known_blobs.add(digest)
+                else:
+                    digest, written = self._put_checked(flow, blob)
+            except CheckpointStorageError:
                 raise
-            return digest, blob.size
+            except Exception as ex:
+                raise CheckpointStorageError(
+                    "Could not write a blob to %s: %s" % (self.backend.describe(self._blob_dir(flow)), ex)
+                ) from ex
+            if blob.slot is not None:
+                slot_unchanged[blob.slot] = not written
+            return digest, blob.size if written else 0
 
         results = self._map(put, list(blobs))
+        self._slot_unchanged = slot_unchanged
         return [digest for digest, _ in results], sum(written for _, written in results)
+
+    def _put_checked(self, flow: str, blob: PlannedBlob) -> Tuple[str, bool]:
+        digest = content_hash(blob.parts)
+        with self._lock:
+            if digest in self._known_blobs:
+                return digest, False
+            # Claimed now so a twin blob of the same save is written once.
+            self._known_blobs.add(digest)
+        path = self.blob_path(flow, digest)
+        try:
+            if self.backend.exists_many([path])[0]:
+                return digest, False
+            self.backend.write(path, blob.parts, self.durable)
+        except BaseException:
+            with self._lock:
+                self._known_blobs.discard(digest)
+            raise
+        return digest, True
 
     def read_blobs(self, flow: str, reads: Sequence[BlobRead], key: str) -> None:
         """Read each blob into its targets, verifying its hash. Raises CheckpointCorrupted."""
