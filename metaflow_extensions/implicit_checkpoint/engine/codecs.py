@@ -21,7 +21,7 @@ import io
 import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import cloudpickle
 import msgpack
@@ -56,7 +56,8 @@ class TensorTable:
     def __init__(self):
         self.specs: List[TensorSpec] = []
         self.data: List[memoryview] = []
-        self.sources: List[int] = []  # id() of each tensor's object
+        # (id, version counter) of each tensor's object: a hint of what changed.
+        self.sources: List[Tuple[int, Optional[int]]] = []
         self._index_by_id: Dict[int, int] = {}
         self._keepalive: List[Any] = []
 
@@ -67,7 +68,7 @@ class TensorTable:
             index = len(self.specs)
             self.specs.append(spec)
             self.data.append(data)
-            self.sources.append(id(obj))
+            self.sources.append((id(obj), getattr(obj, "_version", None)))
             self._index_by_id[id(obj)] = index
             # Holding obj keeps id(obj) from being reused by another object mid-save.
             self._keepalive.append((obj, keepalive))

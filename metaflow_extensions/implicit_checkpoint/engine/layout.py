@@ -19,9 +19,10 @@ PACK_BYTES = 4 * 1024 * 1024
 class PlannedBlob:
     parts: List[memoryview] = field(default_factory=list)
     size: int = 0
-    #: For a chunk of a large buffer: (the buffer's source, offset). The store uses it
-    #: to remember whether this chunk was unchanged last time.
+    #: For a chunk of a large buffer: ((source identity, offset), source version). The
+    #: store uses it to guess whether the chunk changed since the previous save.
     slot: Optional[Tuple[Hashable, int]] = None
+    version: Optional[int] = None
 
     def append(self, view: memoryview) -> int:
         """Add ``view`` at the end; return its offset in the blob."""
@@ -40,7 +41,8 @@ def plan_blobs(
 ) -> Tuple[List[PlannedBlob], List[Extents]]:
     """Cut ``buffers`` into blobs; return the blobs and, per buffer, its extents.
 
-    ``sources[i]`` identifies where buffer i came from (a tensor), or is None.
+    ``sources[i]`` is ``(identity, version)`` of the tensor buffer i came from (version
+    None when the kind of tensor has no version counter), or None.
     """
     blobs: List[PlannedBlob] = []
     extents: List[Extents] = []
@@ -59,8 +61,9 @@ def plan_blobs(
             own = []
             for start in range(0, len(view), CHUNK_BYTES):
                 chunk = view[start : start + CHUNK_BYTES]
-                slot = None if source is None else (source, start)
-                blobs.append(PlannedBlob([chunk], len(chunk), slot))
+                slot = None if source is None else (source[0], start)
+                version = None if source is None else source[1]
+                blobs.append(PlannedBlob([chunk], len(chunk), slot, version))
                 own.append((len(blobs) - 1, 0, len(chunk)))
             extents.append(own)
     return blobs, extents

@@ -49,7 +49,7 @@ def write_snapshot(
 
     # Every buffer to store: tensor bytes first, then payloads too big to inline.
     buffers: List[memoryview] = list(table.data)
-    sources: List[Optional[int]] = list(table.sources)
+    sources: List[Optional[tuple]] = list(table.sources)
     payload_buffer: Dict[str, int] = {}
     for name, enc in _with_rng(encoded, rng_encoded):
         if len(enc.payload) > INLINE_BYTES:

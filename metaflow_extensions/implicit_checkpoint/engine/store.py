@@ -48,8 +48,8 @@ class CheckpointStore:
         self._lock = threading.Lock()
         # Blobs known to exist (written or seen by this process): never checked twice.
         self._known_blobs = set()
-        # Per chunk slot of the previous save: was its content already stored?
-        self._slot_unchanged: Dict[tuple, bool] = {}
+        # Per chunk slot of the previous save: (source version, was it already stored?)
+        self._previous_slots: Dict[tuple, Tuple[Optional[int], bool]] = {}
         self._manifest_cache: Dict[str, dict] = {}
 
     # -- paths -----------------------------------------------------------------------
@@ -92,16 +92,15 @@ class CheckpointStore:
     def put_blobs(self, flow: str, blobs: Sequence[PlannedBlob]) -> Tuple[List[str], int]:
         """Hash and store ``blobs`` (skipping ones that exist); return hashes, bytes written.
 
-        A chunk that changed since the previous save (or is new) is hashed and written
-        in one pass; one that was unchanged last time is hashed first, since it most
-        likely exists already.
+        A chunk that probably changed since the previous save (or is new) is hashed
+        and written in one pass; one that probably did not is hashed first and written
+        only if missing. The guess only picks the faster path: both store the same bytes.
         """
-        slot_unchanged = {}
+        slots = {}
 
         def put(blob: PlannedBlob) -> Tuple[str, int]:
-            speculate = blob.slot is not None and not self._slot_unchanged.get(blob.slot, False)
             try:
-                if speculate:
+                if self._probably_changed(blob):
                     digest, written = self.backend.write_hashed(
                         blob.parts, self.durable, lambda d: self.blob_path(flow, d), self._blob_dir(flow)
                     )
@@ -116,12 +115,23 @@ class CheckpointStore:
                     "Could not write a blob to %s: %s" % (self.backend.describe(self._blob_dir(flow)), ex)
                 ) from ex
             if blob.slot is not None:
-                slot_unchanged[blob.slot] = not written
+                slots[blob.slot] = (blob.version, not written)
             return digest, blob.size if written else 0
 
         results = self._map(put, list(blobs))
-        self._slot_unchanged = slot_unchanged
+        self._previous_slots = slots
         return [digest for digest, _ in results], sum(written for _, written in results)
+
+    def _probably_changed(self, blob: PlannedBlob) -> bool:
+        if blob.slot is None:
+            return False
+        previous = self._previous_slots.get(blob.slot)
+        if previous is None:
+            return True
+        version, was_unchanged = previous
+        if blob.version is not None and version is not None:
+            return blob.version != version
+        return not was_unchanged
 
     def _put_checked(self, flow: str, blob: PlannedBlob) -> Tuple[str, bool]:
         digest = content_hash(blob.parts)
