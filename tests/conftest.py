@@ -41,20 +41,9 @@ class MetaflowWorld:
 
     def run_flow(self, flow: Path, *args: str, check: bool = True, timeout: int = 300):
         """Run ``python flow.py run ARGS`` and return the completed process (output merged)."""
-        proc = subprocess.run(
-            [sys.executable, str(flow), "--no-pylint", "run", *args],
-            cwd=self.root,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError("flow %s failed:\n%s" % (flow.name, proc.stdout[-6000:]))
-        return proc
+        return self.command(flow, "run", *args, check=check, timeout=timeout)
 
-    def command(self, flow: Path, *args: str, check: bool = True, timeout: int = 120):
+    def command(self, flow: Path, *args: str, check: bool = True, timeout: int = 300):
         """Run ``python flow.py ARGS`` (any Metaflow command) and return the process."""
         proc = subprocess.run(
             [sys.executable, str(flow), "--no-pylint", *args],
@@ -66,7 +55,7 @@ class MetaflowWorld:
             timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError("command %s failed:\n%s" % (args, proc.stdout[-6000:]))
+            raise AssertionError("%s %s failed:\n%s" % (flow.name, " ".join(args), proc.stdout[-6000:]))
         return proc
 
     def python(self, code: str, timeout: int = 120):
