@@ -5,7 +5,6 @@ ours run at the same durability: "fsync" rows fsync every file written, "no fsyn
 rows none.
 """
 
-import os
 import shutil
 import sys
 from pathlib import Path

@@ -8,7 +8,6 @@ shown. On disk the body is framed with a magic, the format version and a BLAKE3 
 so a damaged manifest is detected like a damaged blob.
 """
 
-import math
 import numbers
 from datetime import datetime, timezone
 from typing import Any, Dict
@@ -108,6 +107,3 @@ def normalize_metadata(metadata: Any, step: str = None) -> Dict[str, Any]:
 
     return plain(metadata, "metadata")
 
-
-def is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -6,7 +6,7 @@ handed in, so it runs the same in a flow and in a unit test.
 """
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .artifact import CheckpointArtifact, Reference, key_of
