@@ -15,7 +15,8 @@ import os
 import sys
 import uuid
 from abc import ABC, abstractmethod
-from typing import Callable, Iterable, List, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
 
 from .hashing import content_hash, new_hasher
 
@@ -49,6 +50,17 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)
+
+
+#: Prefix of files being written; readers never see them, gc sweeps stale ones.
+TEMP_PREFIX = ".tmp-"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: str  # relative to the backend root
+    size: int
+    mtime: float  # seconds since the epoch
 
 
 class StorageBackend(ABC):
@@ -103,6 +115,14 @@ class StorageBackend(ABC):
     def delete(self, paths: Iterable[str]) -> None:
         """Remove the given files; missing ones are ignored."""
 
+    @abstractmethod
+    def walk_files(self, prefix: str) -> Iterator[StoredFile]:
+        """Every file under ``prefix``, at any depth (temp files included)."""
+
+    @abstractmethod
+    def touch(self, paths: Sequence[str]) -> List[bool]:
+        """Set each file's modification time to now; False for files that do not exist."""
+
     def describe(self, path: str = "") -> str:
         """A human-readable location, for messages."""
         return path
@@ -151,7 +171,7 @@ class LocalDirBackend(StorageBackend):
 
     @staticmethod
     def _write_temp(directory: str, parts: Sequence, durable: bool, hasher=None) -> str:
-        tmp = os.path.join(directory, ".tmp-%s" % uuid.uuid4().hex)
+        tmp = os.path.join(directory, TEMP_PREFIX + uuid.uuid4().hex)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             offset = 0
@@ -212,7 +232,7 @@ class LocalDirBackend(StorageBackend):
                 return [
                     (e.name, e.is_dir())
                     for e in entries
-                    if not e.name.startswith(".tmp-")
+                    if not e.name.startswith(TEMP_PREFIX)
                 ]
         except (FileNotFoundError, NotADirectoryError):
             return []
@@ -223,6 +243,27 @@ class LocalDirBackend(StorageBackend):
                 os.remove(self._full(path))
             except FileNotFoundError:
                 pass
+
+    def walk_files(self, prefix: str) -> Iterator[StoredFile]:
+        top = self._full(prefix)
+        for directory, _, files in os.walk(top):
+            relative = os.path.relpath(directory, self.root).replace(os.sep, "/")
+            for name in files:
+                try:
+                    info = os.stat(os.path.join(directory, name))
+                except FileNotFoundError:
+                    continue
+                yield StoredFile("%s/%s" % (relative, name), info.st_size, info.st_mtime)
+
+    def touch(self, paths: Sequence[str]) -> List[bool]:
+        found = []
+        for path in paths:
+            try:
+                os.utime(self._full(path))
+                found.append(True)
+            except FileNotFoundError:
+                found.append(False)
+        return found
 
 
 class _PartsReader(io.RawIOBase):
@@ -299,17 +340,23 @@ class MetaflowStorageBackend(StorageBackend):
         entries = []
         for result in self._storage.list_content([prefix]):
             name = result.path.rstrip("/").rsplit("/", 1)[-1]
-            if not name.startswith(".tmp-"):
+            if not name.startswith(TEMP_PREFIX):
                 entries.append((name, not result.is_file))
         return entries
 
+    def _local(self) -> LocalDirBackend:
+        """The same files through the local-directory backend (local datastore only)."""
+        if self.TYPE != "local":
+            raise NotImplementedError(
+                "This operation is not supported on the %r datastore yet." % self.TYPE
+            )
+        return LocalDirBackend(self._storage.datastore_root)
+
     def delete(self, paths: Iterable[str]) -> None:
-        paths = list(paths)
-        if not paths:
-            return
-        if self.TYPE == "local":
-            LocalDirBackend(self._storage.datastore_root).delete(paths)
-            return
-        raise NotImplementedError(
-            "Deleting checkpoints is not supported on the %r datastore yet." % self.TYPE
-        )
+        self._local().delete(paths)
+
+    def walk_files(self, prefix: str) -> Iterator[StoredFile]:
+        return self._local().walk_files(prefix)
+
+    def touch(self, paths: Sequence[str]) -> List[bool]:
+        return self._local().touch(paths)

@@ -93,34 +93,70 @@ class CheckpointStore:
         """Hash and store ``blobs`` (skipping ones that exist); return hashes, bytes written.
 
         A chunk that probably changed since the previous save (or is new) is hashed
-        and written in one pass; one that probably did not is hashed first and written
-        only if missing. The guess only picks the faster path: both store the same bytes.
+        and written in one pass. The others are hashed first; those this process has not
+        seen are checked for existence in one batched call, and only missing ones are
+        written. The guess only picks the faster path: both store the same bytes.
         """
-        slots = {}
+        blobs = list(blobs)
+        one_pass = [self._probably_changed(blob) for blob in blobs]
+        checked = [i for i, fast in enumerate(one_pass) if not fast]
+        digests: List[Optional[str]] = [None] * len(blobs)
+        for i, digest in zip(checked, self._map(lambda i: content_hash(blobs[i].parts), checked)):
+            digests[i] = digest
+        self._learn_existing(flow, {digests[i] for i in checked})
 
-        def put(blob: PlannedBlob) -> Tuple[str, int]:
-            try:
-                if self._probably_changed(blob):
-                    digest, written = self.backend.write_hashed(
-                        blob.parts, self.durable, lambda d: self.blob_path(flow, d), self._blob_dir(flow)
-                    )
-                    with self._lock:
-                        self._known_blobs.add(digest)
-                else:
-                    digest, written = self._put_checked(flow, blob)
-            except CheckpointStorageError:
-                raise
-            except Exception as ex:
-                raise CheckpointStorageError(
-                    "Could not write a blob to %s: %s" % (self.backend.describe(self._blob_dir(flow)), ex)
-                ) from ex
-            if blob.slot is not None:
-                slots[blob.slot] = (blob.version, not written)
-            return digest, blob.size if written else 0
+        claimed = set()
 
-        results = self._map(put, list(blobs))
-        self._previous_slots = slots
-        return [digest for digest, _ in results], sum(written for _, written in results)
+        def write(i: int) -> Tuple[str, bool]:
+            blob = blobs[i]
+            if one_pass[i]:
+                digest, written = self.backend.write_hashed(
+                    blob.parts, self.durable, lambda d: self.blob_path(flow, d), self._blob_dir(flow)
+                )
+            else:
+                digest = digests[i]
+                with self._lock:
+                    if digest in self._known_blobs or digest in claimed:
+                        return digest, False
+                    claimed.add(digest)  # a twin blob of this save is written once
+                self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable)
+                written = True
+            with self._lock:
+                self._known_blobs.add(digest)
+            return digest, written
+
+        results = self._guarded(flow, lambda: self._map(write, range(len(blobs))))
+        self._previous_slots = {
+            blob.slot: (blob.version, not written)
+            for blob, (_, written) in zip(blobs, results)
+            if blob.slot is not None
+        }
+        return (
+            [digest for digest, _ in results],
+            sum(blob.size for blob, (_, written) in zip(blobs, results) if written),
+        )
+
+    def _learn_existing(self, flow: str, digests: set) -> None:
+        """One batched existence check for the digests this process has not seen."""
+        with self._lock:
+            unknown = sorted(digests - self._known_blobs)
+        if not unknown:
+            return
+        paths = [self.blob_path(flow, digest) for digest in unknown]
+        exists = self._guarded(flow, lambda: self.backend.exists_many(paths))
+        with self._lock:
+            self._known_blobs.update(d for d, found in zip(unknown, exists) if found)
+
+    def _guarded(self, flow: str, action):
+        try:
+            return action()
+        except CheckpointStorageError:
+            raise
+        except Exception as ex:
+            raise CheckpointStorageError(
+                "Could not store checkpoint data in %s: %s: %s"
+                % (self.backend.describe(self._blob_dir(flow)), type(ex).__name__, ex)
+            ) from ex
 
     def _probably_changed(self, blob: PlannedBlob) -> bool:
         if blob.slot is None:
@@ -132,24 +168,6 @@ class CheckpointStore:
         if blob.version is not None and version is not None:
             return blob.version != version
         return not was_unchanged
-
-    def _put_checked(self, flow: str, blob: PlannedBlob) -> Tuple[str, bool]:
-        digest = content_hash(blob.parts)
-        with self._lock:
-            if digest in self._known_blobs:
-                return digest, False
-            # Claimed now so a twin blob of the same save is written once.
-            self._known_blobs.add(digest)
-        path = self.blob_path(flow, digest)
-        try:
-            if self.backend.exists_many([path])[0]:
-                return digest, False
-            self.backend.write(path, blob.parts, self.durable)
-        except BaseException:
-            with self._lock:
-                self._known_blobs.discard(digest)
-            raise
-        return digest, True
 
     def read_blobs(self, flow: str, reads: Sequence[BlobRead], key: str) -> None:
         """Read each blob into its targets, verifying its hash. Raises CheckpointCorrupted."""
