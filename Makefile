@@ -31,8 +31,19 @@ $(BENCH_STAMP): setup.py constraints.txt benchmarks/requirements.txt
 		--config-settings editable_mode=compat -e ".[torch]" -r benchmarks/requirements.txt
 	touch $@
 
-bench: $(BENCH_STAMP)
+# metaflow-checkpoint registers its own `checkpoint` decorator, so it cannot share an
+# environment with our package: its flows run in a venv of their own.
+PEER_VENV := benchmarks/.venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+
+$(PEER_STAMP): constraints.txt benchmarks/requirements-peer.txt
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install --quiet --disable-pip-version-check -c constraints.txt \
+		-r benchmarks/requirements-peer.txt
+	touch $@
+
+bench: $(BENCH_STAMP) $(PEER_STAMP)
 	$(BENCH_VENV)/bin/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) demo-output test-output
+	rm -rf $(VENV) $(BENCH_VENV) $(PEER_VENV) demo-output test-output
