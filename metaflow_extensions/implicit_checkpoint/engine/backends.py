@@ -82,12 +82,13 @@ class StorageBackend(ABC):
     ) -> Tuple[str, bool]:
         """Store ``parts`` under the path named by their content hash, unless it exists.
 
-        Returns ``(digest, written)``. Backends that can write before knowing the name
-        override this to hash and write in one pass; this default hashes first.
+        Returns ``(digest, written)``. An existing blob is touched (its modification
+        time renewed) instead. Backends that can write before knowing the name override
+        this to hash and write in one pass; this default hashes first.
         """
         digest = content_hash(parts)
         path = path_for_digest(digest)
-        if self.exists_many([path])[0]:
+        if self.touch([path])[0]:
             return digest, False
         self.write(path, parts, durable)
         return digest, True
@@ -161,10 +162,11 @@ class LocalDirBackend(StorageBackend):
         os.makedirs(directory, exist_ok=True)
         tmp = self._write_temp(directory, parts, durable, hasher)
         digest = hasher.hexdigest()
-        full = self._full(path_for_digest(digest))
-        if os.path.exists(full):
+        path = path_for_digest(digest)
+        if self.touch([path])[0]:
             os.unlink(tmp)
             return digest, False
+        full = self._full(path)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         self._publish(tmp, full, durable)
         return digest, True
@@ -266,16 +268,36 @@ class LocalDirBackend(StorageBackend):
         return found
 
 
-class _PartsReader(io.RawIOBase):
-    """A read-only file over a sequence of buffers, so uploads stream without joining them."""
+class PartsReader(io.RawIOBase):
+    """A seekable read-only file over a sequence of buffers: uploads stream straight
+    from them without joining them, and an SDK can rewind the body to sign or resend it."""
 
     def __init__(self, parts: Sequence):
         self._parts = [memoryview(p).cast("B") for p in parts]
-        self._index = 0
-        self._offset = 0
+        self._size = sum(len(p) for p in self._parts)
+        self._position = 0
+        self._index = 0  # the part holding self._position
+        self._offset = 0  # self._position within that part
 
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position %d" % (base + offset))
+        self._position = base + offset
+        self._index, self._offset = 0, self._position
+        while self._index < len(self._parts) and self._offset >= len(self._parts[self._index]):
+            self._offset -= len(self._parts[self._index])
+            self._index += 1
+        return self._position
 
     def readinto(self, buffer) -> int:
         out = memoryview(buffer).cast("B")
@@ -289,6 +311,7 @@ class _PartsReader(io.RawIOBase):
             if self._offset == len(part):
                 self._index += 1
                 self._offset = 0
+        self._position += filled
         return filled
 
 
@@ -309,7 +332,7 @@ class MetaflowStorageBackend(StorageBackend):
     def write(self, path: str, parts: Sequence, durable: bool) -> None:
         # Metaflow's storages write whole objects atomically (temp file + rename
         # locally, a single PUT on object stores).
-        self._storage.save_bytes([(path, _PartsReader(parts))], overwrite=True, len_hint=1)
+        self._storage.save_bytes([(path, PartsReader(parts))], overwrite=True, len_hint=1)
 
     def read_into(self, path: str, buffer: memoryview) -> int:
         with self._storage.load_bytes([path]) as loaded:

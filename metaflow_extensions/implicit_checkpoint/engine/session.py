@@ -6,6 +6,7 @@ handed in, so it runs the same in a flow and in a unit test.
 """
 
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -15,6 +16,7 @@ from .fields import FieldSelector
 from .keys import CheckpointKey, split_pathspec, validate_name
 from .manifest import normalize_metadata, public_view
 from .restore import apply_fields
+from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
 from .snapshot import read_rng_state, read_snapshot, write_snapshot
 from .store import CheckpointStore
@@ -58,6 +60,8 @@ class CheckpointSession:
         selector: Optional[FieldSelector] = None,
         rng: bool = True,
         load_policy: str = "fresh",
+        retention: Optional[RetentionPolicy] = None,
+        accept_run: Callable[[str], bool] = lambda run_id: True,
     ):
         self._store = store
         self._task = task
@@ -66,6 +70,10 @@ class CheckpointSession:
         self._selector = selector or FieldSelector()
         self._rng = rng
         self._load_policy = load_policy
+        self._retention = retention or RetentionPolicy()
+        self._accept_run = accept_run  # eager resume: may this run's checkpoints be used?
+        self._started_at = time.time()
+        self._task_keys_known: List[CheckpointKey] = []  # this task's checkpoints, all attempts
         self._next_version: Optional[int] = None
         self._resume_point: Optional[CheckpointArtifact] = None
         self._parent: Optional[str] = None  # key of the checkpoint this attempt resumed from
@@ -76,21 +84,30 @@ class CheckpointSession:
 
     def start(self) -> Optional[CheckpointArtifact]:
         """Find the checkpoint to resume from (per ``load_policy``); it is not loaded yet."""
-        if self._load_policy == "none" or self._task.attempt == 0:
-            self._next_version = 1 if self._task.attempt == 0 else None
-            return None
-        keys = self._task_keys()
-        self._next_version = max((k.version for k in keys), default=0) + 1
-        earlier = [k for k in keys if k.attempt < self._task.attempt]
-        for key in reversed(earlier):
+        t = self._task
+        if t.attempt == 0:
+            self._next_version = 1
+        else:
+            self._task_keys_known = self._task_keys()
+            self._next_version = max((k.version for k in self._task_keys_known), default=0) + 1
+            if self._load_policy != "none":
+                earlier = [k for k in self._task_keys_known if k.attempt < t.attempt]
+                self._resume_point = self._newest_readable(earlier)
+        if self._resume_point is None and self._load_policy == "eager":
+            found = self._store.find_latest_before(
+                t.flow, t.step, t.foreach_indices, self._started_at, t.run_id, self._accept_run
+            )
+            if found is not None:
+                self._resume_point = CheckpointArtifact.from_manifest(self._store.read_manifest(found))
+        return self._resume_point
+
+    def _newest_readable(self, keys: List[CheckpointKey]) -> Optional[CheckpointArtifact]:
+        for key in reversed(keys):
             try:
-                self._resume_point = CheckpointArtifact.from_manifest(
-                    self._store.read_manifest(key)
-                )
-                break
+                return CheckpointArtifact.from_manifest(self._store.read_manifest(key))
             except CheckpointCorrupted as ex:
                 print("@checkpoint: skipping damaged checkpoint: %s" % ex, file=sys.stderr)
-        return self._resume_point
+        return None
 
     def _task_keys(self) -> List[CheckpointKey]:
         t = self._task
@@ -136,9 +153,37 @@ class CheckpointSession:
         self._next_version += 1
         artifact = CheckpointArtifact.from_manifest(manifest)
         self._saved.append(artifact)
+        self._task_keys_known.append(key)
+        self._after_commit(key)
         for listener in self.on_commit:
             listener(artifact, manifest)
         return artifact
+
+    def _after_commit(self, key: CheckpointKey) -> None:
+        """Housekeeping that must never fail a committed save: the cross-run note, retention."""
+        try:
+            self._store.note_latest(key, self._task.foreach_indices)
+            if self._retention.active:
+                self._apply_retention(key.name)
+        except Exception as ex:
+            print(
+                "@checkpoint: checkpoint %s is committed, but housekeeping after it failed: "
+                "%s: %s" % (key, type(ex).__name__, ex),
+                file=sys.stderr,
+            )
+
+    def _apply_retention(self, name: str) -> None:
+        same_name = [k for k in self._task_keys_known if k.name == name]
+        artifacts = [
+            CheckpointArtifact.from_manifest(self._store.read_manifest(k)) for k in same_name
+        ]
+        protected = {a.key for a in (self._resume_point,) if a is not None}
+        if self._parent:
+            protected.add(self._parent)
+        for artifact in self._retention.to_remove(artifacts, protected):
+            key = CheckpointKey.parse(artifact.key)
+            self._store.delete_manifest(key)
+            self._task_keys_known.remove(key)
 
     def wait(self) -> None:
         """Block until background saves are committed (every save is synchronous for now)."""

@@ -12,18 +12,31 @@ verified against its hash when read.
 """
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from datetime import datetime
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .backends import StorageBackend
-from .errors import CheckpointCorrupted, CheckpointNotFound, CheckpointStorageError
+from .errors import (
+    CheckpointCorrupted,
+    CheckpointException,
+    CheckpointNotFound,
+    CheckpointStorageError,
+)
 from .hashing import content_hash
 from .keys import CheckpointKey, is_valid_name
 from .layout import PlannedBlob
 from .manifest import pack_manifest, unpack_manifest
 
 ROOT = "_implicit_checkpoints"
+
+#: A blob this process confirmed (or wrote) less than this many seconds ago is reused
+#: without asking the backend; an older confirmation is renewed by touching the blob.
+#: Garbage collection never deletes a blob modified within its grace period (longer
+#: than this), so a blob a save reuses cannot be collected under it.
+TOUCH_INTERVAL = 600.0
 _MANIFEST_SUFFIX = ".manifest"
 
 
@@ -46,8 +59,8 @@ class CheckpointStore:
         self._workers = workers
         self._pool: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
-        # Blobs known to exist (written or seen by this process): never checked twice.
-        self._known_blobs = set()
+        # digest -> time.monotonic() when this process last wrote or touched that blob.
+        self._known_blobs: Dict[str, float] = {}
         # Per chunk slot of the previous save: (source version, was it already stored?)
         self._previous_slots: Dict[tuple, Tuple[Optional[int], bool]] = {}
         self._manifest_cache: Dict[str, dict] = {}
@@ -61,6 +74,12 @@ class CheckpointStore:
     @staticmethod
     def _blob_dir(flow: str) -> str:
         return "%s/%s/blobs" % (flow, ROOT)
+
+    @staticmethod
+    def latest_dir(flow: str, step: str, foreach_indices: Sequence[int]) -> str:
+        """Where each run's newest checkpoint of one step (and foreach index) is noted."""
+        branch = "-".join(str(i) for i in foreach_indices) or "_"
+        return "%s/%s/latest/%s/%s" % (flow, ROOT, step, branch)
 
     @staticmethod
     def task_dir(flow: str, run_id: str, step: str, task_id: str) -> str:
@@ -103,7 +122,7 @@ class CheckpointStore:
         digests: List[Optional[str]] = [None] * len(blobs)
         for i, digest in zip(checked, self._map(lambda i: content_hash(blobs[i].parts), checked)):
             digests[i] = digest
-        self._learn_existing(flow, {digests[i] for i in checked})
+        self._confirm_existing(flow, {digests[i] for i in checked})
 
         claimed = set()
 
@@ -116,13 +135,13 @@ class CheckpointStore:
             else:
                 digest = digests[i]
                 with self._lock:
-                    if digest in self._known_blobs or digest in claimed:
+                    if self._is_fresh(digest) or digest in claimed:
                         return digest, False
                     claimed.add(digest)  # a twin blob of this save is written once
                 self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable)
                 written = True
             with self._lock:
-                self._known_blobs.add(digest)
+                self._known_blobs[digest] = time.monotonic()
             return digest, written
 
         results = self._guarded(flow, lambda: self._map(write, range(len(blobs))))
@@ -136,16 +155,25 @@ class CheckpointStore:
             sum(blob.size for blob, (_, written) in zip(blobs, results) if written),
         )
 
-    def _learn_existing(self, flow: str, digests: set) -> None:
-        """One batched existence check for the digests this process has not seen."""
+    def _is_fresh(self, digest: str) -> bool:
+        known = self._known_blobs.get(digest)
+        return known is not None and time.monotonic() - known < TOUCH_INTERVAL
+
+    def _confirm_existing(self, flow: str, digests: set) -> None:
+        """Touch, in one batched call, the blobs this process has not confirmed lately.
+
+        Touching both checks that a blob exists and renews its modification time, so a
+        concurrent gc keeps it for the save about to reference it.
+        """
         with self._lock:
-            unknown = sorted(digests - self._known_blobs)
-        if not unknown:
+            stale = sorted(d for d in digests if not self._is_fresh(d))
+        if not stale:
             return
-        paths = [self.blob_path(flow, digest) for digest in unknown]
-        exists = self._guarded(flow, lambda: self.backend.exists_many(paths))
+        paths = [self.blob_path(flow, digest) for digest in stale]
+        found = self._guarded(flow, lambda: self.backend.touch(paths))
+        now = time.monotonic()
         with self._lock:
-            self._known_blobs.update(d for d, found in zip(unknown, exists) if found)
+            self._known_blobs.update((d, now) for d, ok in zip(stale, found) if ok)
 
     def _guarded(self, flow: str, action):
         try:
@@ -285,3 +313,61 @@ class CheckpointStore:
     def delete_manifest(self, key: CheckpointKey) -> None:
         self.backend.delete([self.manifest_path(key)])
         self._manifest_cache.pop(str(key), None)
+
+    # -- across runs -----------------------------------------------------------------
+
+    def note_latest(self, key: CheckpointKey, foreach_indices: Sequence[int]) -> None:
+        """Note ``key`` as its run's newest checkpoint of this step and foreach index.
+
+        One small file per run, so concurrent runs never overwrite each other's note.
+        It is only a hint: readers verify the manifest it names.
+        """
+        path = "%s/%s" % (self.latest_dir(key.flow, key.step, foreach_indices), key.run_id)
+        self.backend.write(path, [str(key).encode()], durable=False)
+
+    def find_latest_before(
+        self,
+        flow: str,
+        step: str,
+        foreach_indices: Sequence[int],
+        before: float,
+        exclude_run: str,
+        accept_run: Callable[[str], bool],
+    ) -> Optional[CheckpointKey]:
+        """The newest committed checkpoint of ``step`` / ``foreach_indices`` in another
+        run, created before ``before`` (epoch seconds), in a run ``accept_run`` accepts."""
+        notes = [
+            (entry.mtime, entry.path.rsplit("/", 1)[-1])
+            for entry in self.backend.walk_files(self.latest_dir(flow, step, foreach_indices))
+        ]
+        best, best_time = None, float("-inf")
+        for noted_at, run_id in sorted(notes, reverse=True):
+            if noted_at < best_time:
+                break  # this run's newest checkpoint is older than the best one found
+            if run_id == exclude_run or run_id.startswith(".") or not accept_run(run_id):
+                continue
+            found = self._newest_of_run_before(flow, run_id, step, foreach_indices, before)
+            if found is not None and found[1] > best_time:
+                best, best_time = found
+        return best
+
+    def _newest_of_run_before(self, flow, run_id, step, foreach_indices, before):
+        try:
+            noted = CheckpointKey.parse(
+                self.backend.read(
+                    "%s/%s" % (self.latest_dir(flow, step, foreach_indices), run_id)
+                ).decode()
+            )
+        except (FileNotFoundError, UnicodeDecodeError, CheckpointException):
+            return None
+        keys = self.list_keys(flow, run_id, step, noted.task_id)
+        for key in reversed(keys):
+            try:
+                manifest = self.read_manifest(key)
+            except CheckpointCorrupted:
+                continue
+            created = datetime.fromisoformat(manifest["created_on"]).timestamp()
+            same_branch = list(manifest.get("foreach_indices") or []) == list(foreach_indices)
+            if created < before and same_branch:
+                return key, created
+        return None

@@ -3,6 +3,7 @@ from metaflow.decorators import StepDecorator
 
 from ..engine.errors import CheckpointConfigError
 from ..engine.fields import FieldSelector, normalize_patterns
+from ..engine.retention import RetentionPolicy
 from ..engine.session import LOAD_POLICIES, AttributeSource, CheckpointSession, TaskIdentity
 from .assignment_tracking import stop_tracking, track_assignments
 from .store_binding import store_for_datastore
@@ -108,7 +109,7 @@ class CheckpointDecorator(StepDecorator):
                 "is better) or 'max'." % (attrs["best_mode"], step_name)
             )
         self._selector = FieldSelector(include, exclude)
-        self._keep_last, self._keep_best = keep_last, keep_best
+        self._retention = RetentionPolicy(keep_last, keep_best, best_metric, attrs["best_mode"])
         self._rng = self._flag(attrs["rng"], "rng")
         self._card = self._flag(attrs["card"], "card")
 
@@ -176,6 +177,8 @@ class CheckpointDecorator(StepDecorator):
             selector=self._selector,
             rng=self._rng,
             load_policy=self.attributes["load_policy"],
+            retention=self._retention,
+            accept_run=_runs_in_current_namespace(flow.name),
         )
         self._session.start()
         current._update_env({"checkpoint": self._session})
@@ -184,3 +187,19 @@ class CheckpointDecorator(StepDecorator):
         self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries
     ):
         stop_tracking(flow)
+
+
+def _runs_in_current_namespace(flow_name):
+    """For eager resume: a run's checkpoints may be used when the client can see the run."""
+
+    def accept(run_id: str) -> bool:
+        from metaflow import Run
+        from metaflow.exception import MetaflowNamespaceMismatch, MetaflowNotFound
+
+        try:
+            Run("%s/%s" % (flow_name, run_id))
+            return True
+        except (MetaflowNamespaceMismatch, MetaflowNotFound):
+            return False
+
+    return accept

@@ -1,0 +1,277 @@
+"""`python flow.py checkpoint list|inspect|status|gc`: checkpoints from a terminal."""
+
+import json
+from typing import List, Optional
+
+from metaflow._vendor import click
+
+from ..engine.artifact import CheckpointArtifact
+from ..engine.errors import CheckpointException
+from ..engine.gc import DEFAULT_GRACE, collect_garbage
+from ..engine.keys import CheckpointKey
+from ..engine.manifest import public_view
+from ..engine.session import list_artifacts
+from .store_binding import store_for_datastore
+from .task_status import FAILED, RUNNING, SUCCEEDED, attempt_statuses
+
+NOT_STARTED, IN_PROGRESS, COMPLETED = "not_started", "in_progress", "completed"
+
+
+@click.group()
+def cli():
+    pass
+
+
+@cli.group(help="Inspect and manage checkpoints saved by @checkpoint.")
+def checkpoint():
+    pass
+
+
+def _run(obj, run_id: Optional[str]):
+    """The client Run: the given id, or this flow's latest run in the current namespace."""
+    from metaflow import Flow, Run
+    from metaflow.exception import MetaflowNamespaceMismatch, MetaflowNotFound
+
+    try:
+        if run_id is None:
+            run = Flow(obj.flow.name).latest_run
+            if run is None:
+                raise MetaflowNotFound("no run")
+            return run
+        return Run("%s/%s" % (obj.flow.name, run_id))
+    except MetaflowNamespaceMismatch:
+        raise CheckpointException(
+            "Run %s/%s is not in your namespace." % (obj.flow.name, run_id)
+        )
+    except MetaflowNotFound:
+        if run_id is None:
+            raise CheckpointException("No run of %s was found in your namespace." % obj.flow.name)
+        raise CheckpointException("Run %s/%s does not exist." % (obj.flow.name, run_id))
+
+
+def _checkpointed_steps(obj) -> List[str]:
+    return [
+        node.name
+        for node in obj.graph
+        if any(deco.name == "checkpoint" for deco in getattr(obj.flow, node.name).decorators)
+    ]
+
+
+def _max_attempts(obj, step: str) -> int:
+    user_retries = 0
+    for deco in getattr(obj.flow, step).decorators:
+        user_retries = max(user_retries, deco.step_task_retry_count()[0])
+    return user_retries + 1
+
+
+def _run_artifacts(store, run) -> List[CheckpointArtifact]:
+    found = []
+    flow, run_id = run.pathspec.split("/")
+    for step, task_id in store.list_run_tasks(flow, run_id):
+        found.extend(list_artifacts(store, flow, run_id, step, task_id))
+    return sorted(found, key=lambda a: a.created_on)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+    return str(n)
+
+
+def _table(echo, headers: List[str], rows: List[List[str]]) -> None:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    line = "  ".join("%%-%ds" % w for w in widths)
+    echo(line % tuple(headers))
+    for row in rows:
+        echo(line % tuple(row))
+
+
+def _echo(obj):
+    return lambda text: obj.echo_always(text, err=False)
+
+
+@checkpoint.command("list", help="List a run's checkpoints, newest last.")
+@click.option("--run-id", default=None, help="The run (default: the latest run of this flow).")
+@click.option("--step", default=None, help="Only this step.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def list_checkpoints(obj, run_id, step, as_json):
+    run = _run(obj, run_id)
+    artifacts = _run_artifacts(store_for_datastore(obj.flow_datastore), run)
+    if step:
+        artifacts = [a for a in artifacts if a.step_name == step]
+    echo = _echo(obj)
+    if as_json:
+        echo(json.dumps([a.to_dict() for a in artifacts], indent=2))
+        return
+    if not artifacts:
+        echo("No checkpoints in run %s." % run.pathspec)
+        return
+    _table(
+        echo,
+        ["KEY", "CREATED (UTC)", "SIZE", "WRITTEN", "METADATA"],
+        [
+            [
+                a.key,
+                a.created_on[:19].replace("T", " "),
+                _size(a.size),
+                _size(a.implicit_manifest.get("bytes_written", 0)),
+                json.dumps(a.metadata)[:60],
+            ]
+            for a in artifacts
+        ],
+    )
+
+
+@checkpoint.command("inspect", help="Show one checkpoint's manifest (reads no field data).")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def inspect_checkpoint(obj, key, as_json):
+    store = store_for_datastore(obj.flow_datastore)
+    manifest = public_view(store.read_manifest(CheckpointKey.parse(key)))
+    echo = _echo(obj)
+    if as_json:
+        echo(json.dumps(manifest, indent=2, default=str))
+        return
+    echo("Checkpoint  %s" % manifest["key"])
+    echo("Created     %s (attempt %d, version %d)" % (manifest["created_on"], manifest["attempt"], manifest["version"]))
+    echo("Resumed from %s" % (manifest["parent"] or "nothing (a fresh start)"))
+    echo("Size        %s (%s newly written)" % (_size(manifest["size"]), _size(manifest["bytes_written"])))
+    echo("Metadata    %s" % json.dumps(manifest["metadata"]))
+    echo("RNG state   %s" % (", ".join(manifest["rng"]) if manifest["rng"] else "not captured"))
+    echo("")
+    _table(
+        echo,
+        ["FIELD", "TYPE", "CODEC", "SIZE", "DETAIL"],
+        [
+            [
+                name,
+                info["type"],
+                info["codec"],
+                _size(info["size"]),
+                _field_detail(info),
+            ]
+            for name, info in sorted(manifest["fields"].items())
+        ],
+    )
+
+
+def _field_detail(info: dict) -> str:
+    if "alias_of" in info:
+        return "same object as %s" % info["alias_of"]
+    if "shape" in info:
+        return "%s %s" % (info["dtype"], info["shape"])
+    if "value" in info:
+        return repr(info["value"])[:40]
+    if "tensors" in info:
+        return "%d tensors" % info["tensors"]
+    return ""
+
+
+@checkpoint.command("status", help="Progress of each @checkpoint step of a run.")
+@click.option("--run-id", default=None, help="The run (default: the latest run of this flow).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def status(obj, run_id, as_json):
+    run = _run(obj, run_id)
+    artifacts = _run_artifacts(store_for_datastore(obj.flow_datastore), run)
+    rows = [_step_status(obj, run, step, artifacts) for step in _checkpointed_steps(obj)]
+    echo = _echo(obj)
+    if as_json:
+        echo(json.dumps({"run": run.pathspec, "steps": rows}, indent=2))
+        return
+    echo("Run %s" % run.pathspec)
+    _table(
+        echo,
+        ["STEP", "STATUS", "TASKS", "ATTEMPTS", "CHECKPOINTS", "WRITTEN", "NEWEST", "METADATA"],
+        [
+            [
+                r["step"],
+                r["status"],
+                str(r["tasks"]),
+                str(r["attempts"]),
+                str(r["checkpoints"]),
+                _size(r["bytes_written"]),
+                r["newest"]["key"] if r["newest"] else "-",
+                json.dumps(r["newest"]["metadata"])[:50] if r["newest"] else "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _step_status(obj, run, step: str, artifacts: List[CheckpointArtifact]) -> dict:
+    mine = [a for a in artifacts if a.step_name == step]
+    task_states, attempts = [], 0
+    try:
+        tasks = list(run[step])
+    except KeyError:
+        tasks = []
+    for task in tasks:
+        statuses = attempt_statuses(task.pathspec)
+        attempts += len(statuses)
+        task_states.append(_task_state(statuses, _max_attempts(obj, step)))
+    if not task_states:
+        state = NOT_STARTED
+    elif FAILED in task_states:
+        state = FAILED
+    elif IN_PROGRESS in task_states:
+        state = IN_PROGRESS
+    else:
+        state = COMPLETED
+    newest = mine[-1] if mine else None
+    return {
+        "step": step,
+        "status": state,
+        "tasks": len(task_states),
+        "attempts": attempts,
+        "checkpoints": len(mine),
+        "bytes_written": sum(a.implicit_manifest.get("bytes_written", 0) for a in mine),
+        "newest": None
+        if newest is None
+        else {"key": newest.key, "created_on": newest.created_on, "metadata": newest.metadata, "size": newest.size},
+    }
+
+
+def _task_state(statuses: List[str], max_attempts: int) -> str:
+    if not statuses or statuses[-1] == RUNNING:
+        return IN_PROGRESS
+    if statuses[-1] == SUCCEEDED:
+        return COMPLETED
+    # The newest attempt failed: the task is done only if no retry is left.
+    return FAILED if len(statuses) >= max_attempts else IN_PROGRESS
+
+
+@checkpoint.command("gc", help="Delete blobs that no checkpoint references.")
+@click.option("--dry-run", is_flag=True, help="Only print what would be deleted, and how many bytes.")
+@click.option(
+    "--grace-seconds",
+    default=DEFAULT_GRACE,
+    show_default=True,
+    type=float,
+    help="Never delete blobs modified more recently than this (keeps saves in progress safe).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def gc(obj, dry_run, grace_seconds, as_json):
+    report = collect_garbage(store_for_datastore(obj.flow_datastore), obj.flow.name, dry_run, grace_seconds)
+    echo = _echo(obj)
+    if as_json:
+        echo(json.dumps(report.to_dict(), indent=2))
+        return
+    verb = "Would delete" if dry_run else "Deleted"
+    echo(
+        "%s %d unreferenced blob(s), %s, of flow %s (%d manifests reference %d blobs)."
+        % (verb, len(report.deleted_blobs), _size(report.deleted_bytes), obj.flow.name,
+           report.manifests, report.referenced_blobs)
+    )
+    if dry_run:
+        for digest in report.deleted_blobs:
+            echo("  %s" % digest)
+    if report.kept_young_blobs:
+        echo("Kept %d unreferenced blob(s) younger than %.0f s." % (report.kept_young_blobs, grace_seconds))
+    if report.deleted_temp_files:
+        echo("%s %d stale temp file(s)." % (verb, report.deleted_temp_files))
