@@ -346,3 +346,41 @@ def test_metaflow_storage_backend_roundtrip(tmp_path):
     reader.load()
     assert loaded.epoch == 5 and torch.equal(loaded.model_state["w"], state.model_state["w"])
     assert [a.key for a in reader.list()] == [artifact.key]
+
+
+def test_eager_matches_step_and_foreach_branch_and_ignores_later_checkpoints(tmp_path):
+    from metaflow_extensions.implicit_checkpoint.engine.session import (
+        AttributeSource,
+        CheckpointSession,
+        TaskIdentity,
+    )
+
+    def session(run, task, branch, state, attempt=0, policy="fresh", start=True):
+        s = CheckpointSession(
+            local_store(tmp_path),
+            TaskIdentity("UnitFlow", run, "train", task, attempt, branch),
+            AttributeSource(lambda: dict(vars(state))),
+            target=state,
+            load_policy=policy,
+        )
+        if start:
+            s.start()
+        return s
+
+    for run, task, branch, value in (("1", "5", (0,), "r1b0"), ("1", "6", (1,), "r1b1"), ("2", "5", (0,), "r2b0")):
+        state = State()
+        state.value = value
+        session(run, task, branch, state).save()
+
+    state = State()
+    eager = session("3", "9", (1,), state, policy="eager", start=False)  # the task starts...
+    later = State()
+    later.value = "r4b1"
+    session("4", "2", (1,), later).save()  # ...a concurrent run commits...
+    eager.start()  # ...and that newer checkpoint is not used: only earlier ones are.
+    assert eager.loaded.key.startswith("UnitFlow/1/train/6/")
+    eager.load()
+    assert state.value == "r1b1"
+    branch0 = State()
+    assert session("3", "8", (0,), branch0, policy="eager").loaded.run_id == "2"
+    assert not session("3", "7", (2,), State(), policy="eager").is_loaded

@@ -1,9 +1,9 @@
 """Garbage collection: delete blobs no committed manifest references.
 
 Safe while other tasks save: a blob modified after ``now - grace`` is never deleted,
-and saves renew the modification time of every blob they reuse (store.TOUCH_INTERVAL
-is shorter than the default grace), so a blob written or reused by a save in progress
-is never collected. Temp files left by killed writers are removed after the grace too.
+and saves renew the modification time of every blob they reuse unless they did so
+within their touch interval (store.TOUCH_INTERVAL, shorter than the grace), so a blob
+written or reused by a save in progress is never collected. Temp files left by killed writers are removed after the grace too.
 """
 
 import sys
@@ -14,7 +14,7 @@ from typing import List
 from .backends import TEMP_PREFIX
 from .errors import CheckpointCorrupted, CheckpointException
 from .manifest import STORAGE, unpack_manifest
-from .store import ROOT, TOUCH_INTERVAL, CheckpointStore
+from .store import ROOT, CheckpointStore
 
 #: Blobs and temp files younger than this are never collected (seconds).
 DEFAULT_GRACE = 3600.0
@@ -42,14 +42,15 @@ def collect_garbage(
 ) -> GcReport:
     """Delete (or with ``dry_run`` only report) the unreferenced blobs of ``flow``.
 
-    ``grace`` must be at least store.TOUCH_INTERVAL: a running save may reuse a blob it
-    confirmed that long ago without touching it again.
+    ``grace`` must be at least the stores' touch interval: a running save may reuse a
+    blob it confirmed that long ago without touching it again.
     """
-    if grace < TOUCH_INTERVAL:
+    if grace < store.touch_interval:
         raise CheckpointException(
             "gc grace period %.0f s is too short: saves in progress may reuse blobs they "
             "confirmed up to %.0f s ago, so gc must keep blobs at least that young. "
-            "Use a grace of %.0f s or more." % (grace, TOUCH_INTERVAL, TOUCH_INTERVAL)
+            "Use a grace of %.0f s or more."
+            % (grace, store.touch_interval, store.touch_interval)
         )
     started = time.time()
     cutoff = started - grace

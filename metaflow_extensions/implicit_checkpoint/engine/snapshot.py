@@ -131,7 +131,7 @@ def _describe_field(enc: EncodedField, specs: List[TensorSpec], value: Any) -> d
         entry["tensors"] = len(enc.tensors)
     if is_tensor_like(value):
         (only,) = enc.tensors
-        entry["dtype"] = specs[only].dtype
+        entry["dtype"] = str(value.dtype).replace("torch.", "")
         entry["shape"] = list(specs[only].shape)
     show, preview = plain_preview(value)
     if show:

@@ -53,8 +53,15 @@ class BlobRead:
 class CheckpointStore:
     """Reads and writes checkpoints of any flow on one storage backend."""
 
-    def __init__(self, backend: StorageBackend, durable: bool = True, workers: int = 4):
+    def __init__(
+        self,
+        backend: StorageBackend,
+        durable: bool = True,
+        workers: int = 4,
+        touch_interval: float = TOUCH_INTERVAL,
+    ):
         self.backend = backend
+        self.touch_interval = touch_interval
         self.durable = durable
         self._workers = workers
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -157,7 +164,7 @@ class CheckpointStore:
 
     def _is_fresh(self, digest: str) -> bool:
         known = self._known_blobs.get(digest)
-        return known is not None and time.monotonic() - known < TOUCH_INTERVAL
+        return known is not None and time.monotonic() - known < self.touch_interval
 
     def _confirm_existing(self, flow: str, digests: set) -> None:
         """Touch, in one batched call, the blobs this process has not confirmed lately.
