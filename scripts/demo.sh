@@ -15,13 +15,23 @@ cd "$OUT"
 echo "== Training with a simulated hard crash after epoch 3 (attempt 0 dies, @retry resumes) =="
 "$PY" "$ROOT/flows/train_resume.py" --no-pylint run --crash-at 3 --epochs 6
 
+FLOW="$ROOT/flows/train_resume.py"
 echo
-echo "== Checkpoints of the train step, from the datastore =="
-"$PY" "$ROOT/scripts/show_checkpoints.py" TrainResumeFlow
+echo "== python flows/train_resume.py checkpoint status =="
+"$PY" "$FLOW" --quiet checkpoint status
+echo
+echo "== python flows/train_resume.py checkpoint list =="
+"$PY" "$FLOW" --quiet checkpoint list
+NEWEST=$("$PY" "$FLOW" --quiet checkpoint list --json | "$PY" -c "import json,sys; print(json.load(sys.stdin)[-1]['key'])")
+echo
+echo "== python flows/train_resume.py checkpoint inspect $NEWEST =="
+"$PY" "$FLOW" --quiet checkpoint inspect "$NEWEST"
 
 cat <<MSG
 
-Where to look:
+Where to look (from $OUT, with the environment above):
+  checkpoints: python $FLOW checkpoint list | status | inspect KEY | gc --dry-run
+  notebook:    from metaflow import Checkpoint; Checkpoint().load("$NEWEST", fields=["epoch"])
   datastore:   $OUT/.metaflow/TrainResumeFlow/_implicit_checkpoints
   re-run:      cd $OUT && env METAFLOW_HOME=$OUT METAFLOW_DATASTORE_SYSROOT_LOCAL=$OUT \\
                  $PY $ROOT/flows/train_resume.py run --crash-at 3

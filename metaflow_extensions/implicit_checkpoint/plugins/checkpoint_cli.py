@@ -138,7 +138,7 @@ def inspect_checkpoint(obj, key, as_json):
         return
     echo("Checkpoint  %s" % manifest["key"])
     echo("Created     %s (attempt %d, version %d)" % (manifest["created_on"], manifest["attempt"], manifest["version"]))
-    echo("Resumed from %s" % (manifest["parent"] or "nothing (a fresh start)"))
+    echo("Resumed     from %s" % (manifest["parent"] or "nothing (a fresh start)"))
     echo("Size        %s (%s newly written)" % (_size(manifest["size"]), _size(manifest["bytes_written"])))
     echo("Metadata    %s" % json.dumps(manifest["metadata"]))
     echo("RNG state   %s" % (", ".join(manifest["rng"]) if manifest["rng"] else "not captured"))
