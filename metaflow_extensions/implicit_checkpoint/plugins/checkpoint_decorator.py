@@ -6,6 +6,7 @@ from ..engine.fields import FieldSelector, normalize_patterns
 from ..engine.retention import RetentionPolicy
 from ..engine.session import LOAD_POLICIES, AttributeSource, CheckpointSession, TaskIdentity
 from .assignment_tracking import stop_tracking, track_assignments
+from .cards.attach import LiveCardRefresh, attach_card
 from .store_binding import store_for_datastore
 
 
@@ -112,6 +113,7 @@ class CheckpointDecorator(StepDecorator):
         self._retention = RetentionPolicy(keep_last, keep_best, best_metric, attrs["best_mode"])
         self._rng = self._flag(attrs["rng"], "rng")
         self._card = self._flag(attrs["card"], "card")
+        self._card_id = attach_card(flow, step_name, decorators, wanted=self._card)
 
     def _count(self, value, argument):
         if value is None or value == "None":
@@ -181,6 +183,8 @@ class CheckpointDecorator(StepDecorator):
             accept_run=_runs_in_current_namespace(flow.name),
         )
         self._session.start()
+        if self._card_id:
+            self._session.on_commit.append(LiveCardRefresh(self._card_id, int(retry_count)))
         current._update_env({"checkpoint": self._session})
 
     def task_finished(

@@ -1,0 +1,84 @@
+"""Putting the checkpoint card on a @checkpoint step, and refreshing it after saves.
+
+This module sits beside the card package, not in it: the decorator imports it while
+Metaflow is still resolving its plugins, and the card package imports Metaflow's card
+modules, which load every extension's cards (ours included) on import. Metaflow's
+card discovery only imports subpackages of ``plugins/cards``, so it skips this file.
+"""
+
+import sys
+from typing import Optional
+
+from metaflow import current
+from metaflow.decorators import _attach_decorators_to_step
+
+CARD_TYPE = "implicit_checkpoint"
+#: The id the card gets when @checkpoint attaches it (or when a user's own
+#: ``@card(type="implicit_checkpoint")`` has none).
+CARD_ID = "implicit_checkpoint"
+
+
+def attach_card(flow, step_name: str, decorators: list, wanted: bool) -> Optional[str]:
+    """Make sure the step carries the checkpoint card; return its card id, or None.
+
+    A checkpoint card already on the step (the user's own ``@card(type=...)``, or the
+    one the runtime forwards to the task with ``--with``) is used as it is; it only
+    gets the default id if it has none, so that the task can refresh it. Otherwise
+    the card is attached when ``wanted``. Other cards on the step are left alone.
+    """
+    for deco in decorators:
+        if deco.name == "card" and deco.attributes.get("type") == CARD_TYPE:
+            if not deco.attributes.get("id"):
+                deco.attributes["id"] = CARD_ID
+            return deco.attributes["id"]
+    if not wanted:
+        return None
+    _attach_decorators_to_step(
+        getattr(flow, step_name), ["card:type=%s,id=%s" % (CARD_TYPE, CARD_ID)]
+    )
+    return CARD_ID
+
+
+class LiveCardRefresh:
+    """A ``CheckpointSession.on_commit`` listener that refreshes the running card.
+
+    It hands the refresh to Metaflow's runtime card updates: Metaflow drops requests
+    that come sooner than the card's ``refresh_interval`` after the previous one, and
+    renders the others in a background process it starts without waiting for it. So a
+    save pays for at most starting that process; a save that came too soon shows up
+    with the next refresh, and every save is in the final card.
+    """
+
+    def __init__(self, card_id: str, attempt: int):
+        self._card_id = card_id
+        self._attempt = attempt
+        self._card = None
+        self._warned = False
+
+    def __call__(self, artifact, manifest) -> None:
+        try:
+            if self._card is None:
+                self._card = _runtime_card(self._card_id)
+            self._card.refresh({"attempt": self._attempt})
+        except Exception as ex:  # the checkpoint is committed: a card problem must not fail the save
+            if not self._warned:
+                self._warned = True
+                print(
+                    "@checkpoint: checkpoint %s is committed, but the live card could not "
+                    "be refreshed: %s: %s" % (artifact.key, type(ex).__name__, ex),
+                    file=sys.stderr,
+                )
+
+
+def _runtime_card(card_id: str):
+    """The task's handle on the checkpoint card (what ``current.card[card_id]`` returns).
+
+    ``current.card[id]`` only knows cards by id when the step has a card that accepts
+    user components, which this one does not; so the handle is looked up by type and id
+    in ``current.card``'s own registry.
+    """
+    collector = current.card
+    for uuid, meta in collector._cards_meta.items():
+        if meta["type"] == CARD_TYPE and meta["card_id"] == card_id:
+            return collector._card_component_store[uuid]
+    raise LookupError("no %s card with id %r on this step" % (CARD_TYPE, card_id))

@@ -1,0 +1,197 @@
+"""Geometry of the metrics chart: numeric metadata over saves, one colour per attempt.
+
+Every top-level metadata key whose values are numbers (``loss``, ``accuracy``, ...) gets
+a small chart. The x axis is the task's saves in version order, shared by all charts;
+each attempt is its own polyline. Where an attempt resumed, the checkpoint it loaded
+is ringed and joined to the attempt's first save by a dashed line, and a vertical
+guide marks where the attempt starts. This module only computes coordinates; the SVG
+markup lives in the card's template.
+"""
+
+from typing import Any, Dict, List
+
+from ....engine.errors import CheckpointException
+from ....engine.keys import CheckpointKey
+from .formatting import is_number, number_label, truncate
+
+WIDTH, HEIGHT = 540, 170
+LEFT, RIGHT, TOP, BOTTOM = 52, 14, 22, 26
+MAX_CHARTS = 6
+MAX_X_TICKS = 8
+#: Attempts are coloured by ``ic-a<attempt % COLOURS>`` classes defined in the stylesheet.
+COLOURS = 8
+
+
+def attempt_class(attempt: int) -> str:
+    return "ic-a%d" % (attempt % COLOURS)
+
+
+def metric_names(checkpoints: List[dict]) -> List[str]:
+    """Metadata keys with at least one numeric value, in order of first appearance."""
+    names: List[str] = []
+    for manifest in checkpoints:
+        for key, value in (manifest.get("metadata") or {}).items():
+            if key not in names and is_number(value):
+                names.append(key)
+    return names
+
+
+def metric_charts(checkpoints: List[dict]) -> Dict[str, Any]:
+    """Chart geometry for ``checkpoints`` (public manifests of one task, oldest first).
+
+    Returns ``{"charts": [...], "not_charted": "names over the limit"}``; ``charts`` is
+    empty when no metadata value is a number.
+    """
+    names = metric_names(checkpoints)
+    x_of = _x_positions(len(checkpoints))
+    index_of_key = {m["key"]: i for i, m in enumerate(checkpoints)}
+    resumes = _resume_points(checkpoints, index_of_key)
+    charts = [
+        _chart(name, checkpoints, x_of, index_of_key, resumes) for name in names[:MAX_CHARTS]
+    ]
+    return {
+        "charts": charts,
+        "not_charted": truncate(", ".join(names[MAX_CHARTS:]), 200),
+    }
+
+
+def _x_positions(count: int) -> List[float]:
+    width = WIDTH - LEFT - RIGHT
+    if count == 1:
+        return [LEFT + width / 2.0]
+    return [LEFT + width * i / float(count - 1) for i in range(count)]
+
+
+def _resume_points(checkpoints: List[dict], index_of_key: Dict[str, int]) -> List[dict]:
+    """Where an attempt's saves start from a loaded checkpoint: one entry per attempt."""
+    resumes, seen_attempts = [], set()
+    for i, manifest in enumerate(checkpoints):
+        attempt = manifest["attempt"]
+        if attempt in seen_attempts:
+            continue
+        seen_attempts.add(attempt)
+        parent = manifest.get("parent")
+        if not parent:
+            continue
+        parent_index = index_of_key.get(parent)
+        if parent_index is not None:
+            source = "v%d" % checkpoints[parent_index]["version"]
+        else:
+            source = _elsewhere(parent, manifest)
+        resumes.append(
+            {
+                "attempt": attempt,
+                "first_index": i,
+                "parent_index": parent_index,
+                "label": "attempt %d \u2190 %s" % (attempt, source),
+            }
+        )
+    return resumes
+
+
+def _elsewhere(parent_key: str, manifest: dict) -> str:
+    """A parent outside this task, named by what differs: its run, or its task."""
+    try:
+        parent = CheckpointKey.parse(parent_key)
+    except CheckpointException:
+        return truncate(parent_key, 40)
+    if parent.run_id != manifest.get("run_id"):
+        return "run %s v%d" % (parent.run_id, parent.version)
+    return "task %s v%d" % (parent.task_id, parent.version)
+
+
+def _chart(
+    name: str,
+    checkpoints: List[dict],
+    x_of: List[float],
+    index_of_key: Dict[str, int],
+    resumes: List[dict],
+) -> Dict[str, Any]:
+    values: Dict[int, float] = {}
+    for i, manifest in enumerate(checkpoints):
+        value = (manifest.get("metadata") or {}).get(name)
+        if is_number(value):
+            values[i] = float(value)
+    low, high = min(values.values()), max(values.values())
+    if low == high:
+        spread = abs(low) * 0.1 or 1.0
+        low, high = low - spread, high + spread
+    plot_top, plot_bottom = TOP, HEIGHT - BOTTOM
+
+    def y_of(value: float) -> float:
+        return plot_top + (high - value) / (high - low) * (plot_bottom - plot_top)
+
+    series = []
+    for attempt in sorted({m["attempt"] for m in checkpoints}):
+        indices = [i for i in values if checkpoints[i]["attempt"] == attempt]
+        if not indices:
+            continue
+        series.append(
+            {
+                "cls": attempt_class(attempt),
+                "points": " ".join("%.1f,%.1f" % (x_of[i], y_of(values[i])) for i in indices),
+                "dots": [
+                    {
+                        "cx": "%.1f" % x_of[i],
+                        "cy": "%.1f" % y_of(values[i]),
+                        "title": "v%d \u00b7 attempt %d \u00b7 %s = %s"
+                        % (checkpoints[i]["version"], attempt, name, number_label(values[i])),
+                    }
+                    for i in indices
+                ],
+            }
+        )
+
+    markers = []
+    for row, resume in enumerate(resumes):
+        first, parent = resume["first_index"], resume["parent_index"]
+        marker = {
+            "cls": attempt_class(resume["attempt"]),
+            "x": "%.1f" % x_of[first],
+            "top": "%.1f" % plot_top,
+            "bottom": "%.1f" % plot_bottom,
+            "label": resume["label"],
+            # Labels of nearby resumes would overlap on one line: stagger them.
+            "label_y": "%.1f" % (plot_top + 10 + 11 * (row % 3)),
+            "anchor": "end" if x_of[first] > WIDTH * 0.7 else "start",
+            "dx": -4 if x_of[first] > WIDTH * 0.7 else 4,
+            "link": None,
+        }
+        if parent is not None and parent in values and first in values:
+            marker["link"] = {
+                "x1": "%.1f" % x_of[parent],
+                "y1": "%.1f" % y_of(values[parent]),
+                "x2": "%.1f" % x_of[first],
+                "y2": "%.1f" % y_of(values[first]),
+            }
+        markers.append(marker)
+
+    return {
+        "metric": truncate(name, 40),
+        "width": WIDTH,
+        "height": HEIGHT,
+        "left": LEFT,
+        "right": WIDTH - RIGHT,
+        "plot_top": plot_top,
+        "plot_bottom": plot_bottom,
+        "label_x": LEFT - 6,
+        "y_ticks": [
+            {"y": "%.1f" % y_of(v), "label": number_label(v)}
+            for v in (high, (high + low) / 2.0, low)
+        ],
+        "x_ticks": [
+            {"x": "%.1f" % x_of[i], "label": "v%d" % checkpoints[i]["version"]}
+            for i in _tick_indices(len(checkpoints))
+        ],
+        "x_label_y": HEIGHT - 8,
+        "series": series,
+        "resumes": markers,
+    }
+
+
+def _tick_indices(count: int) -> List[int]:
+    if count <= MAX_X_TICKS:
+        return list(range(count))
+    step = (count - 1) / float(MAX_X_TICKS - 1)
+    return sorted({int(round(step * k)) for k in range(MAX_X_TICKS)})
+

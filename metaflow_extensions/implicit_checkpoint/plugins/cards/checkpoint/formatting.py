@@ -1,0 +1,105 @@
+"""Values as the card shows them: sizes, times, and user data cut to a readable length.
+
+Everything returned here is plain text; the templates HTML-escape it, so a value
+holding markup is shown as text and never becomes part of the page.
+"""
+
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any, Dict, List
+
+#: Longest text shown for one metadata value (the full value, up to TITLE_CHARS, is in
+#: the hover title).
+VALUE_CHARS = 60
+TITLE_CHARS = 400
+#: Metadata entries and field names shown per checkpoint before "+N more".
+MAX_ENTRIES = 8
+MAX_FIELD_NAMES = 6
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in an ellipsis when it was cut."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "\u2026"
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return "%d B" % n if unit == "B" else "%.1f %s" % (value, unit)
+        value /= 1024.0
+    return "%d B" % n
+
+
+def utc_time(iso: str) -> str:
+    """An ISO-8601 timestamp as 'YYYY-MM-DD HH:MM:SS' in UTC (the input if unparseable)."""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return str(iso)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def compact(value: Any) -> str:
+    """A metadata value as short text: strings as they are, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return "%.6g" % value
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def metadata_entries(metadata: Dict[str, Any]) -> List[Dict[str, str]]:
+    """User metadata as ``[{"key", "value", "title"}]``, each cut to a readable length,
+    with one final ``{"key": "", "value": "+N more"}`` entry when there are many."""
+    entries = []
+    items = list((metadata or {}).items())
+    for key, value in items[:MAX_ENTRIES]:
+        text = compact(value)
+        entries.append(
+            {
+                "key": truncate(str(key), 24),
+                "value": truncate(text, VALUE_CHARS),
+                "title": truncate("%s = %s" % (key, text), TITLE_CHARS),
+            }
+        )
+    if len(items) > MAX_ENTRIES:
+        rest = ", ".join(str(k) for k, _ in items[MAX_ENTRIES:])
+        entries.append(
+            {
+                "key": "",
+                "value": "+%d more" % (len(items) - MAX_ENTRIES),
+                "title": truncate(rest, TITLE_CHARS),
+            }
+        )
+    return entries
+
+
+def field_names(fields: Dict[str, Any]) -> str:
+    """'model, optimizer, epoch +3 more'."""
+    names = list(fields or {})
+    shown = ", ".join(truncate(name, 32) for name in names[:MAX_FIELD_NAMES])
+    if len(names) > MAX_FIELD_NAMES:
+        shown += " +%d more" % (len(names) - MAX_FIELD_NAMES)
+    return shown
+
+
+def is_number(value: Any) -> bool:
+    """True for finite ints and floats (not bools): the metadata values a chart can plot."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def number_label(value: float) -> str:
+    """A chart tick: 0.000123 -> '0.000123', 12345678 -> '1.235e+07'."""
+    return "%.4g" % value

@@ -1,0 +1,233 @@
+"""What the checkpoint card shows, as plain data for its template.
+
+Built from the checkpoint store (the manifests of every attempt, including attempts
+killed hard, which left no Metaflow artifacts behind), the lineage walked from the
+store, and how each attempt ended. Nothing here reads storage or knows Metaflow, so
+the card's content can be tested from manifests alone.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ....engine.errors import CheckpointException
+from ....engine.keys import CheckpointKey
+from ....engine.lineage import LineageLink
+from ...task_status import RUNNING
+from .chart import attempt_class, metric_charts
+from .formatting import field_names, human_bytes, metadata_entries, truncate, utc_time
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class TaskCheckpoints:
+    """Everything the card is made from.
+
+    Attributes
+    ----------
+    pathspec : str
+        The task, ``Flow/run/step/task``.
+    attempt : int
+        The attempt that renders the card (the running one, or the one that succeeded).
+    statuses : List[str]
+        How each attempt ended, oldest first ("succeeded", "failed", "killed", "running").
+    checkpoints : List[dict]
+        Public manifests of every committed checkpoint of the task, oldest first.
+    lineage : List[LineageLink]
+        The chain this attempt's saves descend from, oldest ancestor first.
+    live : bool
+        True while the task runs (the card refreshes after saves).
+    """
+
+    pathspec: str
+    attempt: int
+    statuses: List[str]
+    checkpoints: List[dict]
+    lineage: List[LineageLink] = field(default_factory=list)
+    live: bool = False
+
+
+def resume_key(checkpoints: List[dict], attempt: int) -> Optional[str]:
+    """The key of the checkpoint ``attempt`` had loaded when it saved (None if none).
+
+    Taken from the attempt's newest save: that is what its current state descends from.
+    """
+    parents = [m.get("parent") for m in checkpoints if m["attempt"] == attempt]
+    return parents[-1] if parents else None
+
+
+def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
+    """The template's data for ``task``."""
+    checkpoints = task.checkpoints
+    attempts = _attempt_numbers(task)
+    status_of = {a: _status(task.statuses, a) for a in attempts}
+    loaded_by = _loaded_by(checkpoints)
+    run_id = task.pathspec.split("/")[1]
+    referenced = sum(m.get("size", 0) for m in checkpoints)
+    written = sum(m.get("bytes_written", 0) for m in checkpoints)
+    saved = max(referenced - written, 0)
+    this_resume = resume_key(checkpoints, task.attempt)
+    # A live card can be rendered after its attempt ended (Metaflow finishes a refresh
+    # already started when the attempt dies): then it is a snapshot, not live.
+    live = task.live and status_of[task.attempt] in (RUNNING, UNKNOWN)
+    return {
+        "pathspec": task.pathspec,
+        "attempt": task.attempt,
+        "live": live,
+        "snapshot": task.live and not live,
+        "attempt_status": status_of[task.attempt],
+        "attempts": [
+            {
+                "attempt": a,
+                "status": status_of[a],
+                "status_cls": "ic-status-%s" % status_of[a],
+                "cls": attempt_class(a),
+                "count": sum(1 for m in checkpoints if m["attempt"] == a),
+                "resumed_from": _describe_key(resume_key(checkpoints, a), run_id),
+                "current": a == task.attempt,
+            }
+            for a in attempts
+        ],
+        "resumed_from": _describe_key(this_resume, run_id),
+        "resume_note": _resume_note(task, this_resume),
+        "history": [
+            {
+                "attempt": a,
+                "status": status_of[a],
+                "status_cls": "ic-status-%s" % status_of[a],
+                "cls": attempt_class(a),
+                "rows": [_history_row(m, loaded_by) for m in checkpoints if m["attempt"] == a],
+            }
+            for a in attempts
+        ],
+        "has_checkpoints": bool(checkpoints),
+        "lineage": _lineage_rows(task.lineage, run_id),
+        "has_lineage": bool(task.lineage),
+        "lineage_note": _lineage_note(task, this_resume),
+        "chart": _chart_section(checkpoints, attempts, status_of),
+        "totals": {
+            "checkpoints": len(checkpoints),
+            "attempts": len(attempts),
+            "referenced": human_bytes(referenced),
+            "written": human_bytes(written),
+            "saved": human_bytes(saved),
+            "saved_pct": "%.0f%%" % (100.0 * saved / referenced) if referenced else "0%",
+        },
+    }
+
+
+def _chart_section(
+    checkpoints: List[dict], attempts: List[int], status_of: Dict[int, str]
+) -> Dict[str, Any]:
+    legend = [
+        {"attempt": a, "cls": attempt_class(a), "status": status_of[a]}
+        for a in attempts
+        if any(m["attempt"] == a for m in checkpoints)
+    ]
+    section = metric_charts(checkpoints)
+    return dict(section, legend=legend, has_legend=bool(legend and section["charts"]))
+
+
+def _attempt_numbers(task: TaskCheckpoints) -> List[int]:
+    newest = max(
+        [len(task.statuses) - 1, task.attempt] + [m["attempt"] for m in task.checkpoints]
+    )
+    return list(range(newest + 1))
+
+
+def _status(statuses: List[str], attempt: int) -> str:
+    return statuses[attempt] if attempt < len(statuses) else UNKNOWN
+
+
+def _loaded_by(checkpoints: List[dict]) -> Dict[str, List[int]]:
+    """key -> the attempts whose saves descend from it (that resumed from it)."""
+    found: Dict[str, List[int]] = {}
+    for manifest in checkpoints:
+        parent = manifest.get("parent")
+        if parent and manifest["attempt"] not in found.setdefault(parent, []):
+            found[parent].append(manifest["attempt"])
+    return found
+
+
+def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, Any]:
+    size, written = manifest.get("size", 0), manifest.get("bytes_written", 0)
+    resumed_by = loaded_by.get(manifest["key"], [])
+    return {
+        "attempt": manifest["attempt"],
+        "version": manifest["version"],
+        "name": manifest["name"],
+        "created": utc_time(manifest.get("created_on", "")),
+        "fields": field_names(manifest.get("fields")),
+        "fields_title": truncate(", ".join(manifest.get("fields") or {}), 400),
+        "field_count": len(manifest.get("fields") or {}),
+        "size": human_bytes(size),
+        "written": human_bytes(written),
+        "dedup": _dedup_note(size, written),
+        "metadata": metadata_entries(manifest.get("metadata")),
+        "resumed_by": ", ".join("attempt %d" % a for a in resumed_by),
+    }
+
+
+def _dedup_note(size: int, written: int) -> str:
+    if size <= 0:
+        return ""
+    reused = max(size - written, 0)
+    if reused == 0:
+        return "all new"
+    return "%.0f%% reused" % (100.0 * reused / size)
+
+
+def _describe_key(key: Optional[str], run_id: str) -> Optional[Dict[str, Any]]:
+    """A checkpoint key as the card names it: the key, and its run, attempt and version."""
+    if not key:
+        return None
+    try:
+        parsed = CheckpointKey.parse(key)
+    except CheckpointException:
+        return {"key": key, "run": "?", "task": "?", "attempt": "?", "name": "?",
+                "version": "?", "other_run": False}
+    return {
+        "key": key,
+        "run": parsed.run_id,
+        "task": parsed.task_id,
+        "attempt": parsed.attempt,
+        "name": parsed.name,
+        "version": parsed.version,
+        "other_run": parsed.run_id != run_id,
+    }
+
+
+def _resume_note(task: TaskCheckpoints, resumed: Optional[str]) -> str:
+    if resumed:
+        return ""
+    if not any(m["attempt"] == task.attempt for m in task.checkpoints):
+        return "attempt %d has not saved a checkpoint yet" % task.attempt
+    return "attempt %d started fresh (it loaded no checkpoint before saving)" % task.attempt
+
+
+def _lineage_note(task: TaskCheckpoints, resumed: Optional[str]) -> str:
+    return "no lineage: %s" % _resume_note(task, resumed) if not task.lineage else ""
+
+
+def _lineage_rows(links: List[LineageLink], run_id: str) -> List[Dict[str, Any]]:
+    rows = []
+    for position, link in enumerate(links):
+        described = _describe_key(link.key, run_id) or {}
+        row = {
+            "position": position + 1,
+            "key": link.key,
+            "run": described.get("run", "?"),
+            "other_run": described.get("other_run", False),
+            "attempt": described.get("attempt", "?"),
+            "version": described.get("version", "?"),
+            "name": described.get("name", "?"),
+            "direct": position == len(links) - 1,
+            "problem": link.problem,
+            "created": "",
+            "metadata": [],
+        }
+        if link.readable:
+            row["created"] = utc_time(link.manifest.get("created_on", ""))
+            row["metadata"] = metadata_entries(link.manifest.get("metadata"))
+        rows.append(row)
+    return rows
