@@ -21,13 +21,13 @@ import io
 import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Tuple
 
 import cloudpickle
 import msgpack
 
 from .errors import CheckpointSerializationError
-from .tensors import TensorSpec, is_tensor_like, to_raw
+from .tensors import TensorSpec, describe, is_tensor_like
 
 MSGPACK = "msgpack"
 TENSORS = "tensors"
@@ -55,23 +55,17 @@ class TensorTable:
 
     def __init__(self):
         self.specs: List[TensorSpec] = []
-        self.data: List[memoryview] = []
-        # (id, version counter) of each tensor's object: a hint of what changed.
-        self.sources: List[Tuple[int, Optional[int]]] = []
+        # Holding the objects also keeps their id() from being reused mid-save.
+        self.objects: List[Any] = []
         self._index_by_id: Dict[int, int] = {}
-        self._keepalive: List[Any] = []
 
     def add(self, obj: Any) -> int:
         index = self._index_by_id.get(id(obj))
         if index is None:
-            spec, data, keepalive = to_raw(obj)
             index = len(self.specs)
-            self.specs.append(spec)
-            self.data.append(data)
-            self.sources.append((id(obj), getattr(obj, "_version", None)))
+            self.specs.append(describe(obj))
+            self.objects.append(obj)
             self._index_by_id[id(obj)] = index
-            # Holding obj keeps id(obj) from being reused by another object mid-save.
-            self._keepalive.append((obj, keepalive))
         return index
 
 

@@ -5,12 +5,15 @@ identity, its attributes (an ``AttributeSource``) and the object to restore onto
 handed in, so it runs the same in a flow and in a unit test.
 """
 
+import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .artifact import CheckpointArtifact, Reference, key_of
+from .change_tracking import ChangeTracker
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
 from .keys import CheckpointKey, split_pathspec, validate_name
@@ -18,10 +21,13 @@ from .manifest import normalize_metadata, public_view
 from .restore import apply_fields
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
-from .snapshot import read_rng_state, read_snapshot, write_snapshot
+from .snapshot import commit_save, prepare_save, read_rng_state, read_snapshot
+from .staging import STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore
 
 LOAD_POLICIES = ("fresh", "eager", "none")
+#: Set to 0 to hash every tensor on every save instead of trusting torch's version counter.
+TRACK_CHANGES_ENV = "METAFLOW_CHECKPOINT_TRACK_CHANGES"
 DEFAULT_NAME = "checkpoint"
 
 
@@ -78,6 +84,10 @@ class CheckpointSession:
         self._resume_point: Optional[CheckpointArtifact] = None
         self._parent: Optional[str] = None  # key of the checkpoint this attempt resumed from
         self._saved: List[CheckpointArtifact] = []
+        self._tracker = ChangeTracker() if os.environ.get(TRACK_CHANGES_ENV, "1") != "0" else None
+        self._staging: Optional[StagingArea] = None
+        self._background: Optional[ThreadPoolExecutor] = None
+        self._pending: Optional[Future] = None
         self.on_commit: List[Callable[[CheckpointArtifact, dict], None]] = []
 
     # -- task start ------------------------------------------------------------------
@@ -128,7 +138,14 @@ class CheckpointSession:
     def save(
         self, name: str = DEFAULT_NAME, metadata: Optional[dict] = None, blocking: bool = True
     ) -> CheckpointArtifact:
-        """Snapshot the step's attributes; return once the checkpoint is committed."""
+        """Snapshot the step's attributes.
+
+        ``blocking=True`` returns once the checkpoint is committed. ``blocking=False``
+        returns once the state is captured in memory (changed tensors copied) and commits
+        in the background; a failure there is raised by the next save(), wait(), or at
+        task end. One save is in flight at most: a new one first waits for it.
+        """
+        self.wait()
         t = self._task
         validate_name(name, t.step)
         metadata = normalize_metadata(metadata, t.step)
@@ -141,20 +158,38 @@ class CheckpointSession:
         if self._next_version is None:
             self._next_version = max((k.version for k in self._task_keys()), default=0) + 1
         key = CheckpointKey(t.flow, t.run_id, t.step, t.task_id, t.attempt, name, self._next_version)
-        manifest = write_snapshot(
-            self._store,
+        if not blocking and self._staging is None:
+            self._staging = StagingArea()
+        prepared = prepare_save(
             key,
             fields,
             metadata,
             parent=self._parent,
             rng_state=capture_rng_state() if self._rng else None,
             extra={"foreach_indices": list(t.foreach_indices)},
+            tracker=self._tracker,
+            staging=None if blocking else self._staging,
         )
         self._next_version += 1
+        if blocking or not prepared.staged:
+            if not blocking:
+                print(
+                    "@checkpoint: %s changed more bytes than the staging budget (%s=%d); "
+                    "saved synchronously." % (key, STAGING_BUDGET_ENV, self._staging.budget),
+                    file=sys.stderr,
+                )
+            return self._commit(prepared)
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
+        self._pending = self._background.submit(self._commit, prepared)
+        return CheckpointArtifact.from_manifest(prepared.manifest)
+
+    def _commit(self, prepared) -> CheckpointArtifact:
+        manifest = commit_save(self._store, prepared, self._tracker)
         artifact = CheckpointArtifact.from_manifest(manifest)
         self._saved.append(artifact)
-        self._task_keys_known.append(key)
-        self._after_commit(key)
+        self._task_keys_known.append(prepared.key)
+        self._after_commit(prepared.key)
         for listener in self.on_commit:
             listener(artifact, manifest)
         return artifact
@@ -186,7 +221,23 @@ class CheckpointSession:
             self._task_keys_known.remove(key)
 
     def wait(self) -> None:
-        """Block until background saves are committed (every save is synchronous for now)."""
+        """Block until the background save (if any) is committed; re-raise its failure."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def finish(self, raise_failure: bool = True) -> None:
+        """At task end: commit the pending save; report (or raise) its failure."""
+        try:
+            self.wait()
+        except Exception as ex:
+            if raise_failure:
+                raise
+            print("@checkpoint: the last background save failed: %s" % ex, file=sys.stderr)
+        finally:
+            if self._background is not None:
+                self._background.shutdown(wait=True)
+                self._background = None
 
     def load(self, reference: Optional[Reference] = None) -> CheckpointArtifact:
         """Restore a checkpoint's fields onto the step (and RNG state, when captured)."""

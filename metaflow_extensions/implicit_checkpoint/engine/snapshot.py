@@ -1,19 +1,25 @@
 """Fields to a committed checkpoint, and back: the save and load pipelines.
 
-Save: encode every field (codecs) → cut payloads and tensor bytes into blobs (layout) →
-write the blobs that do not exist yet (store) → commit the manifest (written last).
+Save, in two halves so the second can run in the background:
+``prepare_save`` encodes every field (codecs) and captures the bytes of the tensors that
+changed (referenced live, or copied into a staging area); ``commit_save`` cuts them into
+blobs (layout), writes the blobs that do not exist yet (store) and commits the manifest,
+written last. Unchanged torch tensors (change_tracking) point at blobs already stored.
 Load: read the manifest → read and verify the blobs the wanted fields need → decode.
 """
 
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from .change_tracking import ChangeTracker, Location, Observation, fingerprint, observe
 from .codecs import EncodedField, TensorTable, decode_field, encode_field, plain_preview
 from .errors import CheckpointException
 from .keys import CheckpointKey
-from .layout import plan_blobs
+from .layout import SMALL_BYTES, plan_blobs
 from .manifest import FORMAT_VERSION, STORAGE, utc_now_iso
+from .staging import StagingArea
 from .store import BlobRead, CheckpointStore
-from .tensors import RawTensor, TensorSpec, is_tensor_like
+from .tensors import RawTensor, TensorSpec, is_tensor_like, to_raw
 
 #: Payloads up to this size live inside the manifest instead of a blob of their own.
 INLINE_BYTES = 1024
@@ -25,16 +31,37 @@ RNG_FIELD = "<rng state>"
 _NEVER_ALIASED = (type(None), bool, int, float, complex, str, bytes)
 
 
-def write_snapshot(
-    store: CheckpointStore,
+@dataclass
+class PreparedSave:
+    """A save whose state is captured (encoded, changed tensors copied or referenced),
+    ready to be hashed, written and committed, now or in the background."""
+
+    key: CheckpointKey
+    manifest: dict  # all but the storage locations and bytes_written
+    table: TensorTable
+    encoded: Dict[str, EncodedField]
+    rng: Optional[EncodedField]
+    changed: Dict[int, memoryview]  # tensor index -> its bytes (live view or staged copy)
+    reused: Dict[int, Location]  # tensor index -> where its unchanged bytes already are
+    verify: List[int]  # reused tensors to re-hash before trusting them
+    observations: Dict[int, Observation]
+    staged: bool  # changed bytes are copies: the caller may go on mutating its tensors
+    keepalive: List[Any] = field(default_factory=list)
+
+
+def prepare_save(
     key: CheckpointKey,
     fields: Mapping[str, Any],
     metadata: Dict[str, Any],
     parent: Optional[str] = None,
     rng_state: Optional[Dict[str, Any]] = None,
     extra: Optional[Dict[str, Any]] = None,
-) -> dict:
-    """Encode, store and commit ``fields``; return the committed manifest."""
+    tracker: Optional[ChangeTracker] = None,
+    staging: Optional[StagingArea] = None,
+) -> PreparedSave:
+    """Capture the state of ``fields`` now. With ``staging`` (and the changed bytes within
+    its budget), changed tensors are copied into it, so the caller may go on mutating
+    them; otherwise their live memory is referenced until ``commit_save``."""
     table = TensorTable()
     encoded: Dict[str, EncodedField] = {}
     aliases: Dict[str, str] = {}
@@ -47,34 +74,36 @@ def write_snapshot(
         encoded[name] = encode_field(name, value, table, key.step)
     rng_encoded = encode_field(RNG_FIELD, rng_state, table, key.step) if rng_state else None
 
-    # Every buffer to store: tensor bytes first, then payloads too big to inline.
-    buffers: List[memoryview] = list(table.data)
-    sources: List[Optional[tuple]] = list(table.sources)
-    payload_buffer: Dict[str, int] = {}
-    for name, enc in _with_rng(encoded, rng_encoded):
-        if len(enc.payload) > INLINE_BYTES:
-            payload_buffer[name] = len(buffers)
-            buffers.append(memoryview(enc.payload))
-            sources.append(None)
-    blobs, extents = plan_blobs(buffers, sources)
-    hashes, bytes_written = store.put_blobs(key.flow, blobs)
+    observations, reused, verify, changed_indices = {}, {}, [], []
+    for index, (obj, spec) in enumerate(zip(table.objects, table.specs)):
+        seen = observe(obj, spec) if tracker is not None else None
+        if seen is not None:
+            observations[index] = seen
+        known = tracker.unchanged(obj, seen) if seen is not None else None
+        if known is None:
+            changed_indices.append(index)
+            continue
+        reused[index] = known[0]
+        if known[1]:
+            verify.append(index)
+    keepalive = []
+    changed_bytes = sum(table.specs[i].nbytes for i in changed_indices)
+    staged = staging is not None and staging.fits(changed_bytes)
+    if staged:
+        views = staging.stage(
+            [table.objects[i] for i in changed_indices],
+            [table.specs[i].nbytes for i in changed_indices],
+        )
+        changed = dict(zip(changed_indices, views))
+    else:
+        changed = {}
+        for index in changed_indices:
+            changed[index], holder = to_raw(table.objects[index])
+            keepalive.append(holder)
 
-    def located(buffer_index: int) -> list:
-        return [[hashes[b], offset, length] for b, offset, length in extents[buffer_index]]
-
-    def stored_payload(name: str, enc: EncodedField) -> dict:
-        payload = located(payload_buffer[name]) if name in payload_buffer else enc.payload
-        return {"codec": enc.codec, "payload": payload, "tensors": sorted(enc.tensors)}
-
-    public_fields = {}
-    storage_fields = {}
-    for name, enc in encoded.items():
-        public_fields[name] = _describe_field(enc, table.specs, fields[name])
-        storage_fields[name] = stored_payload(name, enc)
+    public_fields = {name: _describe_field(enc, table.specs, fields[name]) for name, enc in encoded.items()}
     for name, target in aliases.items():
         public_fields[name] = dict(public_fields[target], codec=ALIAS, alias_of=target)
-        storage_fields[name] = {"alias_of": target}
-
     manifest = {
         "format_version": FORMAT_VERSION,
         "key": str(key),
@@ -92,19 +121,112 @@ def write_snapshot(
         "parent": parent,
         "rng": sorted(rng_state) if rng_state else None,
         "size": _field_data_size(encoded, table.specs),
-        "bytes_written": bytes_written,
-        STORAGE: {
-            "blobs": {digest: blob.size for digest, blob in zip(hashes, blobs)},
-            "tensors": [
-                spec.to_wire() + [located(i)] for i, spec in enumerate(table.specs)
-            ],
-            "fields": storage_fields,
-            "rng": stored_payload(RNG_FIELD, rng_encoded) if rng_encoded else None,
-        },
+        STORAGE: {"fields": {name: {"alias_of": target} for name, target in aliases.items()}},
     }
     manifest.update(extra or {})
-    store.commit(key, manifest)
+    return PreparedSave(
+        key, manifest, table, encoded, rng_encoded, changed, reused, verify, observations, staged, keepalive
+    )
+
+
+def commit_save(
+    store: CheckpointStore, prepared: PreparedSave, tracker: Optional[ChangeTracker] = None
+) -> dict:
+    """Hash and write what is not stored yet, commit the manifest, update the tracker."""
+    table, changed, reused = prepared.table, dict(prepared.changed), dict(prepared.reused)
+    _verify_reused(prepared, changed, reused, tracker)
+
+    # Every buffer to store: changed tensors first, then payloads too big to inline.
+    order = sorted(changed)
+    buffers: List[memoryview] = [changed[i] for i in order]
+    sources = [(id(table.objects[i]), getattr(table.objects[i], "_version", None)) for i in order]
+    payload_buffer: Dict[str, int] = {}
+    for name, enc in _with_rng(prepared.encoded, prepared.rng):
+        if len(enc.payload) > INLINE_BYTES:
+            payload_buffer[name] = len(buffers)
+            buffers.append(memoryview(enc.payload))
+            sources.append(None)
+    blobs, extents = plan_blobs(buffers, sources)
+    hashes, bytes_written = store.put_blobs(prepared.key.flow, blobs)
+    blob_sizes = {digest: blob.size for digest, blob in zip(hashes, blobs)}
+
+    def located(buffer_index: int) -> list:
+        return [[hashes[b], offset, length] for b, offset, length in extents[buffer_index]]
+
+    locations: Dict[int, Location] = dict(reused)
+    for position, index in enumerate(order):
+        where = located(position)
+        locations[index] = Location(
+            tuple(map(tuple, where)),
+            tuple((digest, blob_sizes[digest]) for digest, _, _ in where),
+            _fingerprint_of_written(where, changed[index]),
+        )
+    for location in reused.values():
+        blob_sizes.update(location.blob_sizes)
+
+    def stored_payload(name: str, enc: EncodedField) -> dict:
+        payload = located(payload_buffer[name]) if name in payload_buffer else enc.payload
+        return {"codec": enc.codec, "payload": payload, "tensors": sorted(enc.tensors)}
+
+    manifest = dict(prepared.manifest)
+    storage = manifest[STORAGE] = {
+        "blobs": blob_sizes,
+        "tensors": [
+            spec.to_wire() + [[list(e) for e in locations[i].extents]]
+            for i, spec in enumerate(table.specs)
+        ],
+        "fields": dict(prepared.manifest[STORAGE]["fields"]),
+        "rng": stored_payload(RNG_FIELD, prepared.rng) if prepared.rng else None,
+    }
+    for name, enc in prepared.encoded.items():
+        storage["fields"][name] = stored_payload(name, enc)
+    manifest["bytes_written"] = bytes_written
+    store.commit(prepared.key, manifest)
+
+    if tracker is not None and tracker.enabled:
+        for index, seen in prepared.observations.items():
+            verified = index not in prepared.reused or index in prepared.verify
+            tracker.remember(table.objects[index], seen, locations[index], verified)
+        tracker.keep_only(table.objects)
     return manifest
+
+
+def _verify_reused(prepared: PreparedSave, changed: dict, reused: dict, tracker) -> None:
+    """Re-hash the reused tensors due for it; store the live bytes of any that changed
+    behind torch's version counter (and stop trusting the counter)."""
+    for index in prepared.verify:
+        obj = prepared.table.objects[index]
+        if observe(obj, prepared.table.specs[index]) != prepared.observations[index]:
+            continue  # written to since the save began: its old bytes stand
+        data, holder = to_raw(obj)
+        if fingerprint(data) != reused[index].fingerprint:
+            prepared.keepalive.append(holder)
+            changed[index] = data
+            del reused[index]
+            tracker.disable(
+                "a %s in checkpoint %s changed without torch noticing (written through "
+                ".data or a numpy view?); its current bytes are saved"
+                % (prepared.table.specs[index].describe(), prepared.key)
+            )
+
+
+def _fingerprint_of_written(extents: list, data: memoryview) -> tuple:
+    if len(data) >= SMALL_BYTES:
+        return tuple(digest for digest, _, _ in extents)  # one whole blob per chunk
+    return fingerprint(data)
+
+
+def write_snapshot(
+    store: CheckpointStore,
+    key: CheckpointKey,
+    fields: Mapping[str, Any],
+    metadata: Dict[str, Any],
+    parent: Optional[str] = None,
+    rng_state: Optional[Dict[str, Any]] = None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> dict:
+    """Encode, store and commit ``fields`` now; return the committed manifest."""
+    return commit_save(store, prepare_save(key, fields, metadata, parent, rng_state, extra))
 
 
 def _field_data_size(encoded: Dict[str, EncodedField], specs: List[TensorSpec]) -> int:

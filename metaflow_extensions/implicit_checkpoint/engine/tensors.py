@@ -59,39 +59,44 @@ def is_tensor_like(obj: Any) -> bool:
     return False
 
 
-def to_raw(obj: Any) -> Tuple[TensorSpec, memoryview, Any]:
-    """Describe ``obj`` and expose its bytes without copying when it is already dense on CPU.
+def describe(obj: Any) -> TensorSpec:
+    """The spec of a tensor or array (no data is touched)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return TensorSpec(
+            TORCH,
+            str(obj.dtype).rsplit(".", 1)[-1],
+            tuple(obj.shape),
+            obj.numel() * obj.element_size(),
+            str(obj.device),
+            type(obj) is torch.nn.Parameter,
+            bool(obj.requires_grad),
+        )
+    return TensorSpec(NUMPY, obj.dtype.str, tuple(obj.shape), obj.nbytes)
 
-    Returns ``(spec, data, keepalive)``: ``data`` is a flat byte view that stays valid
-    while ``keepalive`` is referenced.
+
+def to_raw(obj: Any) -> Tuple[memoryview, Any]:
+    """A flat byte view of ``obj``'s data, and the object that keeps the view valid.
+
+    No copy for a dense CPU tensor or C-contiguous array; a copy otherwise (GPU,
+    non-contiguous, conjugate/negative views).
     """
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor):
         t = obj.detach()
-        device = str(t.device)
         if t.device.type != "cpu":
             t = t.to("cpu")
         t = t.resolve_conj().resolve_neg().contiguous()
-        spec = TensorSpec(
-            TORCH,
-            str(t.dtype).rsplit(".", 1)[-1],
-            tuple(t.shape),
-            t.numel() * t.element_size(),
-            device,
-            type(obj) is torch.nn.Parameter,
-            bool(obj.requires_grad),
-        )
-        if spec.nbytes == 0:
-            return spec, memoryview(b""), None
+        if t.numel() == 0:
+            return memoryview(b""), None
         flat = t.reshape(-1).view(torch.uint8)
-        return spec, memoryview(flat.numpy()), flat
+        return memoryview(flat.numpy()), flat
     np = sys.modules["numpy"]
     a = np.ascontiguousarray(obj)
-    spec = TensorSpec(NUMPY, a.dtype.str, tuple(a.shape), a.nbytes)
     if a.nbytes == 0:
-        return spec, memoryview(b""), None
+        return memoryview(b""), None
     flat = a.reshape(-1).view(np.uint8)
-    return spec, memoryview(flat), flat
+    return memoryview(flat), flat
 
 
 class RawTensor:

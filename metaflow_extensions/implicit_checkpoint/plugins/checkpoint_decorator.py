@@ -187,6 +187,19 @@ class CheckpointDecorator(StepDecorator):
             self._session.on_commit.append(LiveCardRefresh(self._card_id, int(retry_count)))
         current._update_env({"checkpoint": self._session})
 
+    def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
+        # A background save still in flight is committed before the task ends; if it
+        # failed, the task fails.
+        self._session.finish(raise_failure=True)
+
+    def task_exception(
+        self, exception, step_name, flow, graph, retry_count, max_user_code_retries
+    ):
+        # Commit what is in flight; the step's own exception is the one to report.
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.finish(raise_failure=False)
+
     def task_finished(
         self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries
     ):

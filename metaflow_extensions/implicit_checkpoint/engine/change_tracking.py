@@ -1,0 +1,110 @@
+"""Knowing, cheaply, which torch tensors did not change since the previous save.
+
+torch counts in-place writes to a tensor in ``tensor._version``. A tensor object that is
+still alive, still backed by the same memory, with the same shape, dtype and version
+as when its bytes were stored, holds the same bytes: it is neither copied nor hashed
+again, and the new checkpoint points at the blobs already stored.
+
+Writes that bypass the counter exist (through ``tensor.data`` or a numpy view), so every
+reused tensor is re-hashed every ``VERIFY_EVERY`` saves (spread over saves). A mismatch
+turns tracking off for the rest of the task and stores the live bytes.
+"""
+
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from .layout import CHUNK_BYTES, SMALL_BYTES
+from .tensors import TensorSpec
+
+VERIFY_EVERY = 8
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a tensor's bytes are stored: its extents and the blobs they fall in."""
+
+    extents: Tuple[Tuple[str, int, int], ...]  # (blob hash, offset, length)
+    blob_sizes: Tuple[Tuple[str, int], ...]
+    fingerprint: Tuple[str, ...]  # content hashes, see fingerprint()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A tensor's identity and version at the moment a save looked at it."""
+
+    version: int
+    data_ptr: int
+    spec: TensorSpec
+
+
+@dataclass
+class _Entry:
+    ref: Any  # weakref to the tensor object
+    observation: Observation
+    location: Location
+    saves_since_verified: int
+
+
+def fingerprint(data: memoryview) -> Tuple[str, ...]:
+    """Content hashes of a tensor's bytes, chunked like layout.py cuts large buffers."""
+    from .hashing import content_hash
+
+    view = memoryview(data).cast("B")
+    if len(view) < SMALL_BYTES:
+        return (content_hash([view]),)
+    return tuple(
+        content_hash([view[i : i + CHUNK_BYTES]]) for i in range(0, len(view), CHUNK_BYTES)
+    )
+
+
+def observe(obj: Any, spec: TensorSpec) -> Optional[Observation]:
+    """The observation of a torch tensor on CPU or GPU; None for anything untrackable."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(obj, torch.Tensor):
+        return None
+    return Observation(obj._version, obj.data_ptr(), spec)
+
+
+class ChangeTracker:
+    """Per task: where each tracked tensor's bytes were stored by the latest save."""
+
+    def __init__(self):
+        self._entries: Dict[int, _Entry] = {}
+        self.enabled = True
+        self._saves = 0
+
+    def unchanged(self, obj: Any, now: Observation) -> Optional[Tuple[Location, bool]]:
+        """``(location, needs_verification)`` if ``obj`` is known unchanged, else None."""
+        if not self.enabled or now is None:
+            return None
+        entry = self._entries.get(id(obj))
+        if entry is None or entry.ref() is not obj or entry.observation != now:
+            return None
+        due = entry.saves_since_verified + 1 >= VERIFY_EVERY
+        return entry.location, due
+
+    def remember(self, obj: Any, seen: Observation, location: Location, verified: bool) -> None:
+        previous = self._entries.get(id(obj))
+        if verified or previous is None or previous.ref() is not obj:
+            # Stagger verification so each save re-hashes about 1/VERIFY_EVERY of them.
+            count = (len(self._entries) % VERIFY_EVERY) if previous is None else 0
+        else:
+            count = previous.saves_since_verified + 1
+        self._entries[id(obj)] = _Entry(weakref.ref(obj), seen, location, count)
+
+    def keep_only(self, objects: List[Any]) -> None:
+        """Drop entries of tensors the latest save did not hold."""
+        alive = {id(obj) for obj in objects}
+        self._entries = {k: v for k, v in self._entries.items() if k in alive}
+
+    def disable(self, reason: str) -> None:
+        if self.enabled:
+            print(
+                "@checkpoint: %s. Unchanged-tensor detection is now off for this task: "
+                "every save hashes all tensors." % reason,
+                file=sys.stderr,
+            )
+        self.enabled = False
+        self._entries.clear()
