@@ -1,16 +1,25 @@
 """Host memory that holds a snapshot of the changed tensors while a background save writes.
 
 One buffer, reused from save to save and grown only when more bytes changed than it
-holds, so steady-state background saves allocate (and page-fault) nothing. When CUDA is
-available the buffer is pinned, so device-to-host copies run at full speed.
+holds, so steady-state background saves allocate (and page-fault) nothing. On Linux it
+is mapped with MAP_POPULATE: the kernel fills in all its pages at once, several times
+faster than faulting them in one by one during the copy. With CUDA available the buffer
+is pinned instead, so device-to-host copies run at full speed. Copies of large tensors
+are split across two threads (numpy's copy releases the GIL).
 """
 
+import mmap
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, List
 
 STAGING_BUDGET_ENV = "METAFLOW_CHECKPOINT_STAGING_BYTES"
 DEFAULT_BUDGET = 8 * 1024**3
+
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if sys.platform.startswith("linux") else 0)
+_PIECE = 16 * 1024 * 1024  # copies are split into pieces of this size
+_COPY_THREADS = 2
 
 
 def staging_budget() -> int:
@@ -23,8 +32,11 @@ class StagingArea:
 
     def __init__(self, budget: int = None):
         self.budget = staging_budget() if budget is None else budget
-        self._buffer = None  # a uint8 torch tensor or numpy array
+        self._array = None  # uint8 numpy view of the buffer
+        self._pinned = None  # the pinned torch tensor behind it, with CUDA
+        self._mapping = None
         self.capacity = 0
+        self._pool = None
 
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.budget
@@ -32,50 +44,81 @@ class StagingArea:
     def _reserve(self, nbytes: int) -> None:
         if nbytes <= self.capacity:
             return
-        self._buffer = None  # free the old buffer before allocating the new one
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            pinned = torch.cuda.is_available()
-            self._buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
-        else:
-            import numpy as np
+        import numpy as np
 
-            self._buffer = np.empty(nbytes, dtype=np.uint8)
+        # Drop the old buffer first; it is unmapped once the last view of it is gone.
+        self._array = self._pinned = self._mapping = None
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            self._pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+            self._array = self._pinned.numpy()
+        else:
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_POPULATE
+            self._mapping = mmap.mmap(-1, nbytes, flags=flags)
+            self._array = np.frombuffer(self._mapping, dtype=np.uint8)
         self.capacity = nbytes
 
     def stage(self, objects: List[Any], sizes: List[int]) -> List[memoryview]:
         """Copy each tensor/array's bytes into the buffer; return a view per object."""
         self._reserve(sum(sizes))
-        views, offset, synchronize = [], 0, False
+        views, pieces, offset, gpu = [], [], 0, False
         for obj, size in zip(objects, sizes):
             if size:
-                synchronize |= self._copy(obj, offset, size)
-            views.append(self._view(offset, size))
+                if _on_gpu(obj):
+                    self._copy_from_gpu(obj, offset, size)
+                    gpu = True
+                else:
+                    source = _host_bytes(obj)
+                    for start in range(0, size, _PIECE):
+                        end = min(size, start + _PIECE)
+                        pieces.append((offset + start, source[start:end]))
+            views.append(memoryview(self._array[offset : offset + size]))
             offset += size
-        if synchronize:
+        self._copy_pieces(pieces)
+        if gpu:
             sys.modules["torch"].cuda.synchronize()
         return views
 
-    def _view(self, offset: int, size: int) -> memoryview:
-        buffer = self._buffer
-        if hasattr(buffer, "numpy"):
-            buffer = buffer.numpy()
-        return memoryview(buffer[offset : offset + size])
-
-    def _copy(self, obj: Any, offset: int, size: int) -> bool:
-        """Copy one object's bytes; True if a GPU copy is still in flight."""
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(obj, torch.Tensor):
-            source = obj.detach().resolve_conj().resolve_neg()
-            if not source.is_contiguous():
-                source = source.contiguous()
-            destination = self._buffer[offset : offset + size]
-            on_gpu = source.device.type != "cpu"
-            destination.copy_(source.reshape(-1).view(torch.uint8), non_blocking=on_gpu)
-            return on_gpu
+    def _copy_pieces(self, pieces: list) -> None:
         import numpy as np
 
-        flat = np.ascontiguousarray(obj).reshape(-1).view(np.uint8)
-        target = self._buffer.numpy() if hasattr(self._buffer, "numpy") else self._buffer
-        target[offset : offset + size] = flat
-        return False
+        def copy(piece):
+            at, source = piece
+            np.copyto(self._array[at : at + len(source)], source)
+
+        big = [p for p in pieces if len(p[1]) >= _PIECE // 2]
+        small = [p for p in pieces if len(p[1]) < _PIECE // 2]
+        if len(big) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="checkpoint-stage")
+            list(self._pool.map(copy, big))
+        else:
+            small += big
+        for piece in small:
+            copy(piece)
+
+    def _copy_from_gpu(self, obj: Any, offset: int, size: int) -> None:
+        torch = sys.modules["torch"]
+        source = obj.detach().resolve_conj().resolve_neg()
+        if not source.is_contiguous():
+            source = source.contiguous()
+        destination = self._pinned[offset : offset + size]
+        destination.copy_(source.reshape(-1).view(torch.uint8), non_blocking=True)
+
+
+def _on_gpu(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor) and obj.device.type != "cpu"
+
+
+def _host_bytes(obj: Any):
+    """A flat uint8 numpy view of a CPU tensor's or array's bytes (a copy only if strided)."""
+    import numpy as np
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        t = obj.detach().resolve_conj().resolve_neg()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        return t.reshape(-1).view(torch.uint8).numpy()
+    return np.ascontiguousarray(obj).reshape(-1).view(np.uint8)
