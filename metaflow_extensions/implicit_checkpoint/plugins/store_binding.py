@@ -1,6 +1,7 @@
 """Building a CheckpointStore on the datastore a run uses."""
 
 import os
+from typing import Optional
 
 from ..engine.backends import LocalDirBackend, MetaflowStorageBackend
 from ..engine.store import CheckpointStore
@@ -15,15 +16,52 @@ def store_for_datastore(flow_datastore) -> CheckpointStore:
     return _store_for_storage(flow_datastore._storage_impl)
 
 
+#: Blobs a store on S3 reads or writes at once (each may fan out into parallel parts).
+S3_BLOB_WORKERS = 8
+
+
 def _store_for_storage(storage_impl) -> CheckpointStore:
     # On the local datastore the store writes the directory itself (atomic renames,
-    # fsync, reads straight into tensors); on S3, Azure or GCS it goes through
-    # Metaflow's storage layer, with Metaflow's own credentials and endpoints.
+    # fsync, reads straight into tensors); on S3 it talks to S3 itself (parallel,
+    # streaming, retried); on Azure or GCS it goes through Metaflow's storage layer.
+    # All of them live under the datastore root, with Metaflow's own credentials.
+    durable = os.environ.get(FSYNC_ENV, "1") != "0"
     if storage_impl.TYPE == "local":
-        backend = LocalDirBackend(storage_impl.datastore_root)
-    else:
-        backend = MetaflowStorageBackend(storage_impl)
-    return CheckpointStore(backend, durable=os.environ.get(FSYNC_ENV, "1") != "0")
+        return CheckpointStore(LocalDirBackend(storage_impl.datastore_root), durable=durable)
+    if storage_impl.TYPE == "s3":
+        return CheckpointStore(s3_backend(storage_impl.datastore_root), workers=S3_BLOB_WORKERS)
+    return CheckpointStore(MetaflowStorageBackend(storage_impl), durable=durable)
+
+
+def s3_backend(datastore_root: str, client_params: Optional[dict] = None):
+    """An S3Backend on ``datastore_root`` with a boto3 client built as Metaflow's S3
+    datastore builds its own: Metaflow's AWS client provider, credentials and session
+    variables, METAFLOW_S3_ENDPOINT_URL and the other client options, server-side
+    encryption, and METAFLOW_S3_RETRY_COUNT retries.
+
+    Metaflow's S3 datastore stages every object in a temp file and batches requests
+    through subprocesses (see engine/s3_backend.py for what that cost); the backend
+    makes the requests itself with this client. ``client_params`` (boto3 client
+    arguments, e.g. ``endpoint_url``) are applied on top of Metaflow's.
+    """
+    from metaflow.metaflow_config import (
+        DATATOOLS_CLIENT_PARAMS,
+        S3_RETRY_COUNT,
+        S3_SERVER_SIDE_ENCRYPTION,
+    )
+    from metaflow.plugins.datatools.s3.s3util import get_s3_client
+
+    from ..engine.s3_backend import RetryPolicy, S3Backend, client_config
+
+    params = dict(DATATOOLS_CLIENT_PARAMS, **(client_params or {}))
+    params["config"] = client_config(params.get("config"))
+    client, _ = get_s3_client(s3_client_params=params)
+    return S3Backend(
+        client,
+        datastore_root,
+        retry=RetryPolicy(attempts=int(S3_RETRY_COUNT) + 1),
+        encryption=S3_SERVER_SIDE_ENCRYPTION,
+    )
 
 
 def store_from_config(datastore_type: str = None, datastore_root: str = None) -> CheckpointStore:

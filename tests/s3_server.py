@@ -1,0 +1,178 @@
+"""A real S3-compatible server on 127.0.0.1 (moto's), and Metaflow worlds that keep their
+datastore in it.
+
+Fixtures (import them into a test module to use them):
+
+- ``s3_server``: one moto server for the session, with a bucket; stopped at the end.
+- ``s3_world``: a MetaflowWorld whose datastore is S3 on that server, under a prefix
+  of its own (metadata stays local, in the world's directory).
+"""
+
+import logging
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from conftest import MetaflowWorld
+from metaflow_extensions.implicit_checkpoint.engine.s3_backend import S3Backend, client_config
+
+BUCKET = "checkpoint-tests"
+REGION = "us-east-1"
+
+#: Credentials moto accepts; never real ones.
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def s3_client(endpoint: str, connections: int = 16):
+    """A boto3 S3 client for ``endpoint``, configured like the checkpoint backend's."""
+    return boto3.session.Session(
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=REGION,
+    ).client("s3", endpoint_url=endpoint, config=client_config(None, connections))
+
+
+def create_bucket(endpoint: str, bucket: str = BUCKET) -> None:
+    s3_client(endpoint).create_bucket(Bucket=bucket)
+
+
+def metaflow_s3_env(endpoint: str, root: str) -> Dict[str, str]:
+    """The environment that points Metaflow (and so the checkpoint store) at ``root``
+    (``s3://bucket/prefix``) on the server at ``endpoint``."""
+    return {
+        **FAKE_CREDENTIALS,
+        "AWS_DEFAULT_REGION": REGION,
+        "METAFLOW_DEFAULT_DATASTORE": "s3",
+        "METAFLOW_DATASTORE_SYSROOT_S3": root,
+        "METAFLOW_S3_ENDPOINT_URL": endpoint,
+    }
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (a free port), with one bucket."""
+
+    def __init__(self, bucket: str = BUCKET):
+        self.bucket = bucket
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+
+    def start(self) -> "S3Server":
+        # One log line per request otherwise.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = "http://%s:%d" % (host, port)
+        create_bucket(self.endpoint, self.bucket)
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def new_root(self) -> str:
+        """A fresh ``s3://bucket/prefix`` no other test uses."""
+        return "s3://%s/%s" % (self.bucket, uuid.uuid4().hex[:12])
+
+    def client(self, endpoint: Optional[str] = None):
+        return s3_client(endpoint or self.endpoint)
+
+    def backend(self, root: str, endpoint: Optional[str] = None, **options) -> S3Backend:
+        """The checkpoint S3 backend on ``root``, reached through ``endpoint`` (default:
+        the server itself; pass a fault proxy's endpoint to go through it). ``options``
+        go to S3Backend (retry, part_bytes, ...)."""
+        return S3Backend(self.client(endpoint), root, **options)
+
+    def keys(self, root: str) -> list:
+        """Every object key under ``root``, relative to it."""
+        prefix = root[len("s3://%s/" % self.bucket) :].rstrip("/") + "/"
+        keys = []
+        for page in self.client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            keys.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
+        return keys
+
+
+class S3World(MetaflowWorld):
+    """A MetaflowWorld whose datastore lives on the S3 server (metadata stays local)."""
+
+    def __init__(self, root: Path, server: S3Server, endpoint: Optional[str] = None):
+        super().__init__(root)
+        self.server = server
+        self.s3_root = server.new_root()
+        self.env.update(metaflow_s3_env(endpoint or server.endpoint, self.s3_root))
+
+    def checkpoint_keys(self) -> list:
+        """The keys of every checkpoint object of this world (relative to its root)."""
+        return [k for k in self.server.keys(self.s3_root) if "/_implicit_checkpoints/" in k]
+
+
+class RequestLog:
+    """Counts the S3 API calls a boto3 client makes, by operation name."""
+
+    def __init__(self, client):
+        self.counts: Dict[str, int] = {}
+        client.meta.events.register("before-call.s3.*", self._count)
+
+    def _count(self, model, **_):
+        self.counts[model.name] = self.counts.get(model.name, 0) + 1
+
+    def reset(self) -> None:
+        self.counts = {}
+
+    def __getitem__(self, operation: str) -> int:
+        return self.counts.get(operation, 0)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_world(tmp_path, s3_server) -> S3World:
+    root = tmp_path / "mf"
+    root.mkdir()
+    return S3World(root, s3_server)
+
+
+_SERVER_PROCESS = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # until the parent closes it
+server.stop()
+"""
+
+
+@contextmanager
+def moto_server_process(bucket: str = BUCKET) -> Iterator[str]:
+    """A moto server in a process of its own (so it does not share the caller's GIL,
+    as the benchmarks need); yields its endpoint, with ``bucket`` created."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_PROCESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        endpoint = "http://127.0.0.1:%d" % int(process.stdout.readline())
+        create_bucket(endpoint, bucket)
+        yield endpoint
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
