@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup chromium demo test bench clean
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,17 @@ setup: $(STAMP)
 demo: setup
 	PYTHON=$(CURDIR)/$(BIN)/python ./scripts/demo.sh
 
-test: setup
+# The card tests render cards in headless Chromium: Debian's package, installed once.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+chromium: $(CHROMIUM)
+
+test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest tests
 
 # The benchmarks get their own environment: the peers they compare against are never

@@ -211,7 +211,7 @@ def test_final_card_tells_the_story_of_every_attempt(world, browser, output_dir)
     assert_self_contained(html)
 
     page = browser.page(html_path)
-    browser.screenshot(html_path, output_dir / "card.png")
+    browser.screenshot(html_path, output_dir / "card.png", height=1150)
 
     assert page.text("ic-current-attempt") == "1"
     assert page.text("ic-resumed-from").startswith(pathspec + "/0/odd/3")
@@ -472,3 +472,31 @@ def test_card_from_manifests_marks_missing_ancestors_and_charts_resumes(tmp_path
     assert [g[0] for g in page.rows["ic-group-row"]] == ["Attempt 0 · failed", "Attempt 1 · succeeded"]
     assert page.count("polyline.ic-line") == 3  # loss: two attempts; accuracy: one
 
+
+
+def test_a_long_run_shows_its_first_and_newest_saves_and_says_what_it_left_out(tmp_path, browser):
+    store = local_store(tmp_path)
+    state = State()
+    session = make_session(store, state, rng=False)
+    for number in range(1, 106):
+        state.number = number
+        session.save(metadata={"loss": 1.0 / number})
+    report = build_report(
+        TaskCheckpoints(
+            pathspec="UnitFlow/1/train/1",
+            attempt=0,
+            statuses=["running"],
+            checkpoints=_manifests(store, ("UnitFlow", "1", "train", "1")),
+            live=True,
+        )
+    )
+    path = tmp_path / "card.html"
+    path.write_text(render_page(report))
+    page = browser.page(path)
+
+    versions = [row[1] for row in page.rows["ic-checkpoint-row"]]
+    assert versions == ["v%d" % v for v in list(range(1, 11)) + list(range(16, 106))]
+    (elided,) = page.rows["ic-elided-row"]
+    assert elided[0].startswith("… 5 checkpoints (v11 to v15) not shown")
+    assert page.count("polyline.ic-line") == 1 and page.count("circle.ic-dot") == 0
+    assert "Checkpoints 105" in page.text("ic-totals")

@@ -18,6 +18,9 @@ WIDTH, HEIGHT = 540, 170
 LEFT, RIGHT, TOP, BOTTOM = 52, 14, 22, 26
 MAX_CHARTS = 6
 MAX_X_TICKS = 8
+#: Longer series are drawn as a line only: a dot (with its tooltip) per save would make
+#: the card of a long run heavy.
+MAX_DOTS = 100
 #: Attempts are coloured by ``ic-a<attempt % COLOURS>`` classes defined in the stylesheet.
 COLOURS = 8
 
@@ -52,6 +55,7 @@ def metric_charts(checkpoints: List[dict]) -> Dict[str, Any]:
     return {
         "charts": charts,
         "not_charted": truncate(", ".join(names[MAX_CHARTS:]), 200),
+        "has_resumes": bool(resumes),
     }
 
 
@@ -137,7 +141,7 @@ def _chart(
                         "title": "v%d \u00b7 attempt %d \u00b7 %s = %s"
                         % (checkpoints[i]["version"], attempt, name, number_label(values[i])),
                     }
-                    for i in indices
+                    for i in (indices if len(values) <= MAX_DOTS else [])
                 ],
             }
         )

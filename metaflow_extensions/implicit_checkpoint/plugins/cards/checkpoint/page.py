@@ -18,6 +18,7 @@ from ....engine.errors import CheckpointException
 
 PAGE = "checkpoint_card.html"
 BODY = "checkpoint_body.html"
+ROW = "checkpoint_row.html"  # a partial: one checkpoint's row of the history table
 STYLES = "checkpoint_card.css"
 
 _HERE = Path(__file__).resolve().parent
@@ -44,7 +45,7 @@ def _read(name: str) -> str:
 
 def render_body(report: Dict[str, Any]) -> str:
     """The card's content (what a live update replaces)."""
-    return chevron.render(_read(BODY), report)
+    return chevron.render(_read(BODY), report, partials_dict={"checkpoint_row": _read(ROW)})
 
 
 def render_page(report: Dict[str, Any]) -> str:

@@ -17,6 +17,9 @@ from .chart import attempt_class, metric_charts
 from .formatting import field_names, human_bytes, metadata_entries, truncate, utc_time
 
 UNKNOWN = "unknown"
+#: Rows shown per attempt: its first HEAD_ROWS and newest TAIL_ROWS checkpoints (a long
+#: training run can save thousands; the card and each live update stay small).
+HEAD_ROWS, TAIL_ROWS = 10, 90
 
 
 @dataclass
@@ -96,7 +99,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
                 "status": status_of[a],
                 "status_cls": "ic-status-%s" % status_of[a],
                 "cls": attempt_class(a),
-                "rows": [_history_row(m, loaded_by) for m in checkpoints if m["attempt"] == a],
+                **_history_rows([m for m in checkpoints if m["attempt"] == a], loaded_by),
             }
             for a in attempts
         ],
@@ -147,6 +150,21 @@ def _loaded_by(checkpoints: List[dict]) -> Dict[str, List[int]]:
         if parent and manifest["attempt"] not in found.setdefault(parent, []):
             found[parent].append(manifest["attempt"])
     return found
+
+
+def _history_rows(of_attempt: List[dict], loaded_by: Dict[str, List[int]]) -> Dict[str, Any]:
+    """The rows of one attempt; the middle of a very long attempt is left out, and said so."""
+    if len(of_attempt) <= HEAD_ROWS + TAIL_ROWS:
+        return {"rows": [_history_row(m, loaded_by) for m in of_attempt], "elided": ""}
+    head, middle, tail = (
+        of_attempt[:HEAD_ROWS], of_attempt[HEAD_ROWS:-TAIL_ROWS], of_attempt[-TAIL_ROWS:]
+    )
+    return {
+        "rows": [_history_row(m, loaded_by) for m in head],
+        "elided": "%d checkpoints (v%d to v%d) not shown; `python flow.py checkpoint list` "
+        "lists them all" % (len(middle), middle[0]["version"], middle[-1]["version"]),
+        "tail": [_history_row(m, loaded_by) for m in tail],
+    }
 
 
 def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, Any]:
