@@ -11,9 +11,10 @@ from pathlib import Path
 
 import metaflow  # noqa: F401  (Metaflow first: it sets up the extension's modules)
 import pytest
-
 from conftest import REPO, TEST_FLOWS
 from engine_helpers import State, local_store, make_session
+from s3_server import s3_server, s3_world  # noqa: F401  (fixtures)
+
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 from metaflow_extensions.implicit_checkpoint.engine.lineage import lineage
 from metaflow_extensions.implicit_checkpoint.engine.session import (
@@ -22,8 +23,12 @@ from metaflow_extensions.implicit_checkpoint.engine.session import (
     TaskIdentity,
     list_artifacts,
 )
-from metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint.chart import metric_charts
-from metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint.page import render_page
+from metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint.chart import (
+    metric_charts,
+)
+from metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint.page import (
+    render_page,
+)
 from metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint.report import (
     TaskCheckpoints,
     build_report,
@@ -34,7 +39,9 @@ RESUME_FLOW = TEST_FLOWS / "resume_flow.py"
 LIVE_FLOW = TEST_FLOWS / "card_live_flow.py"
 CASES_FLOW = TEST_FLOWS / "card_cases_flow.py"
 
-_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
+_VOID = {
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr",
+}
 
 
 # -- the browser ---------------------------------------------------------------------
@@ -253,6 +260,22 @@ def test_final_card_tells_the_story_of_every_attempt(world, browser, output_dir)
     assert "Checkpoints 5" in totals and "Attempts 2" in totals
 
 
+def test_card_reads_the_checkpoint_store_on_s3(s3_world, browser, output_dir):
+    s3_world.run_flow(RESUME_FLOW, "--crash", "exit", "--crash-after", "2", "--saves", "3")
+    pathspec = "ResumeFlow/%s/train/2" % s3_world.latest_run_id("ResumeFlow")
+    fetched = [
+        fetch_card(s3_world, RESUME_FLOW, pathspec, output_dir / ("card-%s.html" % h), h)
+        for h in card_hashes(s3_world, RESUME_FLOW, pathspec)
+    ]
+    (final,) = [p for p in fetched if reload_token(p.read_text()) == "final"]
+    page = browser.page(final)
+    assert [(r[0], r[1]) for r in page.rows["ic-checkpoint-row"]] == [
+        ("0", "v1"), ("0", "v2"), ("1", "v3"),
+    ]
+    assert "attempt 0 killed" in page.text("ic-card")
+    assert page.rows["ic-lineage-row"][0][6] == pathspec + "/0/even/2"
+
+
 # -- live: the card while the task runs ---------------------------------------------------
 
 
@@ -469,7 +492,8 @@ def test_card_from_manifests_marks_missing_ancestors_and_charts_resumes(tmp_path
     page = browser.page(path)
     (missing,) = page.rows["ic-lineage-row"]
     assert "no longer stored" in missing[6]
-    assert [g[0] for g in page.rows["ic-group-row"]] == ["Attempt 0 · failed", "Attempt 1 · succeeded"]
+    groups = [g[0] for g in page.rows["ic-group-row"]]
+    assert groups == ["Attempt 0 · failed", "Attempt 1 · succeeded"]
     assert page.count("polyline.ic-line") == 3  # loss: two attempts; accuracy: one
 
 

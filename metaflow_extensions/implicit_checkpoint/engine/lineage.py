@@ -36,7 +36,9 @@ class LineageLink:
         return self.manifest is not None
 
 
-def lineage(store: CheckpointStore, key: Optional[str], limit: int = MAX_LINKS) -> List[LineageLink]:
+def lineage(
+    store: CheckpointStore, key: Optional[str], limit: int = MAX_LINKS
+) -> List[LineageLink]:
     """The chain that ends at checkpoint ``key``: oldest ancestor first, ``key`` last.
 
     [] when ``key`` is None. Stops cleanly at a missing, damaged or malformed parent
@@ -48,7 +50,7 @@ def lineage(store: CheckpointStore, key: Optional[str], limit: int = MAX_LINKS) 
     current = key
     while current is not None and len(chain) < limit:
         if current in seen:
-            chain.append(LineageLink(current, problem="already in this chain (a cycle); stopped here"))
+            chain.append(LineageLink(current, problem="already in this chain (a cycle)"))
             break
         seen.add(current)
         link = _read_link(store, current)

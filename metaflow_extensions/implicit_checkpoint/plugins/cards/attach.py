@@ -60,7 +60,7 @@ class LiveCardRefresh:
             if self._card is None:
                 self._card = _runtime_card(self._card_id)
             self._card.refresh({"attempt": self._attempt})
-        except Exception as ex:  # the checkpoint is committed: a card problem must not fail the save
+        except Exception as ex:  # the checkpoint is committed: the card must not fail the save
             if not self._warned:
                 self._warned = True
                 print(
