@@ -1,12 +1,13 @@
 """Save / load / inspect of torch state dicts on local disk: ours against torch and safetensors.
 
-Every case starts from an empty store and is repeated; medians are reported. Peers and
-ours run at the same durability: "fsync" rows fsync every file written, "no fsync"
-rows none.
+Each round starts from an empty store; rounds are repeated and medians reported. Peers
+and ours run at the same durability: "fsync" cases fsync every file written, "no fsync"
+cases none.
 """
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,10 +30,26 @@ def _fresh(path: Path) -> Path:
     return path
 
 
+def _session(root: Path, state: dict, durable: bool = True, attempt: int = 0):
+    holder = State()
+    holder.model_state = state
+    store = CheckpointStore(LocalDirBackend(str(root)), durable=durable)
+    return make_session(store, holder, attempt=attempt)
+
+
+def _background(session) -> tuple:
+    """(seconds the step was blocked, seconds until committed) of one background save."""
+    start = time.perf_counter()
+    session.save(blocking=False)
+    blocked = time.perf_counter() - start
+    session.wait()
+    return blocked, time.perf_counter() - start
+
+
 def run(workdir: Path, size_bytes: int, repeats: int) -> dict:
-    """Return {case: median seconds} for one state size."""
+    """Return {"bytes": state size, "cases": {case: median seconds}, "written": {...}}."""
     state = state_dict(size_bytes)
-    samples = {}
+    samples, written = {}, {}
 
     def add(case, seconds):
         samples.setdefault(case, []).append(seconds)
@@ -41,6 +58,7 @@ def run(workdir: Path, size_bytes: int, repeats: int) -> dict:
         work = _fresh(workdir / "io")
         st_file, pt_file = str(work / "state.safetensors"), str(work / "state.pt")
 
+        sessions = {}
         for durable in (True, False):
             tag = "fsync" if durable else "no fsync"
 
@@ -56,16 +74,33 @@ def run(workdir: Path, size_bytes: int, repeats: int) -> dict:
 
             add("safetensors save_file (%s)" % tag, timed(st_save))
             add("torch.save (%s)" % tag, timed(pt_save))
-            holder = State()
-            holder.model_state = state
-            store = CheckpointStore(LocalDirBackend(str(work / ("store-" + tag))), durable=durable)
-            session = make_session(store, holder, task_id=str(rep))
-            add("ours save (%s)" % tag, timed(session.save))
-            if durable:
-                add("ours re-save unchanged (fsync)", timed(session.save))
-                change_share(state, 0.1, seed=rep)
-                add("ours re-save 10% changed (fsync)", timed(session.save))
-                artifact = session.save()
+            sessions[tag] = _session(work / ("sync-" + tag), state, durable)
+            add("ours sync save (%s)" % tag, timed(sessions[tag].save))
+
+        # Sync re-saves, with fsync.
+        session = sessions["fsync"]
+        add("ours sync re-save, unchanged", timed(session.save))
+        written["sync re-save, unchanged"] = session.list()[-1].implicit_manifest["bytes_written"]
+        change_share(state, 0.1, seed=rep)
+        add("ours sync re-save, 10% changed", timed(session.save))
+        artifact = session.list()[-1]
+
+        # Background saves: what the step waits for, and when the commit lands.
+        background = _session(_fresh(work / "background"), state)
+        blocked, total = _background(background)
+        add("ours background save, first: blocking", blocked)
+        add("ours background save, first: until committed", total)
+        change_share(state, 1.0, seed=100 + rep)
+        blocked, total = _background(background)
+        add("ours background save, all changed: blocking", blocked)
+        add("ours background save, all changed: until committed", total)
+        blocked, _ = _background(background)
+        add("ours background re-save, unchanged: blocking", blocked)
+        written["background re-save, unchanged"] = background.list()[-1].implicit_manifest["bytes_written"]
+        change_share(state, 0.1, seed=200 + rep)
+        blocked, _ = _background(background)
+        add("ours background re-save, 10% changed: blocking", blocked)
+        background.finish()
 
         add("torch.load", timed(lambda: torch.load(pt_file)))
 
@@ -74,10 +109,13 @@ def run(workdir: Path, size_bytes: int, repeats: int) -> dict:
                 safetensors_load(f.read())
 
         add("safetensors full read", timed(st_full_read))
-        ours_root = str(work / "store-fsync")
-        reader = make_session(CheckpointStore(LocalDirBackend(ours_root)), State(), attempt=1, task_id=str(rep))
+        reader = _session(work / "sync-fsync", {}, attempt=1)
         add("ours load", timed(lambda: reader.load(artifact)))
-        inspector = make_session(CheckpointStore(LocalDirBackend(ours_root)), State(), attempt=1, task_id=str(rep))
+        inspector = _session(work / "sync-fsync", {}, attempt=1)
         add("ours inspect", timed(lambda: inspector.inspect(artifact.key)))
     shutil.rmtree(workdir / "io", ignore_errors=True)
-    return {"bytes": nbytes(state), "cases": {case: median_of(v[1:]) for case, v in samples.items()}}
+    return {
+        "bytes": nbytes(state),
+        "cases": {case: median_of(v[1:]) for case, v in samples.items()},
+        "written": written,
+    }

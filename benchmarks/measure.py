@@ -33,3 +33,16 @@ def peak_rss_bytes() -> int:
 def current_rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def isolated_metaflow_env(root) -> dict:
+    """This process's environment with Metaflow's home, datastore and metadata under ``root``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
+    env.update(
+        USERNAME=env.get("USERNAME", "bench"),
+        METAFLOW_HOME=str(root),
+        METAFLOW_DEFAULT_DATASTORE="local",
+        METAFLOW_DEFAULT_METADATA="local",
+        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root),
+    )
+    return env

@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, Optional
 
-from measure import median_of
-from task_overhead import _flow_env
+from measure import isolated_metaflow_env, median_of
 
 HERE = Path(__file__).resolve().parent
 PEER_VENV = HERE / ".venv-peer"
@@ -59,7 +58,7 @@ def measure(
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     timings_file = root / "timings.json"
-    env = _flow_env(root)
+    env = isolated_metaflow_env(root)
     # Nothing of ours may be importable next to metaflow-checkpoint.
     env.pop("PYTHONPATH", None)
     env.update(env_overrides or {})

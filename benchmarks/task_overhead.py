@@ -7,23 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from measure import median_of
+from measure import isolated_metaflow_env, median_of
 
 HERE = Path(__file__).resolve().parent
 FLOW = HERE / "flows" / "overhead_flow.py"
 TASKS_PER_RUN = 2
-
-
-def _flow_env(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
-    env.update(
-        USERNAME=env.get("USERNAME", "bench"),
-        METAFLOW_HOME=str(root),
-        METAFLOW_DEFAULT_DATASTORE="local",
-        METAFLOW_DEFAULT_METADATA="local",
-        METAFLOW_DATASTORE_SYSROOT_LOCAL=str(root),
-    )
-    return env
 
 
 def _run_seconds(root: Path, extra: list) -> float:
@@ -31,7 +19,7 @@ def _run_seconds(root: Path, extra: list) -> float:
     subprocess.run(
         [sys.executable, str(FLOW), "--no-pylint", "run", *extra],
         cwd=root,
-        env=_flow_env(root),
+        env=isolated_metaflow_env(root),
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -39,21 +27,31 @@ def _run_seconds(root: Path, extra: list) -> float:
     return time.perf_counter() - start
 
 
-def decorator_overhead(workdir: Path, pairs: int) -> dict:
-    """Median seconds per task added by @checkpoint (runs interleaved to share noise)."""
+def decorator_overhead(workdir: Path, rounds: int) -> dict:
+    """Median seconds per task added by @checkpoint, without and with its card.
+
+    The three variants run interleaved, so machine noise hits them alike.
+    """
     root = workdir / "overhead"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    plain, decorated = [], []
+    variants = {
+        "plain": [],
+        "checkpoint, card off": ["--with", "checkpoint:card=False"],
+        "checkpoint": ["--with", "checkpoint"],
+    }
+    samples = {name: [] for name in variants}
     _run_seconds(root, [])  # warm-up: creates the datastore, warms the page cache
-    for _ in range(pairs):
-        plain.append(_run_seconds(root, []))
-        decorated.append(_run_seconds(root, ["--with", "checkpoint"]))
+    for _ in range(rounds):
+        for name, extra in variants.items():
+            samples[name].append(_run_seconds(root, extra))
     shutil.rmtree(root, ignore_errors=True)
+    runs = {name: median_of(values) for name, values in samples.items()}
     return {
-        "plain_run": median_of(plain),
-        "checkpoint_run": median_of(decorated),
-        "per_task": (median_of(decorated) - median_of(plain)) / TASKS_PER_RUN,
+        "runs": runs,
+        "per_task": {
+            name: (runs[name] - runs["plain"]) / TASKS_PER_RUN for name in variants if name != "plain"
+        },
     }
 
 
