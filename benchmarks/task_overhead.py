@@ -1,6 +1,5 @@
 """What @checkpoint adds to a task that saves nothing, and how fast tiny states save."""
 
-import os
 import shutil
 import subprocess
 import sys

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine_helpers import State, local_store, make_session
-from metaflow_extensions.implicit_checkpoint.engine import hashing, snapshot
+from metaflow_extensions.implicit_checkpoint.engine import hashing
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
 from metaflow_extensions.implicit_checkpoint.engine.change_tracking import VERIFY_EVERY
 from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointStorageError
