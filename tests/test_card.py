@@ -354,10 +354,20 @@ def test_live_card_shows_the_saves_made_so_far(world, browser, output_dir, tmp_p
 
 
 def test_cards_of_a_step_without_saves_one_attempt_and_an_eager_resume(world, browser, output_dir):
-    world.run_flow(CASES_FLOW)
-    first_run = world.latest_run_id("CardCasesFlow")
-    world.run_flow(CASES_FLOW)
-    second_run = world.latest_run_id("CardCasesFlow")
+    for _ in range(2):
+        output = world.run_flow(CASES_FLOW).stdout
+        assert "live card could not be refreshed" not in output  # every save found its card
+    first_run, second_run = sorted(
+        world.python(
+            """
+            import json
+            from metaflow import Flow, namespace
+            namespace(None)
+            print(json.dumps([run.id for run in Flow("CardCasesFlow")]))
+            """
+        ),
+        key=int,
+    )
 
     def card_page(pathspec: str, name: str) -> RenderedPage:
         path = fetch_card(world, CASES_FLOW, pathspec, output_dir / ("%s.html" % name))
@@ -401,8 +411,16 @@ def test_cards_of_a_step_without_saves_one_attempt_and_an_eager_resume(world, br
     assert link[4] == "%s (earlier run)" % first_run and link[6] == first_key
     assert "run %s v1" % first_run in resumed.text("ic-chart")
 
+    # A checkpoint card the user declared is the step's only one, with the default id.
+    explicit = "CardCasesFlow/%s/explicit/3" % second_run
+    (only,) = card_hashes(world, CASES_FLOW, explicit)
+    proc = world.command(CASES_FLOW, "card", "list", explicit.split("/", 1)[1], "--as-json")
+    assert '"id": "%s"' % CARD_TYPE in proc.stdout
+    page = browser.page(fetch_card(world, CASES_FLOW, explicit, output_dir / "explicit.html"))
+    assert [r[1] for r in page.rows["ic-checkpoint-row"]] == ["v1"]
+
     # card=False: no card at all.
-    proc = world.command(CASES_FLOW, "card", "list", "%s/end/3" % second_run, check=False)
+    proc = world.command(CASES_FLOW, "card", "list", "%s/end/4" % second_run, check=False)
     assert CARD_TYPE not in proc.stdout
 
 

@@ -1,8 +1,9 @@
 """The card's quiet and hostile cases: a step that never saves, a step that saves once
 with metadata full of markup, and (on a second run) a step that resumed from the
-previous run's checkpoint with eager resume. `end` has the card turned off."""
+previous run's checkpoint with eager resume. `explicit` declares the checkpoint card
+itself (no id); `end` has the card turned off."""
 
-from metaflow import FlowSpec, checkpoint, current, step
+from metaflow import FlowSpec, card, checkpoint, current, step
 
 HOSTILE = {
     "note": "<script>document.title='pwned'</script>" + "x" * 500,
@@ -27,6 +28,14 @@ class CardCasesFlow(FlowSpec):
             current.checkpoint.load()
         self.value += 1
         current.checkpoint.save(metadata=dict(HOSTILE, value=self.value))
+        self.next(self.explicit)
+
+    @card(type="implicit_checkpoint")
+    @checkpoint
+    @step
+    def explicit(self):
+        self.done = True
+        current.checkpoint.save(metadata={"done": 1})
         self.next(self.end)
 
     @checkpoint(card=False)
