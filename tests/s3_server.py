@@ -113,20 +113,27 @@ class S3World(MetaflowWorld):
 
 
 class RequestLog:
-    """Counts the S3 API calls a boto3 client makes, by operation name."""
+    """The S3 API calls a boto3 client makes: ``log["PutObject"]`` counts them, ``calls``
+    lists ``(operation, key)`` in order."""
 
     def __init__(self, client):
-        self.counts: Dict[str, int] = {}
-        client.meta.events.register("before-call.s3.*", self._count)
+        self.calls = []
+        client.meta.events.register("before-parameter-build.s3.*", self._record)
 
-    def _count(self, model, **_):
-        self.counts[model.name] = self.counts.get(model.name, 0) + 1
+    def _record(self, params, model, **_):
+        self.calls.append((model.name, params.get("Key", "")))
 
     def reset(self) -> None:
-        self.counts = {}
+        self.calls = []
 
     def __getitem__(self, operation: str) -> int:
-        return self.counts.get(operation, 0)
+        return sum(1 for name, _ in self.calls if name == operation)
+
+    def on_keys_with(self, text: str, operation: Optional[str] = None) -> int:
+        """How many calls (of ``operation``, or any) named a key containing ``text``."""
+        return sum(
+            1 for name, key in self.calls if text in key and operation in (None, name)
+        )
 
 
 @pytest.fixture(scope="session")

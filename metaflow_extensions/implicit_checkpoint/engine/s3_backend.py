@@ -488,10 +488,16 @@ _TRANSIENT_EXCEPTIONS = (
 )
 
 
+#: A response body is read in blocks of this size: urllib3's readinto() reads into a
+#: temporary bytes object as large as the destination, so one call for a whole 64 MiB
+#: chunk would briefly hold a second copy of it.
+_READ_BLOCK = 1024 * 1024
+
+
 def _read_fully(body, view: memoryview) -> int:
     filled = 0
     while filled < len(view):
-        n = body.readinto(view[filled:])
+        n = body.readinto(view[filled : filled + _READ_BLOCK])
         if not n:
             break
         filled += n
