@@ -69,16 +69,16 @@ def run(workdir: Path, size_bytes: int, repeats: int) -> dict:
             serialized = io.BytesIO()
             torch.save(state, serialized)
             key = root[len("s3://%s/" % BUCKET) :] + "/reference.pt"
-            payload = serialized.getbuffer()
-            add(
-                "boto3 put_object of torch.save bytes",
-                timed(lambda: client.put_object(Bucket=BUCKET, Key=key, Body=payload)),
-            )
+
+            def put():
+                serialized.seek(0)
+                client.put_object(Bucket=BUCKET, Key=key, Body=serialized)
+
+            add("boto3 put_object of torch.save bytes", timed(put))
             add(
                 "boto3 get_object of those bytes",
                 timed(lambda: client.get_object(Bucket=BUCKET, Key=key)["Body"].read()),
             )
-            del payload
             _empty(client, root)
     return {"bytes": nbytes(state), "cases": {case: median_of(v[1:]) for case, v in samples.items()}}
 
