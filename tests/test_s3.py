@@ -331,3 +331,46 @@ def test_flow_resumes_through_a_flaky_s3(s3_server, tmp_path):
         assert [row[0] for row in state["all"]] == [1, 2, 3, 4, 5]
         assert state["newest_values"] == {"count": 5, "attempts_seen": [0, 0, 0, 1, 1]}
     assert proxy.failed > 0, proxy.failures
+
+
+# -- Azure / GCS: the generic path through Metaflow's storage layer -----------------------
+
+
+def test_datastores_without_their_own_backend_save_resume_and_touch(tmp_path):
+    """Azure and GCS go through Metaflow's storage API (MetaflowStorageBackend); here that
+    same code runs on Metaflow's local storage, posing as a datastore it has no shortcut for."""
+    from metaflow.plugins.datastores.local_storage import LocalStorage
+
+    from metaflow_extensions.implicit_checkpoint.engine.backends import MetaflowStorageBackend
+    from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointException
+
+    class OtherStorage(LocalStorage):
+        TYPE = "other"
+
+    def store():
+        return CheckpointStore(MetaflowStorageBackend(OtherStorage(str(tmp_path))))
+
+    state = State()
+    state.big = random_array(5 * MiB, seed=6)
+    state.small = [random_array(10 * 1024, seed=s) for s in range(10)]
+    first = make_session(store(), state).save()
+    # A new process re-saving the same state: the blobs exist and are renewed, not lost.
+    second = make_session(store(), state, task_id="2").save()
+    assert second.key != first.key
+    loaded = State()
+    reader = make_session(store(), loaded, attempt=1)
+    assert reader.loaded.key == first.key
+    reader.load()
+    assert loaded.big.tobytes() == state.big.tobytes()
+
+    backend = store().backend
+    blob = next(p for p in tmp_path.rglob("*") if p.is_file() and "/blobs/" in str(p))
+    relative = str(blob.relative_to(tmp_path))
+    before = blob.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert backend.touch([relative, "nowhere/blob"]) == [True, False]
+    assert blob.stat().st_mtime_ns > before
+    with pytest.raises(CheckpointException, match="not supported on the 'other' datastore"):
+        backend.delete([relative])
+    with pytest.raises(CheckpointException, match="gc, retention and load_policy='eager'"):
+        list(backend.walk_files("UnitFlow"))

@@ -5,8 +5,9 @@ paths from validated parts (see keys.py), never from raw user input.
 
 - ``LocalDirBackend``: a plain directory. Atomic writes (temp file + rename), optional
   fsync, reads straight into the caller's buffer.
-- ``MetaflowStorageBackend``: Metaflow's own datastore storage (``flow_datastore._storage_impl``:
-  local, S3, Azure, GCS), so remote datastores run the same store code.
+- ``MetaflowStorageBackend``: Metaflow's own datastore storage (``flow_datastore._storage_impl``),
+  for the datastores without a backend of their own (Azure, GCS), so they run the same
+  store code. S3 has its own: s3_backend.py.
 """
 
 import ctypes
@@ -18,6 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
 
+from .errors import CheckpointException
 from .hashing import content_hash, new_hasher
 
 #: Local writes go in blocks of this size: hashed while cache-hot, written back early.
@@ -369,17 +371,40 @@ class MetaflowStorageBackend(StorageBackend):
 
     def _local(self) -> LocalDirBackend:
         """The same files through the local-directory backend (local datastore only)."""
-        if self.TYPE != "local":
-            raise NotImplementedError(
-                "This operation is not supported on the %r datastore yet." % self.TYPE
-            )
         return LocalDirBackend(self._storage.datastore_root)
 
+    def _unsupported(self, operation: str) -> CheckpointException:
+        return CheckpointException(
+            "%s checkpoint files is not supported on the %r datastore yet: Metaflow's "
+            "storage layer offers no delete and no modification times there. Saving, "
+            "resuming, listing and loading work; gc, retention and load_policy='eager' "
+            "need the local or the s3 datastore." % (operation, self.TYPE)
+        )
+
     def delete(self, paths: Iterable[str]) -> None:
+        if self.TYPE != "local":
+            raise self._unsupported("Deleting")
         self._local().delete(paths)
 
     def walk_files(self, prefix: str) -> Iterator[StoredFile]:
+        if self.TYPE != "local":
+            raise self._unsupported("Listing the modification times of")
         return self._local().walk_files(prefix)
 
     def touch(self, paths: Sequence[str]) -> List[bool]:
-        return self._local().touch(paths)
+        if self.TYPE == "local":
+            return self._local().touch(paths)
+        # Metaflow's storage layer cannot set a modification time: writing the object
+        # again renews it (a download and an upload, through temp files).
+        found = self.exists_many(paths)
+        for i, path in enumerate(paths):
+            if not found[i]:
+                continue
+            with self._storage.load_bytes([path]) as loaded:
+                for _, local_path, _ in loaded:
+                    if local_path is None:  # deleted meanwhile
+                        found[i] = False
+                        continue
+                    with open(local_path, "rb") as f:
+                        self._storage.save_bytes([(path, f)], overwrite=True, len_hint=1)
+        return found
