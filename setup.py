@@ -26,7 +26,8 @@ setup(
     ],
     extras_require={
         "torch": ["torch>=2.1"],
-        "s3": ["boto3>=1.28"],
-        "test": ["pytest>=8", "numpy>=1.24", "boto3>=1.28", "moto[server]>=5.0"],
+        # 1.36: botocore's request_checksum_calculation (engine/s3_backend.py sets it).
+        "s3": ["boto3>=1.36"],
+        "test": ["pytest>=8", "numpy>=1.24", "boto3>=1.36", "moto[server]>=5.0"],
     },
 )
