@@ -65,6 +65,10 @@ def run(workdir: Path, size_bytes: int, repeats: int) -> dict:
             artifact = session.save()
             reader = make_session(new_store(), State(), attempt=1, task_id=str(rep))
             add("ours load (s3)", timed(lambda: reader.load(artifact)))
+            # A resumed attempt saving the state it loaded: nothing to upload, but every
+            # blob is confirmed (and its age renewed for gc) once.
+            resumed = make_session(new_store(), holder, attempt=2, task_id=str(rep))
+            add("ours re-save unchanged, new process (s3)", timed(resumed.save))
 
             serialized = io.BytesIO()
             torch.save(state, serialized)
