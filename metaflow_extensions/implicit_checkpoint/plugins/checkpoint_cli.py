@@ -11,6 +11,7 @@ from ..engine.gc import DEFAULT_GRACE, collect_garbage
 from ..engine.keys import CheckpointKey
 from ..engine.manifest import public_view
 from ..engine.session import list_artifacts
+from .formatting import human_bytes
 from .store_binding import store_for_datastore
 from .task_status import FAILED, RUNNING, SUCCEEDED, attempt_statuses
 
@@ -72,14 +73,6 @@ def _run_artifacts(store, run) -> List[CheckpointArtifact]:
     return sorted(found, key=lambda a: a.created_on)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
-        n /= 1024.0
-    return str(n)
-
-
 def _table(echo, headers: List[str], rows: List[List[str]]) -> None:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     line = "  ".join("%%-%ds" % w for w in widths)
@@ -116,8 +109,8 @@ def list_checkpoints(obj, run_id, step, as_json):
             [
                 a.key,
                 a.created_on[:19].replace("T", " "),
-                _size(a.size),
-                _size(a.implicit_manifest.get("bytes_written", 0)),
+                human_bytes(a.size),
+                human_bytes(a.implicit_manifest.get("bytes_written", 0)),
                 json.dumps(a.metadata)[:60],
             ]
             for a in artifacts
@@ -139,7 +132,7 @@ def inspect_checkpoint(obj, key, as_json):
     echo("Checkpoint  %s" % manifest["key"])
     echo("Created     %s (attempt %d, version %d)" % (manifest["created_on"], manifest["attempt"], manifest["version"]))
     echo("Resumed     from %s" % (manifest["parent"] or "nothing (a fresh start)"))
-    echo("Size        %s (%s newly written)" % (_size(manifest["size"]), _size(manifest["bytes_written"])))
+    echo("Size        %s (%s newly written)" % (human_bytes(manifest["size"]), human_bytes(manifest["bytes_written"])))
     echo("Metadata    %s" % json.dumps(manifest["metadata"]))
     echo("RNG state   %s" % (", ".join(manifest["rng"]) if manifest["rng"] else "not captured"))
     echo("")
@@ -151,7 +144,7 @@ def inspect_checkpoint(obj, key, as_json):
                 name,
                 info["type"],
                 info["codec"],
-                _size(info["size"]),
+                human_bytes(info["size"]),
                 _field_detail(info),
             ]
             for name, info in sorted(manifest["fields"].items())
@@ -194,7 +187,7 @@ def status(obj, run_id, as_json):
                 str(r["tasks"]),
                 str(r["attempts"]),
                 str(r["checkpoints"]),
-                _size(r["bytes_written"]),
+                human_bytes(r["bytes_written"]),
                 r["newest"]["key"] if r["newest"] else "-",
                 json.dumps(r["newest"]["metadata"])[:50] if r["newest"] else "",
             ]
@@ -265,7 +258,7 @@ def gc(obj, dry_run, grace_seconds, as_json):
     verb = "Would delete" if dry_run else "Deleted"
     echo(
         "%s %d unreferenced blob(s), %s, of flow %s (%d manifests reference %d blobs)."
-        % (verb, len(report.deleted_blobs), _size(report.deleted_bytes), obj.flow.name,
+        % (verb, len(report.deleted_blobs), human_bytes(report.deleted_bytes), obj.flow.name,
            report.manifests, report.referenced_blobs)
     )
     if dry_run:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 from ....engine.errors import CheckpointException
 from ....engine.keys import CheckpointKey
-from .formatting import is_number, number_label, truncate
+from ...formatting import is_number, number_label, truncate
 
 WIDTH, HEIGHT = 540, 170
 LEFT, RIGHT, TOP, BOTTOM = 52, 14, 22, 26

@@ -14,7 +14,7 @@ from ....engine.keys import CheckpointKey
 from ....engine.lineage import LineageLink
 from ...task_status import RUNNING
 from .chart import attempt_class, metric_charts
-from .formatting import field_names, human_bytes, metadata_entries, truncate, utc_time
+from ...formatting import field_names, human_bytes, metadata_entries, truncate, utc_time
 
 UNKNOWN = "unknown"
 #: Rows shown per attempt: its first HEAD_ROWS and newest TAIL_ROWS checkpoints (a long

@@ -1,6 +1,7 @@
-"""Values as the card shows them: sizes, times, and user data cut to a readable length.
+"""Values as the card and the `checkpoint` command show them: sizes, times, and user
+data cut to a readable length.
 
-Everything returned here is plain text; the templates HTML-escape it, so a value
+Everything returned here is plain text; the card's templates HTML-escape it, so a value
 holding markup is shown as text and never becomes part of the page.
 """
 
