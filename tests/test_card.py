@@ -542,3 +542,21 @@ def test_a_long_run_shows_its_first_and_newest_saves_and_says_what_it_left_out(t
     assert elided[0].startswith("… 5 checkpoints (v11 to v15) not shown")
     assert page.count("polyline.ic-line") == 1 and page.count("circle.ic-dot") == 0
     assert "Checkpoints 105" in page.text("ic-totals")
+
+
+def test_an_attempt_that_loaded_but_never_saved_still_shows_what_it_resumed_from():
+    first = {"key": "F/1/train/2/0/checkpoint/3", "attempt": 0, "version": 3, "name": "checkpoint",
+             "created_on": "2026-01-01T00:00:00+00:00", "metadata": {}, "fields": {},
+             "parent": None, "size": 10, "bytes_written": 10}
+    report = build_report(
+        TaskCheckpoints(
+            pathspec="F/1/train/2",
+            attempt=1,
+            statuses=["killed", "succeeded"],
+            checkpoints=[first],
+            loaded={1: first["key"]},
+        )
+    )
+    assert report["resumed_from"]["key"] == first["key"]
+    assert report["attempts"][1]["resumed_from"]["key"] == first["key"]
+    assert report["attempts"][0]["resumed_from"] is None

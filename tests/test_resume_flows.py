@@ -26,6 +26,8 @@ def task_state(world, run_id):
             "attempt0": summary(cp.list(task=task.pathspec, attempt=0)),
             "attempt1": summary(cp.list(task=task.pathspec, attempt=1)),
             "even": summary(cp.list(task=task.pathspec, name="even")),
+            "loaded_metadata": [Task(task.pathspec, attempt=n).metadata_dict.get("checkpoint-loaded")
+                                for n in range(task.current_attempt + 1)],
             "newest_values": {k: (v.tolist() if hasattr(v, "tolist") else v)
                               for k, v in cp.load(cp.list(task=task)[-1], fields=["count", "attempts_seen"]).items()},
         }))
@@ -45,6 +47,8 @@ def test_crash_then_resume(world, crash):
     assert state["attempts_seen"] == [0, 0, 0, 1, 1]
     assert state["weights_sum"] == 5000
     assert state["resumed_from"].endswith("/train/2/0/odd/3")
+    # The load is noted in the attempt's Metaflow metadata (the card reads it).
+    assert state["loaded_metadata"] == [None, state["resumed_from"]]
 
     # list(): across attempts, oldest first; per attempt; per name.
     assert [row[:3] for row in state["all"]] == [

@@ -89,6 +89,7 @@ class CheckpointSession:
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
         self.on_commit: List[Callable[[CheckpointArtifact, dict], None]] = []
+        self.on_load: List[Callable[[CheckpointArtifact], None]] = []
 
     # -- task start ------------------------------------------------------------------
 
@@ -250,7 +251,10 @@ class CheckpointSession:
             if state:
                 restore_rng_state(state)
         self._parent = str(key)
-        return CheckpointArtifact.from_manifest(manifest)
+        artifact = CheckpointArtifact.from_manifest(manifest)
+        for listener in self.on_load:
+            listener(artifact)
+        return artifact
 
     def inspect(self, reference: Optional[Reference] = None) -> dict:
         """The checkpoint's manifest, without reading any field data."""

@@ -8,6 +8,7 @@ from ..engine.session import LOAD_POLICIES, AttributeSource, CheckpointSession, 
 from .assignment_tracking import stop_tracking, track_assignments
 from .cards.attach import LiveCardRefresh, attach_card
 from .store_binding import store_for_datastore
+from .task_status import record_loaded
 
 
 class CheckpointDecorator(StepDecorator):
@@ -183,6 +184,11 @@ class CheckpointDecorator(StepDecorator):
             accept_run=_runs_in_current_namespace(flow.name),
         )
         self._session.start()
+        self._session.on_load.append(
+            lambda artifact: record_loaded(
+                metadata, str(run_id), step_name, str(task_id), int(retry_count), artifact.key
+            )
+        )
         if self._card_id:
             self._session.on_commit.append(LiveCardRefresh(self._card_id, int(retry_count)))
         current._update_env({"checkpoint": self._session})

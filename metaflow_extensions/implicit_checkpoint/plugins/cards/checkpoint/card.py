@@ -15,7 +15,7 @@ from ....engine.keys import split_pathspec
 from ....engine.lineage import lineage
 from ....engine.session import list_artifacts
 from ...store_binding import store_from_config
-from ...task_status import attempt_statuses
+from ...task_status import attempt_records
 from ..attach import CARD_TYPE
 from .page import render_body, render_page
 from .report import TaskCheckpoints, build_report, resume_key
@@ -65,14 +65,17 @@ class CheckpointCard(MetaflowCard):
             artifact.implicit_manifest
             for artifact in list_artifacts(store, flow, run_id, step, task_id)
         ]
+        records = attempt_records(task.pathspec)
+        loaded = {r.attempt: r.loaded for r in records if r.loaded}
         return build_report(
             TaskCheckpoints(
                 pathspec=task.pathspec,
                 attempt=attempt,
-                statuses=attempt_statuses(task.pathspec),
+                statuses=[r.status for r in records],
                 checkpoints=checkpoints,
-                lineage=lineage(store, resume_key(checkpoints, attempt)),
+                lineage=lineage(store, resume_key(checkpoints, attempt, loaded)),
                 live=live,
+                loaded=loaded,
             )
         )
 

@@ -48,15 +48,21 @@ class TaskCheckpoints:
     checkpoints: List[dict]
     lineage: List[LineageLink] = field(default_factory=list)
     live: bool = False
+    loaded: Dict[int, str] = field(default_factory=dict)
 
 
-def resume_key(checkpoints: List[dict], attempt: int) -> Optional[str]:
-    """The key of the checkpoint ``attempt`` had loaded when it saved (None if none).
+def resume_key(
+    checkpoints: List[dict], attempt: int, loaded: Optional[Dict[int, str]] = None
+) -> Optional[str]:
+    """The key of the checkpoint ``attempt`` resumed from (None if none).
 
-    Taken from the attempt's newest save: that is what its current state descends from.
+    Taken from the attempt's newest save (that is what its current state descends
+    from), or, for an attempt that saved nothing, from what it recorded loading.
     """
     parents = [m.get("parent") for m in checkpoints if m["attempt"] == attempt]
-    return parents[-1] if parents else None
+    if parents:
+        return parents[-1]
+    return (loaded or {}).get(attempt)
 
 
 def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
@@ -69,7 +75,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
     referenced = sum(m.get("size", 0) for m in checkpoints)
     written = sum(m.get("bytes_written", 0) for m in checkpoints)
     saved = max(referenced - written, 0)
-    this_resume = resume_key(checkpoints, task.attempt)
+    this_resume = resume_key(checkpoints, task.attempt, task.loaded)
     # A live card can be rendered after its attempt ended (Metaflow finishes a refresh
     # already started when the attempt dies): then it is a snapshot, not live.
     live = task.live and status_of[task.attempt] in (RUNNING, UNKNOWN)
@@ -86,7 +92,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
                 "status_cls": "ic-status-%s" % status_of[a],
                 "cls": attempt_class(a),
                 "count": sum(1 for m in checkpoints if m["attempt"] == a),
-                "resumed_from": _describe_key(resume_key(checkpoints, a), run_id),
+                "resumed_from": _describe_key(resume_key(checkpoints, a, task.loaded), run_id),
                 "current": a == task.attempt,
             }
             for a in attempts
