@@ -104,9 +104,10 @@ def client_config(user_config=None, connections: int = DEFAULT_CONCURRENCY) -> C
     """
     if isinstance(user_config, dict):
         user_config = Config(**user_config)
+    user_connections = getattr(user_config, "max_pool_connections", 0) or 0
     ours = {
         "retries": {"total_max_attempts": 1},
-        "max_pool_connections": max(connections + 8, getattr(user_config, "max_pool_connections", 0) or 0),
+        "max_pool_connections": max(connections + 8, user_connections),
     }
     if user_config is None or user_config.request_checksum_calculation is None:
         ours["request_checksum_calculation"] = "when_required"
