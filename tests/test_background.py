@@ -33,9 +33,9 @@ class GatedBackend(LocalDirBackend):
             self._hold()
         return super().write(path, parts, durable)
 
-    def write_hashed(self, parts, durable, path_for_digest, temp_dir):
+    def write_hashed(self, parts, durable, path_for_digest, temp_dir, older_than=0.0):
         self._hold()
-        return super().write_hashed(parts, durable, path_for_digest, temp_dir)
+        return super().write_hashed(parts, durable, path_for_digest, temp_dir, older_than)
 
 
 def test_background_saves_commit_in_order_and_only_then_are_listed(tmp_path):

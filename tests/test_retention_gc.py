@@ -1,6 +1,7 @@
 """Retention after each commit, then gc: the right checkpoints stay and still load bit-exact."""
 
 import os
+import random
 import threading
 import time
 
@@ -133,6 +134,45 @@ def test_gc_keeps_young_blobs_and_blobs_a_save_reuses(tmp_path):
         collect_garbage(local_store(tmp_path), "UnitFlow", grace=1)
 
 
+class PausingBackend(LocalDirBackend):
+    """Holds every manifest write until released, so gc can run between a save's blob
+    phase and its commit."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.reached_commit = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, path, parts, durable):
+        if path.endswith(".manifest"):
+            self.reached_commit.set()
+            assert self.release.wait(timeout=30)
+        return super().write(path, parts, durable)
+
+
+def test_gc_between_a_saves_blob_check_and_its_commit_keeps_the_reused_blob(tmp_path):
+    state = State()
+    state.weights = np.arange(300_000.0)
+    first = make_session(local_store(tmp_path), state)
+    old = first.save()
+    local_store(tmp_path).delete_manifest(CheckpointKey.parse(old.key))
+    age_files(tmp_path, AN_HOUR_AND_MORE)  # an old blob that nothing references
+
+    backend = PausingBackend(str(tmp_path))
+    saver = make_session(CheckpointStore(backend), state, task_id="2")
+    thread = threading.Thread(target=saver.save)
+    thread.start()
+    assert backend.reached_commit.wait(timeout=30)
+    # The save found the old blob and will reference it; gc runs before the commit.
+    report = collect_garbage(local_store(tmp_path), "UnitFlow")
+    backend.release.set()
+    thread.join()
+    assert report.deleted_blobs == []
+    loaded = State()
+    make_session(local_store(tmp_path), loaded, attempt=1, task_id="2").load()
+    assert np.array_equal(loaded.weights, state.weights)
+
+
 def test_gc_running_during_saves_never_breaks_a_checkpoint(tmp_path):
     """Saves whose values recur (so blobs are reused), retention removing old manifests,
     and gc collecting in a loop, all at once, with a 0.2 s touch interval and a 0.3 s
@@ -146,6 +186,7 @@ def test_gc_running_during_saves_never_breaks_a_checkpoint(tmp_path):
     )
     stop = threading.Event()
     deleted = []
+    pause = random.Random(3)
 
     def collector():
         gc_store = CheckpointStore(LocalDirBackend(str(tmp_path)), touch_interval=interval)
@@ -157,9 +198,9 @@ def test_gc_running_during_saves_never_breaks_a_checkpoint(tmp_path):
     try:
         for i in range(60):
             state.i = i
-            state.weights = np.full(200_000, float(i % 4))  # values recur: blobs get reused
+            state.weights = np.full(200_000, float(i % 6))  # values recur: blobs get reused
             session.save()
-            time.sleep(0.03)
+            time.sleep(pause.uniform(0.02, 0.09))  # reuse ages straddle the grace
     finally:
         stop.set()
         thread.join()
@@ -169,4 +210,4 @@ def test_gc_running_during_saves_never_breaks_a_checkpoint(tmp_path):
     for artifact in reader.list():
         loaded = State()
         make_session(local_store(tmp_path), loaded, attempt=1).load(artifact)
-        assert np.array_equal(loaded.weights, np.full(200_000, float(loaded.i % 4)))
+        assert np.array_equal(loaded.weights, np.full(200_000, float(loaded.i % 6)))

@@ -86,13 +86,15 @@ def test_existence_checks_are_batched_and_remembered(s3_server):
     stored_blobs = len(blob_keys(s3_server.keys(root)))
 
     # A new process saving the same state (a sibling task, a resumed attempt): every
-    # blob is confirmed once (a touch, which gc relies on), none is uploaded again.
+    # blob is confirmed once, none is uploaded again. The blobs were written moments
+    # ago, so confirming is a HEAD, not the copy that renews an old blob for gc.
     backend = s3_server.backend(root)
     log = RequestLog(backend._client)
     session = make_session(CheckpointStore(backend), state, task_id="2")
     log.reset()
     session.save()
-    assert log.on_keys_with("/blobs/", "CopyObject") == stored_blobs
+    assert log.on_keys_with("/blobs/", "HeadObject") == stored_blobs
+    assert log.on_keys_with("/blobs/", "CopyObject") == 0
     assert log.on_keys_with("/blobs/", "PutObject") + log.on_keys_with("/blobs/", "UploadPart") == 0
 
     # Saving again: the process remembers what it wrote and confirmed; no request
@@ -239,6 +241,9 @@ def test_backend_listing_touch_and_delete(s3_server):
     assert touched["a/b/one"].mtime >= int(before_touch) > walked["a/b/one"].mtime
     assert touched["a/two"].mtime == walked["a/two"].mtime
     assert backend.read("a/b/one") == b"12345"
+    # An object modified less than older_than seconds ago is only checked, not renewed.
+    assert backend.touch(["a/two"], older_than=3600) == [True]
+    assert {f.path: f for f in backend.walk_files("a")}["a/two"].mtime == walked["a/two"].mtime
 
     assert backend.exists_many(["a/two", "a/none", "a/b/one"]) == [True, False, True]
     backend.delete(["a/two", "a/none"])

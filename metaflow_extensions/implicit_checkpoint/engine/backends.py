@@ -81,16 +81,17 @@ class StorageBackend(ABC):
         durable: bool,
         path_for_digest: Callable[[str], str],
         temp_dir: str,
+        older_than: float = 0.0,
     ) -> Tuple[str, bool]:
         """Store ``parts`` under the path named by their content hash, unless it exists.
 
-        Returns ``(digest, written)``. An existing blob is touched (its modification
-        time renewed) instead. Backends that can write before knowing the name override
+        Returns ``(digest, written)``. An existing blob is touched instead (see
+        ``touch`` for ``older_than``). Backends that can write before knowing the name override
         this to hash and write in one pass; this default hashes first.
         """
         digest = content_hash(parts)
         path = path_for_digest(digest)
-        if self.touch([path])[0]:
+        if self.touch([path], older_than)[0]:
             return digest, False
         self.write(path, parts, durable)
         return digest, True
@@ -123,8 +124,9 @@ class StorageBackend(ABC):
         """Every file under ``prefix``, at any depth (temp files included)."""
 
     @abstractmethod
-    def touch(self, paths: Sequence[str]) -> List[bool]:
-        """Set each file's modification time to now; False for files that do not exist."""
+    def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
+        """Renew the modification time of each file last modified more than
+        ``older_than`` seconds ago; return, per file, whether it exists."""
 
     def describe(self, path: str = "") -> str:
         """A human-readable location, for messages."""
@@ -156,6 +158,7 @@ class LocalDirBackend(StorageBackend):
         durable: bool,
         path_for_digest: Callable[[str], str],
         temp_dir: str,
+        older_than: float = 0.0,
     ) -> Tuple[str, bool]:
         # One pass over the data: each block is hashed and written while it is still
         # in the CPU cache; the content-addressed name is known only at the end.
@@ -259,11 +262,11 @@ class LocalDirBackend(StorageBackend):
                     continue
                 yield StoredFile("%s/%s" % (relative, name), info.st_size, info.st_mtime)
 
-    def touch(self, paths: Sequence[str]) -> List[bool]:
+    def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
         found = []
         for path in paths:
             try:
-                os.utime(self._full(path))
+                os.utime(self._full(path))  # as cheap as checking the age first
                 found.append(True)
             except FileNotFoundError:
                 found.append(False)
@@ -391,9 +394,9 @@ class MetaflowStorageBackend(StorageBackend):
             raise self._unsupported("Listing the modification times of")
         return self._local().walk_files(prefix)
 
-    def touch(self, paths: Sequence[str]) -> List[bool]:
+    def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
         if self.TYPE == "local":
-            return self._local().touch(paths)
+            return self._local().touch(paths, older_than)
         # Metaflow's storage layer cannot set a modification time: writing the object
         # again renews it (a download and an upload, through temp files).
         found = self.exists_many(paths)

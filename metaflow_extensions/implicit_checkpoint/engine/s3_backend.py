@@ -438,11 +438,19 @@ class S3Backend(StorageBackend):
 
         self._map(delete_batch, batches)
 
-    def touch(self, paths: Sequence[str]) -> List[bool]:
-        # S3 cannot set a modification time; copying an object onto itself (with
-        # new, empty metadata) renews it, server-side, without moving the data here.
+    def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
+        # S3 cannot set a modification time; copying an object onto itself (with new,
+        # empty metadata) renews it, server-side. That copies up to a whole blob, so
+        # an object modified recently enough is only looked at (HEAD), not copied.
         def touch_one(path: str) -> bool:
             key = self._key(path)
+            try:
+                head = self._request("check", path, lambda: self._head(path))
+            except FileNotFoundError:
+                return False
+            age = time.time() - head["LastModified"].timestamp()
+            if age <= older_than:
+                return True
             try:
                 self._request(
                     "touch",
@@ -460,7 +468,6 @@ class S3Backend(StorageBackend):
                 return False
 
         return self._map(touch_one, list(paths))
-
 
 def _hint(code: str) -> str:
     if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):

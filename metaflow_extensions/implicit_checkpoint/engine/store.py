@@ -137,7 +137,11 @@ class CheckpointStore:
             blob = blobs[i]
             if one_pass[i]:
                 digest, written = self.backend.write_hashed(
-                    blob.parts, self.durable, lambda d: self.blob_path(flow, d), self._blob_dir(flow)
+                    blob.parts,
+                    self.durable,
+                    lambda d: self.blob_path(flow, d),
+                    self._blob_dir(flow),
+                    self._young_enough,
                 )
             else:
                 digest = digests[i]
@@ -162,6 +166,12 @@ class CheckpointStore:
             sum(blob.size for blob, (_, written) in zip(blobs, results) if written),
         )
 
+    @property
+    def _young_enough(self) -> float:
+        # A blob modified within half the interval needs no renewing: it stays younger
+        # than 1.5 intervals while this process trusts it, well inside gc's grace.
+        return self.touch_interval / 2
+
     def _is_fresh(self, digest: str) -> bool:
         known = self._known_blobs.get(digest)
         return known is not None and time.monotonic() - known < self.touch_interval
@@ -177,7 +187,7 @@ class CheckpointStore:
         if not stale:
             return
         paths = [self.blob_path(flow, digest) for digest in stale]
-        found = self._guarded(flow, lambda: self.backend.touch(paths))
+        found = self._guarded(flow, lambda: self.backend.touch(paths, self._young_enough))
         now = time.monotonic()
         with self._lock:
             self._known_blobs.update((d, now) for d, ok in zip(stale, found) if ok)
