@@ -1,5 +1,7 @@
 """load_policy="eager": a new run resumes from the newest checkpoint of an earlier run."""
 
+from s3_server import s3_server, s3_world  # noqa: F401  (fixtures)
+
 FLOW = '''
 import os
 from metaflow import FlowSpec, Parameter, checkpoint, current, retry, step
@@ -59,6 +61,14 @@ def newest_key(world, run_id):
 
 
 def test_eager_resumes_from_earlier_run_and_fresh_starts_clean(world, write_flow):
+    eager_then_fresh(world, write_flow)
+
+
+def test_eager_on_s3(s3_world, write_flow):
+    eager_then_fresh(s3_world, write_flow)
+
+
+def eager_then_fresh(world, write_flow):
     eager = write_flow(FLOW.format(policy="eager"), "eager_flow.py")
     fresh = write_flow(FLOW.format(policy="fresh"), "fresh_flow.py")
 

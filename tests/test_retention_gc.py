@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import TEST_FLOWS
+from s3_server import s3_server, s3_world  # noqa: F401  (fixtures)
 from engine_helpers import State, blob_bytes_on_disk, local_store, make_session
 from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointException
 from metaflow_extensions.implicit_checkpoint.engine.gc import DEFAULT_GRACE, collect_garbage
@@ -72,6 +73,54 @@ def test_keep_last_and_keep_best_then_gc(world):
             values = cp.load(art)
             ok.append(bool(np.array_equal(values["weights"], weights_for(values["save_number"]))))
         print(json.dumps(ok))
+        """
+        % str(TEST_FLOWS)
+    )
+    assert checked == [True] * 5
+
+
+def test_retention_and_gc_on_s3(s3_world):
+    """S3 keeps its own modification times, so gc runs here with a 2 s grace (and a
+    store whose touch interval is 1 s) after waiting that long."""
+    s3_world.run_flow(FLOW)
+    kept = s3_world.python(
+        """
+        import json
+        from metaflow import Checkpoint, Flow, namespace
+        namespace(None)
+        task = Flow("RetentionFlow").latest_run["start"].task
+        print(json.dumps([a.metadata.get("save") for a in Checkpoint().list(task=task, name="checkpoint")]))
+        """
+    )
+    assert kept == [4, 11, 18, 19, 20]
+    before = [k for k in s3_world.checkpoint_keys() if "/blobs/" in k]
+    time.sleep(2.5)
+    report = s3_world.python(
+        """
+        import json
+        from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
+        from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
+        from metaflow_extensions.implicit_checkpoint.plugins.store_binding import store_from_config
+        store = store_from_config()
+        store = CheckpointStore(store.backend, touch_interval=1.0)
+        print(json.dumps(collect_garbage(store, "RetentionFlow", grace=2.0).to_dict()))
+        """
+    )
+    after = [k for k in s3_world.checkpoint_keys() if "/blobs/" in k]
+    assert len(report["deleted_blobs"]) == 15
+    assert len(before) - len(after) == 15 and report["deleted_bytes"] >= 15 * 512 * 1024
+    checked = s3_world.python(
+        """
+        import json, sys
+        import numpy as np
+        sys.path.insert(0, %r)
+        from retention_flow import weights_for
+        from metaflow import Checkpoint, Flow, namespace
+        namespace(None)
+        cp = Checkpoint()
+        task = Flow("RetentionFlow").latest_run["start"].task
+        print(json.dumps([bool(np.array_equal(cp.load(a)["weights"], weights_for(a.metadata["save"])))
+                          for a in cp.list(task=task, name="checkpoint")]))
         """
         % str(TEST_FLOWS)
     )
