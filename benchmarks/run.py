@@ -19,6 +19,8 @@ sys.path.insert(0, str(HERE))
 
 import local_io  # noqa: E402
 import peer_metaflow_checkpoint  # noqa: E402
+import peer_s3  # noqa: E402
+import s3_io  # noqa: E402
 import task_overhead  # noqa: E402
 
 MB = 1024 * 1024
@@ -109,6 +111,36 @@ def build_report(results: dict, args) -> str:
             "- %s load vs torch.load: ours takes **%.2f** of its time; vs metaflow-checkpoint's load: **%.2fx**"
             % (label[s], c["ours load"] / c["torch.load"], peer[s]["load"] / c["ours load"]),
         )
+    s3, peer_s3_results = results["s3"], results["peer_s3"]
+    r.add(
+        "",
+        "## Seconds, S3 (moto server on 127.0.0.1, in its own process)",
+        "",
+        "%d rounds after a warm-up. moto keeps objects in memory and reads a whole object for"
+        " every ranged GET, so absolute figures say little about AWS; the ratios compare two"
+        " clients of the same server." % args.s3_repeats,
+        "",
+        "| case | " + " | ".join(label[s] for s in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    )
+    for case in s3[sizes[0]]["cases"]:
+        r.add("| %s | " % case + " | ".join("%.4f" % s3[s]["cases"][case] for s in sizes) + " |")
+    r.add(
+        "| metaflow-checkpoint: torch.save + its save() | "
+        + " | ".join("%.4f" % peer_s3_results[s]["save"] for s in sizes) + " |",
+        "| metaflow-checkpoint: its load() + torch.load | "
+        + " | ".join("%.4f" % peer_s3_results[s]["load"] for s in sizes) + " |",
+        "",
+    )
+    for s in sizes:
+        c = s3[s]["cases"]
+        r.add(
+            "- %s on S3: save **%.2fx** faster than torch.save + metaflow-checkpoint's save(); load **%.2fx**"
+            " faster than its load() + torch.load"
+            % (label[s], peer_s3_results[s]["save"] / c["ours save (s3)"],
+               peer_s3_results[s]["load"] / c["ours load (s3)"]),
+        )
+
     big = max(sizes)
     c, w = io[big]["cases"], io[big]["written"]
     mem = results["memory"]
@@ -172,6 +204,7 @@ def main() -> None:
     args = parser.parse_args()
     args.repeats = 2 if args.quick else 5
     args.pairs = 3 if args.quick else 10
+    args.s3_repeats = 1 if args.quick else 3
     sizes = [100 * MB] if args.quick else [100 * MB, GB]
     os.environ.setdefault("USERNAME", "bench")
 
@@ -183,6 +216,12 @@ def main() -> None:
             results["io"][size] = local_io.run(work, size, args.repeats)
             print("metaflow-checkpoint, %d MB ..." % (size // MB), flush=True)
             results["peer"][size] = peer_metaflow_checkpoint.measure(work, size, args.repeats)
+        results["s3"], results["peer_s3"] = {}, {}
+        for size in sizes:
+            print("S3, %d MB ..." % (size // MB), flush=True)
+            results["s3"][size] = s3_io.run(work, size, args.s3_repeats)
+            print("metaflow-checkpoint on S3, %d MB ..." % (size // MB), flush=True)
+            results["peer_s3"][size] = peer_s3.measure(work, size, args.s3_repeats)
         print("memory ...", flush=True)
         results["memory"] = {mode: memory(work, max(sizes), mode) for mode in ("sync", "background")}
         print("@checkpoint task overhead ...", flush=True)
