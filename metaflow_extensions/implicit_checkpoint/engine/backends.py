@@ -140,6 +140,13 @@ class LocalDirBackend(StorageBackend):
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+        self._made_dirs = set()
+
+    def _ensure_dir(self, directory: str) -> None:
+        # Remembered, so a save does not re-check its directories on every file.
+        if directory not in self._made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._made_dirs.add(directory)
 
     def _full(self, path: str) -> str:
         return os.path.join(self.root, *path.split("/"))
@@ -149,7 +156,7 @@ class LocalDirBackend(StorageBackend):
 
     def write(self, path: str, parts: Sequence, durable: bool) -> None:
         full = self._full(path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
+        self._ensure_dir(os.path.dirname(full))
         self._publish(self._write_temp(os.path.dirname(full), parts, durable), full, durable)
 
     def write_hashed(
@@ -164,7 +171,7 @@ class LocalDirBackend(StorageBackend):
         # in the CPU cache; the content-addressed name is known only at the end.
         hasher = new_hasher()
         directory = self._full(temp_dir)
-        os.makedirs(directory, exist_ok=True)
+        self._ensure_dir(directory)
         tmp = self._write_temp(directory, parts, durable, hasher)
         digest = hasher.hexdigest()
         path = path_for_digest(digest)
@@ -172,14 +179,18 @@ class LocalDirBackend(StorageBackend):
             os.unlink(tmp)
             return digest, False
         full = self._full(path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
+        self._ensure_dir(os.path.dirname(full))
         self._publish(tmp, full, durable)
         return digest, True
 
     @staticmethod
     def _write_temp(directory: str, parts: Sequence, durable: bool, hasher=None) -> str:
         tmp = os.path.join(directory, TEMP_PREFIX + uuid.uuid4().hex)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the directory was removed since it was made
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             offset = 0
             for part in parts:
@@ -193,8 +204,8 @@ class LocalDirBackend(StorageBackend):
                         written = os.write(fd, block)
                         block = block[written:]
                         offset += written
-                    if durable:
-                        _start_writeback(fd, block_offset, offset - block_offset)
+                    if durable and offset - block_offset == _WRITE_BLOCK:
+                        _start_writeback(fd, block_offset, _WRITE_BLOCK)
             if durable:
                 _datasync(fd)
         except BaseException:
