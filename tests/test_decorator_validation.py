@@ -52,3 +52,21 @@ def test_bad_arguments_fail_before_any_task(world, write_flow, args, expected):
 def test_good_arguments_run(world, write_flow):
     args = 'exclude=["tmp_*"], load_policy="none", keep_last=2, keep_best=1, best_metric="loss", best_mode="max", rng=False, card=False'
     world.run_flow(write_flow(FLOW.format(args=args)))
+
+
+def test_eager_and_retention_need_a_datastore_that_lists_by_age():
+    """Azure / GCS datastores: checked in step_init (a real decorator, a datastore of
+    that type), so the run fails before any task."""
+    from types import SimpleNamespace
+
+    from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointConfigError
+    from metaflow_extensions.implicit_checkpoint.plugins.checkpoint_decorator import (
+        CheckpointDecorator,
+    )
+
+    azure = SimpleNamespace(TYPE="azure")
+    for attributes in ({"load_policy": "eager"}, {"keep_last": 2}):
+        deco = CheckpointDecorator(attributes=dict(attributes, card=False))
+        with pytest.raises(CheckpointConfigError, match="'azure' datastore"):
+            deco.step_init(None, None, "train", [], None, azure, None)
+    CheckpointDecorator(attributes={"card": False}).step_init(None, None, "train", [], None, azure, None)

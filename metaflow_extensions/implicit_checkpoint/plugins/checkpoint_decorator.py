@@ -11,6 +11,10 @@ from .store_binding import store_for_datastore
 from .task_status import record_loaded
 
 
+#: Datastores with a backend of our own (listing by age, deletes): everything works there.
+FULLY_SUPPORTED_DATASTORES = ("local", "s3")
+
+
 class CheckpointDecorator(StepDecorator):
     """
     Makes a step crash-safe: `current.checkpoint.save()` snapshots the step's own
@@ -112,6 +116,15 @@ class CheckpointDecorator(StepDecorator):
             )
         self._selector = FieldSelector(include, exclude)
         self._retention = RetentionPolicy(keep_last, keep_best, best_metric, attrs["best_mode"])
+        needs_listing = attrs["load_policy"] == "eager" or self._retention.active
+        if needs_listing and flow_datastore.TYPE not in FULLY_SUPPORTED_DATASTORES:
+            raise CheckpointConfigError(
+                "@checkpoint on step *%s*: load_policy='eager', keep_last and keep_best need "
+                "to list and delete checkpoint files by age, which Metaflow's %r datastore "
+                "does not offer. Use them with the local or S3 datastore, or drop them here "
+                "(saving, resuming after a retry and loading work on every datastore)."
+                % (step_name, flow_datastore.TYPE)
+            )
         self._rng = self._flag(attrs["rng"], "rng")
         self._card = self._flag(attrs["card"], "card")
         self._card_id = attach_card(flow, step_name, decorators, wanted=self._card)
