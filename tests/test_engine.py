@@ -243,6 +243,9 @@ def test_unchanged_state_adds_no_blob_bytes_and_one_change_adds_its_share(tmp_pa
     second = session.save()
     assert blob_bytes_on_disk(tmp_path) == after_first
     assert second.implicit_manifest["bytes_written"] == 0
+    # What each checkpoint uses vs what it wrote: the difference is dedup's saving.
+    assert first.implicit_manifest["bytes_written"] == first.implicit_manifest["bytes_referenced"]
+    assert second.implicit_manifest["bytes_referenced"] == first.implicit_manifest["bytes_referenced"]
 
     original_t3 = state.tensors["t3"]
     state.tensors["t3"] = torch.randn(512, 1024)

@@ -181,6 +181,11 @@ def commit_save(
     for name, enc in prepared.encoded.items():
         storage["fields"][name] = stored_payload(name, enc)
     manifest["bytes_written"] = bytes_written
+    # Blob bytes this checkpoint uses (RNG state included); written <= referenced, and
+    # the difference is what dedup saved.
+    manifest["bytes_referenced"] = sum(
+        length for location in locations.values() for _, _, length in location.extents
+    ) + sum(length for position in payload_buffer.values() for _, _, length in located(position))
     store.commit(prepared.key, manifest)
 
     if tracker is not None and tracker.enabled:

@@ -71,6 +71,7 @@ class CheckpointStore:
         # Per chunk slot of the previous save: (source version, was it already stored?)
         self._previous_slots: Dict[tuple, Tuple[Optional[int], bool]] = {}
         self._manifest_cache: Dict[str, dict] = {}
+        self._noted = set()  # per-run notes this process has written
 
     # -- paths -----------------------------------------------------------------------
 
@@ -334,13 +335,20 @@ class CheckpointStore:
     # -- across runs -----------------------------------------------------------------
 
     def note_latest(self, key: CheckpointKey, foreach_indices: Sequence[int]) -> None:
-        """Note ``key`` as its run's newest checkpoint of this step and foreach index.
+        """Note that ``key``'s task (in its run) committed a checkpoint of this step and
+        foreach index just now.
 
-        One small file per run, so concurrent runs never overwrite each other's note.
-        It is only a hint: readers verify the manifest it names.
+        One small file per run, so concurrent runs never overwrite each other's note: it
+        names the task, and its modification time is the task's latest commit (written
+        once per process, touched after that). It is only a hint: readers list the task
+        and verify its manifests.
         """
         path = "%s/%s" % (self.latest_dir(key.flow, key.step, foreach_indices), key.run_id)
-        self.backend.write(path, [str(key).encode()], durable=False)
+        if path in self._noted:
+            self.backend.touch([path])
+        else:
+            self.backend.write(path, [str(key).encode()], durable=False)
+            self._noted.add(path)
 
     def find_latest_before(
         self,

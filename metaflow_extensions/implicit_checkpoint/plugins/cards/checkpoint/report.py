@@ -72,7 +72,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
     status_of = {a: _status(task.statuses, a) for a in attempts}
     loaded_by = _loaded_by(checkpoints)
     run_id = task.pathspec.split("/")[1]
-    referenced = sum(m.get("size", 0) for m in checkpoints)
+    referenced = sum(_referenced(m) for m in checkpoints)
     written = sum(m.get("bytes_written", 0) for m in checkpoints)
     saved = max(referenced - written, 0)
     this_resume = resume_key(checkpoints, task.attempt, task.loaded)
@@ -175,6 +175,7 @@ def _history_rows(of_attempt: List[dict], loaded_by: Dict[str, List[int]]) -> Di
 
 def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, Any]:
     size, written = manifest.get("size", 0), manifest.get("bytes_written", 0)
+    referenced = _referenced(manifest)
     resumed_by = loaded_by.get(manifest["key"], [])
     return {
         "attempt": manifest["attempt"],
@@ -186,19 +187,24 @@ def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, A
         "field_count": len(manifest.get("fields") or {}),
         "size": human_bytes(size),
         "written": human_bytes(written),
-        "dedup": _dedup_note(size, written),
+        "dedup": _dedup_note(referenced, written),
         "metadata": metadata_entries(manifest.get("metadata")),
         "resumed_by": ", ".join("attempt %d" % a for a in resumed_by),
     }
 
 
-def _dedup_note(size: int, written: int) -> str:
-    if size <= 0:
+def _referenced(manifest: dict) -> int:
+    """Blob bytes a checkpoint uses (older manifests lack the figure: their field size)."""
+    return manifest.get("bytes_referenced", manifest.get("size", 0))
+
+
+def _dedup_note(referenced: int, written: int) -> str:
+    if referenced <= 0:
         return ""
-    reused = max(size - written, 0)
+    reused = max(referenced - written, 0)
     if reused == 0:
         return "all new"
-    return "%.0f%% reused" % (100.0 * reused / size)
+    return "%.0f%% reused" % (100.0 * reused / referenced)
 
 
 def _describe_key(key: Optional[str], run_id: str) -> Optional[Dict[str, Any]]:
