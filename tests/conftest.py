@@ -58,6 +58,17 @@ class MetaflowWorld:
             raise AssertionError("%s %s failed:\n%s" % (flow.name, " ".join(args), proc.stdout[-6000:]))
         return proc
 
+    def start_run(self, flow: Path, *args: str) -> subprocess.Popen:
+        """Start ``python flow.py run ARGS`` in the background (output merged, as text)."""
+        return subprocess.Popen(
+            [sys.executable, str(flow), "--no-pylint", "run", *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     def python(self, code: str, timeout: int = 120):
         """Run ``code`` in a separate Python process (a "notebook") and return the JSON it
         prints on its last line."""

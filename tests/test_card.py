@@ -5,7 +5,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -302,14 +301,7 @@ print(json.dumps(None))
 
 def test_live_card_shows_the_saves_made_so_far(world, browser, output_dir, tmp_path):
     go_file = tmp_path / "go"
-    flow = subprocess.Popen(
-        [sys.executable, str(LIVE_FLOW), "--no-pylint", "run", "--go-file", str(go_file)],
-        cwd=world.root,
-        env=world.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    flow = world.start_run(LIVE_FLOW, "--go-file", str(go_file))
     try:
         live = world.python(LIVE_POLL % {"type": CARD_TYPE}, timeout=300)
     finally:

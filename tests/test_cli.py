@@ -1,8 +1,6 @@
 """`python flow.py checkpoint list|inspect|status|gc` on real runs."""
 
 import json
-import subprocess
-import sys
 import time
 
 from conftest import TEST_FLOWS
@@ -12,14 +10,7 @@ RESUME_FLOW = TEST_FLOWS / "resume_flow.py"
 
 
 def test_status_of_completed_failed_and_running_steps(world, tmp_path):
-    run = subprocess.Popen(
-        [sys.executable, str(STATUS_FLOW), "--no-pylint", "run", "--signals", str(tmp_path)],
-        cwd=world.root,
-        env=world.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    run = world.start_run(STATUS_FLOW, "--signals", str(tmp_path))
     try:
         deadline = time.time() + 120
         steps = {}
