@@ -6,7 +6,7 @@ from ..engine.fields import FieldSelector, normalize_patterns
 from ..engine.retention import RetentionPolicy
 from ..engine.session import LOAD_POLICIES, AttributeSource, CheckpointSession, TaskIdentity
 from .assignment_tracking import stop_tracking, track_assignments
-from .cards.attach import LiveCardRefresh, attach_card
+from .cards.attach import LiveCardRefresh, attach_card, remove_cards_of_earlier_attempts
 from .store_binding import store_for_datastore
 from .task_status import record_loaded
 
@@ -170,6 +170,7 @@ class CheckpointDecorator(StepDecorator):
         inputs,
     ):
         self._flow = flow
+        self._pathspec = "/".join((flow.name, str(run_id), step_name, str(task_id)))
         log = track_assignments(flow)
         parents = flow._datastore
         task = TaskIdentity(
@@ -203,6 +204,8 @@ class CheckpointDecorator(StepDecorator):
             )
         )
         if self._card_id:
+            if int(retry_count) > 0:
+                self._remove_cards_of_earlier_attempts()
             self._session.on_commit.append(LiveCardRefresh(self._card_id, int(retry_count)))
         current._update_env({"checkpoint": self._session})
 
@@ -219,9 +222,14 @@ class CheckpointDecorator(StepDecorator):
         if session is not None:
             session.finish(raise_failure=False)
 
+    def _remove_cards_of_earlier_attempts(self):
+        remove_cards_of_earlier_attempts(self._flow_datastore, self._pathspec, self._card_id)
+
     def task_finished(
         self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries
     ):
+        if self._card_id and int(retry_count) > 0:
+            self._remove_cards_of_earlier_attempts()
         stop_tracking(flow)
 
 

@@ -3,7 +3,7 @@
 import os
 from typing import Optional
 
-from ..engine.backends import LocalDirBackend, MetaflowStorageBackend
+from ..engine.backends import LocalDirBackend, MetaflowStorageBackend, StorageBackend
 from ..engine.store import CheckpointStore
 
 #: Set to 0 to skip fsync on the local datastore (faster; a machine crash, not a
@@ -26,11 +26,17 @@ def _store_for_storage(storage_impl) -> CheckpointStore:
     # streaming, retried); on Azure or GCS it goes through Metaflow's storage layer.
     # All of them live under the datastore root, with Metaflow's own credentials.
     durable = os.environ.get(FSYNC_ENV, "1") != "0"
+    workers = S3_BLOB_WORKERS if storage_impl.TYPE == "s3" else 4
+    return CheckpointStore(backend_for_storage(storage_impl), durable=durable, workers=workers)
+
+
+def backend_for_storage(storage_impl) -> StorageBackend:
+    """Our backend on the root of one of Metaflow's datastore storages."""
     if storage_impl.TYPE == "local":
-        return CheckpointStore(LocalDirBackend(storage_impl.datastore_root), durable=durable)
+        return LocalDirBackend(storage_impl.datastore_root)
     if storage_impl.TYPE == "s3":
-        return CheckpointStore(s3_backend(storage_impl.datastore_root), workers=S3_BLOB_WORKERS)
-    return CheckpointStore(MetaflowStorageBackend(storage_impl), durable=durable)
+        return s3_backend(storage_impl.datastore_root)
+    return MetaflowStorageBackend(storage_impl)
 
 
 def s3_backend(datastore_root: str, client_params: Optional[dict] = None):

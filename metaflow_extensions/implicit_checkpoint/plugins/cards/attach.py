@@ -7,6 +7,7 @@ card discovery only imports subpackages of ``plugins/cards``, so it skips this f
 """
 
 import sys
+from types import SimpleNamespace
 from typing import Optional
 
 from metaflow import current
@@ -70,6 +71,17 @@ class LiveCardRefresh:
                 )
 
 
+def _own_card_uuid(card_id: str) -> Optional[str]:
+    """The id Metaflow gave this process's checkpoint card (it names the card's files)."""
+    try:
+        for uuid, meta in current.card._cards_meta.items():
+            if meta["type"] == CARD_TYPE and meta["card_id"] == card_id:
+                return uuid
+    except AttributeError:  # no card collector in this task
+        pass
+    return None
+
+
 def _runtime_card(card_id: str):
     """The task's handle on the checkpoint card (what ``current.card[card_id]`` returns).
 
@@ -82,3 +94,38 @@ def _runtime_card(card_id: str):
         if meta["type"] == CARD_TYPE and meta["card_id"] == card_id:
             return collector._card_component_store[uuid]
     raise LookupError("no %s card with id %r on this step" % (CARD_TYPE, card_id))
+
+
+def remove_cards_of_earlier_attempts(flow_datastore, pathspec: str, card_id: str) -> None:
+    """In a retry: delete the checkpoint cards earlier attempts left.
+
+    An attempt killed hard leaves its last live card behind (the card process it had
+    started may even finish after the kill), and Metaflow names cards per process, so
+    the task would end up with two checkpoint cards (``card get`` then lists them
+    instead of saving one). This attempt's card tells the whole story anyway. Called
+    when the retry starts and again when it ends; this attempt's own card is kept.
+    """
+    own = _own_card_uuid(card_id)
+    from metaflow.plugins.cards.card_datastore import CardDatastore
+
+    from ..store_binding import backend_for_storage
+
+    try:
+        # Cards live under their own root; Metaflow's card CLI points a storage there too.
+        card_root = CardDatastore.get_storage_root(flow_datastore.TYPE)
+        card_storage = SimpleNamespace(
+            _storage_impl=type(flow_datastore._storage_impl)(card_root),
+            flow_name=flow_datastore.flow_name,
+        )
+        cards = CardDatastore(card_storage, pathspec)
+        found = cards.extract_card_paths(card_type=CARD_TYPE, card_id=card_id)
+        found += cards.extract_data_paths(card_type=CARD_TYPE, card_id=card_id)
+        stale = [path for path in found if own is None or own not in path.rsplit("/", 1)[-1]]
+        if stale:
+            backend_for_storage(cards._backend).delete(stale)
+    except Exception as ex:  # a leftover card is untidy, not a reason to fail the task
+        print(
+            "@checkpoint: could not remove the checkpoint card of an earlier attempt: %s: %s"
+            % (type(ex).__name__, ex),
+            file=sys.stderr,
+        )
