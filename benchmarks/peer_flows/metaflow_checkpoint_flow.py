@@ -55,6 +55,7 @@ class MetaflowCheckpointBenchFlow(FlowSpec):
         references = []
         model_path = os.path.join(current.checkpoint.directory, MODEL_FILE)
         for _ in range(self.runs):
+            os.sync()  # start from a quiet disk, like every other save the suite times
             started = time.perf_counter()
             torch.save(state, model_path)
             written = time.perf_counter()
