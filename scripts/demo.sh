@@ -32,6 +32,8 @@ cat <<MSG
 Where to look (from $OUT, with the environment above):
   checkpoints: python $FLOW checkpoint list | status | inspect KEY | gc --dry-run
   notebook:    from metaflow import Checkpoint; Checkpoint().load("$NEWEST", fields=["epoch"])
+  card:        python $FLOW card get $(echo "$NEWEST" | cut -d/ -f2-4) card.html --type implicit_checkpoint
+               (or: python $FLOW card server, then open the train step)
   datastore:   $OUT/.metaflow/TrainResumeFlow/_implicit_checkpoints
   re-run:      cd $OUT && env METAFLOW_HOME=$OUT METAFLOW_DATASTORE_SYSROOT_LOCAL=$OUT \\
                  $PY $ROOT/flows/train_resume.py run --crash-at 3
