@@ -20,9 +20,7 @@ so this module needs only boto3 and can be tested without a flow.
 """
 
 import random
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -38,6 +36,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from .backends import TEMP_PREFIX, PartsReader, StorageBackend, StoredFile
 from .errors import CheckpointStorageError
+from .parallel import LazyPool
 
 #: Objects up to this size are one PUT / GET; larger ones are cut into parts of this
 #: size, sent as a multipart upload and read back as byte ranges, in parallel. The
@@ -159,12 +158,10 @@ class S3Backend(StorageBackend):
         self.prefix = prefix.strip("/")
         self._retry = retry
         self._write_args = {"ServerSideEncryption": encryption} if encryption else {}
-        self._concurrency = concurrency
         if part_bytes < _MIN_PART_BYTES:
             raise ValueError("part_bytes must be at least %d (S3's smallest part)." % _MIN_PART_BYTES)
         self.part_bytes = part_bytes
-        self._pool: Optional[ThreadPoolExecutor] = None
-        self._pool_lock = threading.Lock()
+        self._pool = LazyPool(concurrency, "checkpoint-s3")
 
     # -- names -----------------------------------------------------------------------
 
@@ -181,17 +178,6 @@ class S3Backend(StorageBackend):
         return "s3://%s/%s" % (self.bucket, self._key(path))
 
     # -- requests --------------------------------------------------------------------
-
-    def _map(self, fn: Callable[..., T], items: Sequence) -> List[T]:
-        if len(items) <= 1:
-            return [fn(item) for item in items]
-        if self._pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        max_workers=self._concurrency, thread_name_prefix="checkpoint-s3"
-                    )
-        return list(self._pool.map(fn, items))
 
     def _request(self, operation: str, path: str, action: Callable[[], T]) -> T:
         """Run ``action`` (one S3 request, reading its whole response), retrying
@@ -254,7 +240,7 @@ class S3Backend(StorageBackend):
             )["UploadId"],
         )
         try:
-            etags = self._map(
+            etags = self._pool.map(
                 lambda number: self._upload_part(path, key, upload_id, parts, number, size),
                 range(1, (size + self.part_bytes - 1) // self.part_bytes + 1),
             )
@@ -319,7 +305,7 @@ class S3Backend(StorageBackend):
             for start in range(0, len(view), self.part_bytes)
         ]
         # Each range is read whole or retried, so the counts add up to the bytes read.
-        return sum(self._map(lambda r: self._read_range(path, view, *r), ranges))
+        return sum(self._pool.map(lambda r: self._read_range(path, view, *r), ranges))
 
     def _read_range(self, path: str, view: memoryview, start: int, end: int) -> int:
         """Read bytes ``[start, end)`` of the object into ``view[start:end]``; return how
@@ -375,7 +361,7 @@ class S3Backend(StorageBackend):
             except FileNotFoundError:
                 return False
 
-        return self._map(exists, list(paths))
+        return self._pool.map(exists, list(paths))
 
     # -- listing ---------------------------------------------------------------------
 
@@ -436,7 +422,7 @@ class S3Backend(StorageBackend):
                     )
                 )
 
-        self._map(delete_batch, batches)
+        self._pool.map(delete_batch, batches)
 
     def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
         # S3 cannot set a modification time; copying an object onto itself (with new,
@@ -467,7 +453,7 @@ class S3Backend(StorageBackend):
             except FileNotFoundError:
                 return False
 
-        return self._map(touch_one, list(paths))
+        return self._pool.map(touch_one, list(paths))
 
 def _hint(code: str) -> str:
     if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):

@@ -221,19 +221,6 @@ def _fingerprint_of_written(extents: list, data: memoryview) -> tuple:
     return fingerprint(data)
 
 
-def write_snapshot(
-    store: CheckpointStore,
-    key: CheckpointKey,
-    fields: Mapping[str, Any],
-    metadata: Dict[str, Any],
-    parent: Optional[str] = None,
-    rng_state: Optional[Dict[str, Any]] = None,
-    extra: Optional[Dict[str, Any]] = None,
-) -> dict:
-    """Encode, store and commit ``fields`` now; return the committed manifest."""
-    return commit_save(store, prepare_save(key, fields, metadata, parent, rng_state, extra))
-
-
 def _field_data_size(encoded: Dict[str, EncodedField], specs: List[TensorSpec]) -> int:
     """Bytes of field data, each shared tensor counted once, RNG state not counted."""
     tensors = set().union(*(enc.tensors for enc in encoded.values())) if encoded else set()

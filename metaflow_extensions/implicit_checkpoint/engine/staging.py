@@ -11,8 +11,9 @@ are split across two threads (numpy's copy releases the GIL).
 import mmap
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, List
+
+from .parallel import LazyPool
 
 STAGING_BUDGET_ENV = "METAFLOW_CHECKPOINT_STAGING_BYTES"
 DEFAULT_BUDGET = 8 * 1024**3
@@ -36,7 +37,7 @@ class StagingArea:
         self._pinned = None  # the pinned torch tensor behind it, with CUDA
         self._mapping = None
         self.capacity = 0
-        self._pool = None
+        self._pool = LazyPool(_COPY_THREADS, "checkpoint-stage")
 
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.budget
@@ -88,12 +89,7 @@ class StagingArea:
 
         big = [p for p in pieces if len(p[1]) >= _PIECE // 2]
         small = [p for p in pieces if len(p[1]) < _PIECE // 2]
-        if len(big) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="checkpoint-stage")
-            list(self._pool.map(copy, big))
-        else:
-            small += big
+        self._pool.map(copy, big)
         for piece in small:
             copy(piece)
 

@@ -13,7 +13,6 @@ verified against its hash when read.
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -29,6 +28,7 @@ from .hashing import content_hash
 from .keys import CheckpointKey, is_valid_name
 from .layout import PlannedBlob
 from .manifest import pack_manifest, unpack_manifest
+from .parallel import LazyPool
 
 ROOT = "_implicit_checkpoints"
 
@@ -63,8 +63,7 @@ class CheckpointStore:
         self.backend = backend
         self.touch_interval = touch_interval
         self.durable = durable
-        self._workers = workers
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool = LazyPool(workers, "checkpoint-io")
         self._lock = threading.Lock()
         # digest -> time.monotonic() when this process last wrote or touched that blob.
         self._known_blobs: Dict[str, float] = {}
@@ -105,17 +104,6 @@ class CheckpointStore:
 
     # -- blobs -----------------------------------------------------------------------
 
-    def _map(self, fn, items: Sequence) -> list:
-        if len(items) <= 1:
-            return [fn(item) for item in items]
-        if self._pool is None:
-            with self._lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        max_workers=self._workers, thread_name_prefix="checkpoint-io"
-                    )
-        return list(self._pool.map(fn, items))
-
     def put_blobs(self, flow: str, blobs: Sequence[PlannedBlob]) -> Tuple[List[str], int]:
         """Hash and store ``blobs`` (skipping ones that exist); return hashes, bytes written.
 
@@ -128,7 +116,7 @@ class CheckpointStore:
         one_pass = [self._probably_changed(blob) for blob in blobs]
         checked = [i for i, fast in enumerate(one_pass) if not fast]
         digests: List[Optional[str]] = [None] * len(blobs)
-        for i, digest in zip(checked, self._map(lambda i: content_hash(blobs[i].parts), checked)):
+        for i, digest in zip(checked, self._pool.map(lambda i: content_hash(blobs[i].parts), checked)):
             digests[i] = digest
         self._confirm_existing(flow, {digests[i] for i in checked})
 
@@ -156,7 +144,7 @@ class CheckpointStore:
                 self._known_blobs[digest] = time.monotonic()
             return digest, written
 
-        results = self._guarded(flow, lambda: self._map(write, range(len(blobs))))
+        results = self._guarded(flow, lambda: self._pool.map(write, range(len(blobs))))
         self._previous_slots = {
             blob.slot: (blob.version, not written)
             for blob, (_, written) in zip(blobs, results)
@@ -255,7 +243,7 @@ class CheckpointStore:
                 for offset, target in request.targets:
                     target[:] = buffer[offset : offset + len(target)]
 
-        self._map(read, list(reads))
+        self._pool.map(read, list(reads))
 
     # -- manifests -------------------------------------------------------------------
 
