@@ -45,6 +45,12 @@ class TrainResumeFlow(FlowSpec):
         help="Kill the first attempt (os._exit) right after saving this epoch; 0: no crash.",
     )
     seed = Parameter("seed", default=0, type=int, help="Seed of data and initial weights.")
+    background = Parameter(
+        "background",
+        default=False,
+        type=bool,
+        help="Save in the background (save(blocking=False)): the loop waits only for a copy.",
+    )
 
     @step
     def start(self):
@@ -86,10 +92,12 @@ class TrainResumeFlow(FlowSpec):
             self.epoch += 1
             self.losses.append(total / len(X))
             saved = current.checkpoint.save(
-                metadata={"epoch": self.epoch, "loss": self.losses[-1]}
+                metadata={"epoch": self.epoch, "loss": self.losses[-1]},
+                blocking=not self.background,
             )
             print("epoch %d  loss %.4f  saved %s" % (self.epoch, self.losses[-1], saved.key))
             if self.epoch == self.crash_at and current.retry_count == 0:
+                current.checkpoint.wait()  # a background save of this epoch lands first
                 print("Simulating a hard crash (os._exit) after epoch %d" % self.epoch, flush=True)
                 os._exit(1)
         self.next(self.end)

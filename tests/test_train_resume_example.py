@@ -1,5 +1,7 @@
 """The example training flow: killed at epoch k and resumed, it ends bit-identical."""
 
+import pytest
+
 from conftest import EXAMPLE_FLOWS
 
 FLOW = EXAMPLE_FLOWS / "train_resume.py"
@@ -22,12 +24,13 @@ print(json.dumps({"digest": digest.hexdigest(), "epoch": values["epoch"],
 """
 
 
-def test_killed_and_resumed_run_matches_uninterrupted_run(world):
-    crashed = world.run_flow(FLOW, "--epochs", "6", "--crash-at", "3")
+@pytest.mark.parametrize("background", ["False", "True"])
+def test_killed_and_resumed_run_matches_uninterrupted_run(world, background):
+    crashed = world.run_flow(FLOW, "--epochs", "6", "--crash-at", "3", "--background", background)
     assert "Simulating a hard crash" in crashed.stdout
     assert "continuing at epoch 4 of 6" in crashed.stdout
     crashed_run = world.latest_run_id("TrainResumeFlow")
-    world.run_flow(FLOW, "--epochs", "6")
+    world.run_flow(FLOW, "--epochs", "6", "--background", background)
     clean_run = world.latest_run_id("TrainResumeFlow")
 
     resumed = world.python(FINAL_STATE % crashed_run)
