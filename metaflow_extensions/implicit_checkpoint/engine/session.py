@@ -114,10 +114,9 @@ class CheckpointSession:
 
     def _newest_readable(self, keys: List[CheckpointKey]) -> Optional[CheckpointArtifact]:
         for key in reversed(keys):
-            try:
-                return CheckpointArtifact.from_manifest(self._store.read_manifest(key))
-            except CheckpointCorrupted as ex:
-                print("@checkpoint: skipping damaged checkpoint: %s" % ex, file=sys.stderr)
+            artifact = _read_artifact(self._store, key)
+            if artifact is not None:
+                return artifact
         return None
 
     def _task_keys(self) -> List[CheckpointKey]:
@@ -312,12 +311,29 @@ def list_artifacts(
         validate_name(name, step)
     if attempt is not None and (not isinstance(attempt, int) or attempt < 0):
         raise CheckpointException("list(attempt=...) must be an int >= 0; got %r." % (attempt,))
-    artifacts = []
-    for key in store.list_keys(flow, run_id, step, task_id, attempt):
-        if name is not None and key.name != name:
-            continue
-        try:
-            artifacts.append(CheckpointArtifact.from_manifest(store.read_manifest(key)))
-        except CheckpointCorrupted as ex:
-            print("@checkpoint: skipping damaged checkpoint: %s" % ex, file=sys.stderr)
-    return artifacts
+    keys = store.list_keys(flow, run_id, step, task_id, attempt)
+    found = [_read_artifact(store, key) for key in keys if name is None or key.name == name]
+    return [artifact for artifact in found if artifact is not None]
+
+
+def list_run_artifacts(
+    store: CheckpointStore,
+    flow: str,
+    run_id: str,
+    name: Optional[str] = None,
+    attempt: Optional[int] = None,
+) -> List[CheckpointArtifact]:
+    """Committed checkpoints of every task of a run, oldest first."""
+    found = []
+    for step, task_id in store.list_run_tasks(flow, run_id):
+        found.extend(list_artifacts(store, flow, run_id, step, task_id, name, attempt))
+    return sorted(found, key=lambda a: a.created_on)
+
+
+def _read_artifact(store: CheckpointStore, key: CheckpointKey) -> Optional[CheckpointArtifact]:
+    """The artifact of a committed checkpoint; None (with a warning) if it is damaged."""
+    try:
+        return CheckpointArtifact.from_manifest(store.read_manifest(key))
+    except CheckpointCorrupted as ex:
+        print("@checkpoint: skipping damaged checkpoint: %s" % ex, file=sys.stderr)
+        return None

@@ -10,7 +10,7 @@ from ..engine.errors import CheckpointException
 from ..engine.gc import DEFAULT_GRACE, collect_garbage
 from ..engine.keys import CheckpointKey
 from ..engine.manifest import public_view
-from ..engine.session import list_artifacts
+from ..engine.session import list_run_artifacts
 from .formatting import human_bytes
 from .store_binding import store_for_datastore
 from .task_status import FAILED, RUNNING, SUCCEEDED, attempt_statuses
@@ -66,11 +66,7 @@ def _max_attempts(obj, step: str) -> int:
 
 
 def _run_artifacts(store, run) -> List[CheckpointArtifact]:
-    found = []
-    flow, run_id = run.pathspec.split("/")
-    for step, task_id in store.list_run_tasks(flow, run_id):
-        found.extend(list_artifacts(store, flow, run_id, step, task_id))
-    return sorted(found, key=lambda a: a.created_on)
+    return list_run_artifacts(store, *run.pathspec.split("/"))
 
 
 def _table(echo, headers: List[str], rows: List[List[str]]) -> None:

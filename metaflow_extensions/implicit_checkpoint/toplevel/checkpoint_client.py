@@ -7,7 +7,7 @@ from ..engine.errors import CheckpointException, CheckpointNotFound
 from ..engine.keys import split_pathspec
 from ..engine.manifest import public_view
 from ..engine.restore import apply_fields
-from ..engine.session import list_artifacts
+from ..engine.session import list_artifacts, list_run_artifacts
 from ..engine.snapshot import read_snapshot
 from ..plugins.store_binding import store_from_config
 
@@ -72,10 +72,7 @@ class Checkpoint(object):
             return list_artifacts(self._store, flow, run_id, step, task_id, name, attempt)
         flow, run_id = _split_run(getattr(run, "pathspec", run))
         _require_exists("Run", "%s/%s" % (flow, run_id))
-        found = []
-        for step, task_id in self._store.list_run_tasks(flow, run_id):
-            found.extend(list_artifacts(self._store, flow, run_id, step, task_id, name, attempt))
-        return sorted(found, key=lambda a: a.created_on)
+        return list_run_artifacts(self._store, flow, run_id, name, attempt)
 
     def inspect(self, reference: Reference) -> Dict[str, Any]:
         """The manifest of a checkpoint (field -> type, codec, size), reading no field data."""
