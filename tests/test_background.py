@@ -117,7 +117,8 @@ class CountingBlake3:
         return getattr(self._real, name)
 
 
-def test_unchanged_tensors_are_neither_copied_nor_hashed_again(tmp_path, monkeypatch):
+def test_opt_in_tracking_neither_copies_nor_hashes_unchanged_tensors(tmp_path, monkeypatch):
+    monkeypatch.setenv("METAFLOW_CHECKPOINT_TRACK_CHANGES", "1")
     state = State()
     state.model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))
     session = make_session(local_store(tmp_path), state)
@@ -139,7 +140,8 @@ def test_unchanged_tensors_are_neither_copied_nor_hashed_again(tmp_path, monkeyp
     assert second.version == 2
 
 
-def test_writes_behind_the_version_counter_are_caught_by_verification(tmp_path, capsys):
+def test_opt_in_tracking_catches_writes_behind_the_version_counter(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("METAFLOW_CHECKPOINT_TRACK_CHANGES", "1")
     state = State()
     state.weights = torch.zeros(256, 1024)  # 1 MiB: a chunked tensor
     session = make_session(local_store(tmp_path), state)
@@ -158,8 +160,7 @@ def test_writes_behind_the_version_counter_are_caught_by_verification(tmp_path, 
     assert torch.equal(loaded.weights, torch.full((256, 1024), 8.0))
 
 
-def test_change_tracking_can_be_turned_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("METAFLOW_CHECKPOINT_TRACK_CHANGES", "0")
+def test_by_default_every_save_holds_the_live_bytes(tmp_path):
     state = State()
     state.weights = torch.zeros(8)
     session = make_session(local_store(tmp_path), state)

@@ -1,13 +1,16 @@
-"""Knowing, cheaply, which torch tensors did not change since the previous save.
+"""Opt-in: trusting torch's version counters to skip storages that did not change.
 
-torch counts in-place writes to a tensor in ``tensor._version``. A tensor object that is
-still alive, still backed by the same memory, with the same shape, dtype and version
-as when its bytes were stored, holds the same bytes: it is neither copied nor hashed
-again, and the new checkpoint points at the blobs already stored.
+Off by default, because it is not sound for every way of writing a tensor: torch counts
+in-place writes in ``tensor._version``, but writes through ``tensor.data`` (common in EMA
+code), a numpy view or ``out=`` of some kernels do not bump it. By default every save
+hashes every storage, and content addressing still writes only what changed.
 
-Writes that bypass the counter exist (through ``tensor.data`` or a numpy view), so every
-reused tensor is re-hashed every ``VERIFY_EVERY`` saves (spread over saves). A mismatch
-turns tracking off for the rest of the task and stores the live bytes.
+With ``METAFLOW_CHECKPOINT_TRACK_CHANGES=1``, a storage whose first tensor is still
+alive, backed by the same memory, with the same spec and version as when its bytes were
+stored is neither copied nor hashed again. Every reused storage is re-hashed every
+``VERIFY_EVERY`` saves (spread over saves); a mismatch turns tracking off for the rest
+of the task and stores the live bytes — but up to that many checkpoints before it may
+hold stale bytes. That is the hazard this mode trades for speed.
 """
 
 import sys
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from .layout import CHUNK_BYTES, SMALL_BYTES
-from .tensors import TensorSpec
+from .tensors import StorageSpec
 
 VERIFY_EVERY = 8
 
@@ -36,7 +39,7 @@ class Observation:
 
     version: int
     data_ptr: int
-    spec: TensorSpec
+    spec: StorageSpec
 
 
 @dataclass
@@ -59,7 +62,7 @@ def fingerprint(data: memoryview) -> Tuple[str, ...]:
     )
 
 
-def observe(obj: Any, spec: TensorSpec) -> Optional[Observation]:
+def observe(obj: Any, spec: StorageSpec) -> Optional[Observation]:
     """The observation of a torch tensor on CPU or GPU; None for anything untrackable."""
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(obj, torch.Tensor):

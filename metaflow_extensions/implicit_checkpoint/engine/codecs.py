@@ -1,48 +1,57 @@
-"""Codecs: one field value ⇄ a small payload plus the tensors it holds.
+"""One save as one object graph: how every value is encoded, and how it is built back.
 
-Three codecs, tried in this order on save:
+All fields of a save (and the RNG state) are encoded together, so an object reachable
+from two fields, or twice inside one, is one node and comes back as one object. A node
+is one of:
 
-- ``msgpack``: plain data (None, bool, int, float, str, bytes, lists, tuples, dicts,
-  OrderedDicts, dataclasses of these). Safe to load, readable in ``inspect()``.
-- ``tensors``: the same containers with torch tensors or numpy arrays inside (state
-  dicts, nested dicts of arrays, ...). Each tensor becomes a reference into the save's
-  ``TensorTable``; its bytes are stored raw, never pickled.
-- ``cloudpickle``: anything else (modules, optimizers, custom objects), with every tensor
-  and array pulled out into the same table, so a pickled model still stores (and
-  dedups) each tensor on its own.
+- plain containers and scalars: ``list``, ``tuple``, ``dict``, ``OrderedDict`` (with
+  torch's ``_metadata``), ``set``, ``frozenset``, ``bytearray``, big ints, complex,
+  numpy scalars. None, bool, int, float, str and bytes are stored inline;
+- ``tensor`` / ``ndarray``: a view of a storage (tensors.py); the bytes are stored raw;
+- ``dataclass``: its class and every instance attribute (also ones set outside the
+  declared fields), without pickling;
+- ``stateful``: anything with ``state_dict()`` and ``load_state_dict()`` (modules,
+  optimizers, schedulers, scalers, user classes): its state dict, which loads into a
+  live object without pickling, plus a pickled skeleton to rebuild it when there is no
+  live object;
+- ``pickled``: anything else, with cloudpickle (pickling.py).
 
-Tensors are shared through the table: one tensor object referenced from two fields (a
-model's parameters inside the optimizer, say) is stored once and decoded once.
+The document is msgpack: a class table, each node packed on its own (so a partial load
+unpacks only the nodes it needs), the fields, and the RNG state.
 """
 
 import dataclasses
-import importlib
-import io
-import pickle
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
-import cloudpickle
 import msgpack
 
-from .errors import CheckpointSerializationError
-from .tensors import TensorSpec, describe, is_tensor_like
+from .errors import CheckpointException, CheckpointSerializationError
+from .pickling import (
+    class_name,
+    class_wire,
+    pickle_with_references,
+    resolve_class,
+    unpickle_with_references,
+)
+from .tensors import StorageBuffer, StorageTable, is_tensor_like, is_torch_tensor
 
-MSGPACK = "msgpack"
-TENSORS = "tensors"
-PICKLE = "cloudpickle"
+MSGPACK = "msgpack"  # plain data only
+TENSORS = "tensors"  # plain data and tensors/arrays
+STATE_DICT = "state_dict"  # stateful objects (loadable into live objects without pickle)
+PICKLE = "cloudpickle"  # needs unpickling to load
 
-_EXT_TUPLE = 1
-_EXT_TENSOR = 2
-_EXT_ORDERED_DICT = 3
-_EXT_DATACLASS = 4
-
-PICKLE_PROTOCOL = 5
+_REF = 1
+_INT64 = (-(2**63), 2**64)
 
 
-class _NotPlain(Exception):
-    """The value holds something the msgpack codecs cannot represent."""
+@dataclass(frozen=True)
+class Ref:
+    """A reference to node ``index`` of the graph."""
+
+    index: int
 
 
 def type_name(value: Any) -> str:
@@ -50,150 +59,538 @@ def type_name(value: Any) -> str:
     return "%s.%s" % (cls.__module__, cls.__qualname__)
 
 
-class TensorTable:
-    """The distinct tensors and arrays of one save, each stored once, by identity."""
+def is_stateful(obj: Any) -> bool:
+    """Has ``state_dict()`` and ``load_state_dict()`` (and is an object, not a class)."""
+    return (
+        not isinstance(obj, type)
+        and callable(getattr(obj, "state_dict", None))
+        and callable(getattr(obj, "load_state_dict", None))
+    )
 
-    def __init__(self):
-        self.specs: List[TensorSpec] = []
-        # Holding the objects also keeps their id() from being reused mid-save.
-        self.objects: List[Any] = []
-        self._index_by_id: Dict[int, int] = {}
 
-    def add(self, obj: Any) -> int:
-        index = self._index_by_id.get(id(obj))
-        if index is None:
-            index = len(self.specs)
-            self.specs.append(describe(obj))
-            self.objects.append(obj)
-            self._index_by_id[id(obj)] = index
-        return index
+def instance_attributes(obj: Any) -> List[Tuple[str, Any]]:
+    """Every attribute an instance holds: its ``__dict__`` and its slots."""
+    found = dict(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        for slot in getattr(cls, "__slots__", ()):
+            if slot not in ("__dict__", "__weakref__") and hasattr(obj, slot):
+                found.setdefault(slot, getattr(obj, slot))
+    return list(found.items())
+
+
+class _ImmutableCycle(Exception):
+    pass
 
 
 @dataclass(frozen=True)
-class EncodedField:
-    codec: str
+class FieldInfo:
+    """What one field holds: its root, the storages and nodes it reaches, how to load it."""
+
     type: str
-    payload: bytes
-    tensors: FrozenSet[int]  # indices into the save's TensorTable
+    root: Any  # inline value or Ref
+    storages: Tuple[int, ...]
+    codec: str
+    size: int
 
 
-def _packer_default(register_tensor: Callable[[Any], int]):
-    def default(obj: Any):
-        if type(obj) is tuple:
-            return msgpack.ExtType(_EXT_TUPLE, _pack(list(obj), default))
-        if type(obj) is OrderedDict:
-            extra = getattr(obj, "_metadata", None)  # torch state_dict version info
-            return msgpack.ExtType(
-                _EXT_ORDERED_DICT, _pack([list(obj.items()), extra], default)
+@dataclass
+class EncodedGraph:
+    document: bytes
+    table: StorageTable
+    fields: Dict[str, FieldInfo]
+    rng_storages: Tuple[int, ...]
+
+
+class GraphEncoder:
+    """Encodes the fields of one save (see the module docstring)."""
+
+    def __init__(self, step: Optional[str] = None, warn: Callable[[str], None] = None):
+        self.table = StorageTable()
+        self._step = step
+        self._warn = warn or (lambda message: print(message, file=sys.stderr))
+        self._nodes: List[Optional[bytes]] = []
+        self._children: List[Set[int]] = []
+        self._storage_of: Dict[int, int] = {}
+        self._pickled: Set[int] = set()
+        self._stateful: Set[int] = set()
+        self._classes: List[list] = []
+        self._class_index: Dict[type, int] = {}
+        self._memo: Dict[int, int] = {}
+        self._keep: List[Any] = []  # keeps memoized objects (and their id()s) alive
+        self._stack: List[int] = []
+        self._immutable_in_progress: Set[int] = set()
+        self._pickle_root: Any = None
+
+    def encode(self, fields: Mapping[str, Any], rng_state: Optional[dict] = None) -> EncodedGraph:
+        # Every field's root is a node before any is encoded, so a pickled object that
+        # refers to another field's object refers to that node; plain and stateful
+        # fields go first, so objects they reach are nodes before pickles look for them.
+        roots: Dict[str, Any] = {}
+        for name, value in fields.items():
+            if _inline(value):
+                roots[name] = value
+            else:
+                index = self._memo.get(id(value))
+                roots[name] = Ref(self._reserve(value) if index is None else index)
+        order = sorted(fields, key=lambda n: (self._will_pickle(fields[n]), n))
+        for name in order:
+            ref = roots[name]
+            if isinstance(ref, Ref) and self._nodes[ref.index] is None:
+                self._guarded(name, fields[name], lambda: self._fill(ref.index, fields[name]))
+        rng_wire = None
+        if rng_state:
+            rng_wire = self._guarded("<rng state>", rng_state, lambda: self._value(rng_state))
+        infos = {name: self._field_info(fields[name], roots[name]) for name in fields}
+        rng_storages = self._storages_from(rng_wire)
+        document = msgpack.packb(
+            {
+                "classes": self._classes,
+                "nodes": self._nodes,
+                "fields": {name: _to_msgpack(root) for name, root in roots.items()},
+                "rng": _to_msgpack(rng_wire),
+            },
+            use_bin_type=True,
+        )
+        return EncodedGraph(document, self.table, infos, tuple(sorted(rng_storages)))
+
+    # -- nodes -----------------------------------------------------------------------
+
+    def _guarded(self, name: str, value: Any, action: Callable[[], Any]) -> Any:
+        where = " of step *%s*" % self._step if self._step else ""
+        try:
+            return action()
+        except _Unpicklable as ex:
+            raise CheckpointSerializationError(
+                unpicklable_message(name, self._step, ex), field=name
+            ) from ex.cause
+        except CheckpointSerializationError:
+            raise
+        except _ImmutableCycle:
+            raise CheckpointSerializationError(
+                "Cannot checkpoint self.%s%s (type %s): it holds a tuple or frozenset that "
+                "contains itself. Use a list instead." % (name, where, type_name(value)),
+                field=name,
             )
-        if is_tensor_like(obj):
-            return msgpack.ExtType(_EXT_TENSOR, _pack(register_tensor(obj), default))
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            cls = type(obj)
-            values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-            return msgpack.ExtType(
-                _EXT_DATACLASS, _pack([cls.__module__, cls.__qualname__, values], default)
+        except RecursionError:
+            raise CheckpointSerializationError(
+                "Cannot checkpoint self.%s%s (type %s): it is nested too deeply."
+                % (name, where, type_name(value)),
+                field=name,
             )
-        raise _NotPlain(type_name(obj))
 
-    return default
-
-
-def _pack(value: Any, default) -> bytes:
-    return msgpack.packb(value, default=default, strict_types=True, use_bin_type=True)
-
-
-def _ext_hook(tensors: Mapping[int, Any]):
-    def hook(code: int, data: bytes):
-        if code == _EXT_TUPLE:
-            return tuple(_unpack(data, hook))
-        if code == _EXT_TENSOR:
-            return tensors[_unpack(data, hook)]
-        if code == _EXT_ORDERED_DICT:
-            items, extra = _unpack(data, hook)
-            result = OrderedDict(items)
-            if extra is not None:
-                result._metadata = extra
-            return result
-        if code == _EXT_DATACLASS:
-            module, qualname, values = _unpack(data, hook)
-            cls = _import_qualified(module, qualname)
-            obj = cls.__new__(cls)
-            for key, val in values.items():
-                object.__setattr__(obj, key, val)
-            return obj
-        return msgpack.ExtType(code, data)
-
-    return hook
-
-
-def _unpack(data: bytes, hook) -> Any:
-    return msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False)
-
-
-def _import_qualified(module: str, qualname: str) -> type:
-    obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-class _TensorExtractingPickler(cloudpickle.Pickler):
-    def __init__(self, file, register_tensor: Callable[[Any], int]):
-        super().__init__(file, protocol=PICKLE_PROTOCOL)
-        self._register_tensor = register_tensor
-
-    def persistent_id(self, obj):
-        if is_tensor_like(obj):
-            return self._register_tensor(obj)
-        return None
-
-
-class _TensorRestoringUnpickler(pickle.Unpickler):
-    def __init__(self, file, tensors: Mapping[int, Any]):
-        super().__init__(file)
-        self._tensors = tensors
-
-    def persistent_load(self, pid):
-        return self._tensors[pid]
-
-
-def encode_field(name: str, value: Any, table: TensorTable, step: str = None) -> EncodedField:
-    """Encode one field with the first codec that can represent it."""
-    used = set()
-
-    def register(obj: Any) -> int:
-        index = table.add(obj)
-        used.add(index)
+    def _reserve(self, obj: Any) -> int:
+        index = len(self._nodes)
+        self._nodes.append(None)
+        self._children.append(set())
+        self._memo[id(obj)] = index
+        self._keep.append(obj)
         return index
 
-    try:
-        payload = _pack(value, _packer_default(register))
-        return EncodedField(TENSORS if used else MSGPACK, type_name(value), payload, frozenset(used))
-    except (_NotPlain, TypeError, ValueError, OverflowError):
-        used.clear()
-    buffer = io.BytesIO()
-    try:
-        _TensorExtractingPickler(buffer, register).dump(value)
-    except Exception as ex:
-        where = " of step *%s*" % step if step else ""
-        raise CheckpointSerializationError(
-            "Cannot checkpoint self.%s%s (type %s): %s: %s.\n"
-            "Leave it out of the checkpoint with @checkpoint(exclude=[%r]), or delete "
-            "it (del self.%s) before calling save()."
-            % (name, where, type_name(value), type(ex).__name__, ex, name, name),
-            field=name,
-        ) from ex
-    return EncodedField(PICKLE, type_name(value), buffer.getvalue(), frozenset(used))
+    def _value(self, obj: Any) -> Any:
+        """The wire form of ``obj``: inline, or a reference to its node."""
+        if _inline(obj):
+            return obj
+        index = self._memo.get(id(obj))
+        if index is None:
+            index = self._reserve(obj)
+            self._fill(index, obj)
+        elif index in self._immutable_in_progress:
+            raise _ImmutableCycle()
+        if self._stack:
+            self._children[self._stack[-1]].add(index)
+        return Ref(index)
+
+    def _fill(self, index: int, obj: Any) -> None:
+        self._stack.append(index)
+        try:
+            node = self._node(index, obj)
+        finally:
+            self._stack.pop()
+        self._nodes[index] = msgpack.packb(_to_msgpack(node), use_bin_type=True)
+
+    def _node(self, index: int, obj: Any) -> list:
+        t = type(obj)
+        if is_tensor_like(obj):
+            storage, view = self.table.add(obj)
+            self._storage_of[index] = storage
+            if is_torch_tensor(obj):
+                parameter = t is sys.modules["torch"].nn.Parameter
+                return ["tensor", storage, view, parameter, bool(obj.requires_grad)]
+            return ["ndarray", storage, view, bool(obj.flags.writeable)]
+        if t in (tuple, frozenset):
+            self._immutable_in_progress.add(index)
+            try:
+                return [t.__name__, [self._value(item) for item in obj]]
+            finally:
+                self._immutable_in_progress.discard(index)
+        if t in (list, set):
+            return [t.__name__, [self._value(item) for item in obj]]
+        if t is dict:
+            return ["dict", [[self._value(k), self._value(v)] for k, v in obj.items()]]
+        if t is OrderedDict:
+            items = [[self._value(k), self._value(v)] for k, v in obj.items()]
+            return ["odict", items, self._value(getattr(obj, "_metadata", None))]
+        if t is bytearray:
+            return ["bytearray", bytes(obj)]
+        if t is int:
+            return ["int", str(obj)]
+        if t is complex:
+            return ["complex", obj.real, obj.imag]
+        if _is_numpy_scalar(obj):
+            return ["npscalar", obj.dtype.str, obj.tobytes()]
+        if is_stateful(obj):
+            state = self._state_dict(obj)
+            if state is not None:
+                self._stateful.add(index)
+                return ["stateful", self._class(t), self._value(state), self._skeleton(obj)]
+        if dataclasses.is_dataclass(obj):
+            attributes = [[k, self._value(v)] for k, v in instance_attributes(obj)]
+            return ["dataclass", self._class(t), attributes]
+        self._pickled.add(index)
+        return ["pickled", self._class(t), self._pickle(obj, required=True)]
+
+    def _state_dict(self, obj: Any) -> Optional[Any]:
+        try:
+            return obj.state_dict()
+        except TypeError:
+            return None  # a state_dict() that wants arguments: not the protocol; pickle it
+
+    def _skeleton(self, obj: Any) -> Optional[bytes]:
+        """The object pickled (tensors and shared objects by reference), to rebuild it
+        where no live object exists; None if it cannot be pickled."""
+        try:
+            return self._pickle(obj, required=False)
+        except Exception as ex:
+            if type(obj) in _WARNED_STATE_DICT_ONLY:
+                return None
+            _WARNED_STATE_DICT_ONLY.add(type(obj))
+            self._warn(
+                "@checkpoint: a %s is saved through its state dict only (it cannot be "
+                "pickled: %s: %s); load() restores it into a live %s you build first."
+                % (type_name(obj), type(ex).__name__, ex, type(obj).__name__)
+            )
+            return None
+
+    def _pickle(self, obj: Any, required: bool) -> bytes:
+        outer_root, self._pickle_root = self._pickle_root, obj
+        try:
+            return pickle_with_references(obj, self._reference_in_pickle)
+        except Exception as ex:
+            if not required or isinstance(ex, (_ImmutableCycle, RecursionError)):
+                raise
+            raise _Unpicklable(obj, ex) from ex
+        finally:
+            self._pickle_root = outer_root
+
+    def _reference_in_pickle(self, obj: Any) -> Optional[int]:
+        if obj is self._pickle_root:
+            return None
+        if is_tensor_like(obj) or id(obj) in self._memo:
+            return self._value(obj).index
+        return None
+
+    def _class(self, cls: type) -> int:
+        index = self._class_index.get(cls)
+        if index is None:
+            index = self._class_index[cls] = len(self._classes)
+            self._classes.append(class_wire(cls))
+        return index
+
+    # -- what each field reaches -------------------------------------------------------
+
+    def _will_pickle(self, value: Any) -> bool:
+        return not (
+            _inline(value)
+            or is_tensor_like(value)
+            or type(value) in _CONTAINERS
+            or is_stateful(value)
+            or dataclasses.is_dataclass(value)
+        )
+
+    def _reachable(self, root: Any) -> Set[int]:
+        seen: Set[int] = set()
+        todo = [root.index] if isinstance(root, Ref) else []
+        while todo:
+            index = todo.pop()
+            if index not in seen:
+                seen.add(index)
+                todo.extend(self._children[index])
+        return seen
+
+    def _storages_from(self, root: Any) -> Set[int]:
+        return {self._storage_of[i] for i in self._reachable(root) if i in self._storage_of}
+
+    def _field_info(self, value: Any, root: Any) -> FieldInfo:
+        nodes = self._reachable(root)
+        storages = tuple(sorted({self._storage_of[i] for i in nodes if i in self._storage_of}))
+        if nodes & self._pickled:
+            codec = PICKLE
+        elif nodes & self._stateful:
+            codec = STATE_DICT
+        else:
+            codec = TENSORS if storages else MSGPACK
+        size = sum(self.table.specs[s].nbytes for s in storages) + sum(
+            len(self._nodes[i]) for i in nodes
+        )
+        if not nodes:
+            size = len(msgpack.packb(value, use_bin_type=True))
+        return FieldInfo(type_name(value), root, storages, codec, size)
 
 
-def decode_field(codec: str, payload: bytes, tensors: Mapping[int, Any]) -> Any:
-    """Rebuild a value from its payload; ``tensors`` maps table indices to decoded tensors."""
-    if codec in (MSGPACK, TENSORS):
-        return _unpack(payload, _ext_hook(tensors))
-    if codec == PICKLE:
-        return _TensorRestoringUnpickler(io.BytesIO(payload), tensors).load()
-    raise ValueError("unknown codec %r" % (codec,))
+_WARNED_STATE_DICT_ONLY: Set[type] = set()  # warned once per process and type
+_CONTAINERS = (list, tuple, dict, OrderedDict, set, frozenset, bytearray, complex)
+
+
+class _Unpicklable(CheckpointSerializationError):
+    def __init__(self, obj: Any, cause: Exception):
+        super().__init__("%s: %s: %s" % (type_name(obj), type(cause).__name__, cause))
+        self.obj = obj
+        self.cause = cause
+
+
+def unpicklable_message(name: str, step: Optional[str], error: _Unpicklable) -> str:
+    where = " of step *%s*" % step if step else ""
+    return (
+        "Cannot checkpoint self.%s%s: it holds a %s, which cannot be pickled (%s: %s).\n"
+        "Metaflow also stores every public attribute at the end of the step, so leaving "
+        "it out of the checkpoint (exclude=) is not enough: delete it before save() and "
+        "before the step ends (del self.%s), or keep it in a private attribute "
+        "(self._%s), which neither Metaflow nor @checkpoint stores."
+        % (name, where, type_name(error.obj), type(error.cause).__name__, error.cause, name, name)
+    )
+
+
+def _inline(value: Any) -> bool:
+    t = type(value)
+    return value is None or t in (bool, float, str, bytes) or (
+        t is int and _INT64[0] <= value < _INT64[1]
+    )
+
+
+def _is_numpy_scalar(obj: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return (
+        np is not None
+        and isinstance(obj, np.generic)
+        and type(obj).__module__ == "numpy"
+        and not obj.dtype.hasobject
+    )
+
+
+def _to_msgpack(value: Any) -> Any:
+    """Refs become msgpack extension values (recursively through lists)."""
+    if isinstance(value, Ref):
+        return msgpack.ExtType(_REF, value.index.to_bytes(4, "little"))
+    if isinstance(value, list):
+        return [_to_msgpack(v) for v in value]
+    return value
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _REF:
+        return Ref(int.from_bytes(data, "little"))
+    return msgpack.ExtType(code, data)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+# -- reading a graph back -----------------------------------------------------------------
+
+
+class GraphReader:
+    """A stored graph document: nodes are unpacked on first use."""
+
+    def __init__(self, document: bytes):
+        parsed = msgpack.unpackb(document, raw=False, strict_map_key=False)
+        self.classes: List[list] = parsed["classes"]
+        self._packed: List[bytes] = parsed["nodes"]
+        self._nodes: Dict[int, list] = {}
+        self.fields: Dict[str, Any] = {
+            name: _ext_hook(v.code, v.data) if isinstance(v, msgpack.ExtType) else v
+            for name, v in parsed["fields"].items()
+        }
+        rng = parsed.get("rng")
+        self.rng = _ext_hook(rng.code, rng.data) if isinstance(rng, msgpack.ExtType) else rng
+
+    def node(self, index: int) -> list:
+        node = self._nodes.get(index)
+        if node is None:
+            node = self._nodes[index] = _unpack(self._packed[index])
+        return node
+
+    def class_name(self, index: int) -> str:
+        return class_name(self.classes[index])
+
+
+_BUILDING = object()
+
+
+class GraphBuilder:
+    """Builds values from a graph, with the bytes of its storages already read.
+
+    ``live`` maps nodes to the live objects they restore into (restore.py decides);
+    everything else is built new. With ``allow_pickle=False`` nothing is unpickled: a
+    value that needs it raises, naming the field.
+    """
+
+    def __init__(
+        self,
+        reader: GraphReader,
+        storages: Mapping[int, StorageBuffer],
+        live: Mapping[int, Any],
+        allow_pickle: bool,
+        key: str,
+    ):
+        self._reader = reader
+        self._storages = storages
+        self._live = live
+        self._allow_pickle = allow_pickle
+        self._key = key
+        self._built: Dict[int, Any] = {}
+        self._classes: Dict[int, type] = {}
+        self._what = ""
+
+    def build(self, wire: Any, what: str) -> Any:
+        """The value of ``wire`` (a field's root, say); ``what`` names it in errors."""
+        self._what = what
+        if not isinstance(wire, Ref):
+            return wire
+        return self._node(wire.index)
+
+    def build_new(self, index: int, what: str) -> Any:
+        """Node ``index`` built new even if it restores into a live object."""
+        self._what = what
+        return self._make(index, self._reader.node(index))
+
+    def _value(self, wire: Any) -> Any:
+        return self._node(wire.index) if isinstance(wire, Ref) else wire
+
+    def _node(self, index: int) -> Any:
+        if index in self._live:
+            return self._live[index]
+        built = self._built.get(index, None)
+        if built is _BUILDING:
+            raise CheckpointException(
+                "Checkpoint %s: %s holds objects that refer to each other through pickled "
+                "state and can only be restored into live objects. Build them before "
+                "load() so they are restored in place." % (self._key, self._what)
+            )
+        if index in self._built:
+            return built
+        return self._make(index, self._reader.node(index))
+
+    def _make(self, index: int, node: list) -> Any:
+        kind = node[0]
+        if kind == "list":
+            shell = self._built[index] = []
+            shell.extend(self._value(item) for item in node[1])
+            return shell
+        if kind == "dict" or kind == "odict":
+            shell = self._built[index] = {} if kind == "dict" else OrderedDict()
+            for k, v in node[1]:
+                shell[self._value(k)] = self._value(v)
+            if kind == "odict" and node[2] is not None:
+                shell._metadata = self._value(node[2])
+            return shell
+        if kind == "set":
+            shell = self._built[index] = set()
+            shell.update(self._value(item) for item in node[1])
+            return shell
+        if kind in ("tuple", "frozenset"):
+            self._built[index] = _BUILDING
+            items = [self._value(item) for item in node[1]]
+            value = self._built[index] = tuple(items) if kind == "tuple" else frozenset(items)
+            return value
+        if kind == "dataclass":
+            return self._dataclass(index, node)
+        if kind in ("stateful", "pickled"):
+            return self._unpickled(index, node)
+        value = self._built[index] = self._leaf(node)
+        return value
+
+    def _leaf(self, node: list) -> Any:
+        kind = node[0]
+        if kind == "tensor":
+            _, storage, view, parameter, requires_grad = node
+            return self._storages[storage].torch_view(view, parameter, requires_grad)
+        if kind == "ndarray":
+            _, storage, view, writeable = node
+            return self._storages[storage].numpy_view(view, writeable)
+        if kind == "bytearray":
+            return bytearray(node[1])
+        if kind == "int":
+            return int(node[1])
+        if kind == "complex":
+            return complex(node[1], node[2])
+        if kind == "npscalar":
+            import numpy as np
+
+            return np.frombuffer(node[2], dtype=np.dtype(node[1]))[0]
+        raise CheckpointException(
+            "Checkpoint %s: %s holds a value of kind %r that this version of "
+            "metaflow-implicit-checkpoint does not know. Upgrade the package."
+            % (self._key, self._what, kind)
+        )
+
+    def _class(self, index: int) -> type:
+        cls = self._classes.get(index)
+        if cls is None:
+            what = "Checkpoint %s: %s" % (self._key, self._what)
+            cls = self._classes[index] = resolve_class(
+                self._reader.classes[index], self._allow_pickle, what
+            )
+        return cls
+
+    def _dataclass(self, index: int, node: list) -> Any:
+        cls = self._class(node[1])
+        if not dataclasses.is_dataclass(cls):
+            raise CheckpointException(
+                "Checkpoint %s: %s was saved as a dataclass %s, but %s here is not a "
+                "dataclass." % (self._key, self._what, self._reader.class_name(node[1]), cls)
+            )
+        obj = self._built[index] = cls.__new__(cls)
+        for name, wire in node[2]:
+            object.__setattr__(obj, name, self._value(wire))
+        return obj
+
+    def _unpickled(self, index: int, node: list) -> Any:
+        kind, class_index = node[0], node[1]
+        payload = node[3] if kind == "stateful" else node[2]
+        saved_type = self._reader.class_name(class_index)
+        if kind == "stateful" and payload is None:
+            raise CheckpointException(
+                "Checkpoint %s: %s (a %s) was saved through its state dict only; build a "
+                "%s on self before load() and it is restored in place."
+                % (self._key, self._what, saved_type, saved_type.rsplit(".", 1)[-1])
+            )
+        if not self._allow_pickle:
+            fix = (
+                "build a live %s before load() to restore its state dict in place, or "
+                % saved_type.rsplit(".", 1)[-1]
+                if kind == "stateful"
+                else ""
+            )
+            raise CheckpointException(
+                "Checkpoint %s: %s holds a %s that can only be rebuilt by unpickling, and "
+                "load() was called with allow_pickle=False. To load it, %sload with "
+                "allow_pickle=True if you trust this checkpoint."
+                % (self._key, self._what, saved_type, fix)
+            )
+        self._built[index] = _BUILDING
+        try:
+            value = unpickle_with_references(payload, self._node)
+        except CheckpointException:
+            raise
+        except Exception as ex:
+            raise CheckpointException(
+                "Checkpoint %s: %s (a %s) could not be unpickled (%s: %s). Its class and "
+                "the modules it uses must be importable where you load it."
+                % (self._key, self._what, saved_type, type(ex).__name__, ex)
+            ) from ex
+        self._built[index] = value
+        return value
 
 
 def plain_preview(value: Any) -> Tuple[bool, Any]:

@@ -17,7 +17,7 @@ import msgpack
 
 from .errors import CheckpointCorrupted, CheckpointSerializationError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STORAGE = "storage"
 
 _MAGIC = b"MFIC"

@@ -18,15 +18,15 @@ from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
 from .keys import CheckpointKey, split_pathspec, validate_name
 from .manifest import normalize_metadata, public_view
-from .restore import apply_fields
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
-from .snapshot import commit_save, prepare_save, read_rng_state, read_snapshot
+from .snapshot import commit_save, load_snapshot, prepare_save
 from .staging import STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore
 
 LOAD_POLICIES = ("fresh", "eager", "none")
-#: Set to 0 to hash every tensor on every save instead of trusting torch's version counter.
+#: Set to 1 to skip hashing storages whose torch version counter did not move (opt-in:
+#: see change_tracking.py for its hazard).
 TRACK_CHANGES_ENV = "METAFLOW_CHECKPOINT_TRACK_CHANGES"
 DEFAULT_NAME = "checkpoint"
 
@@ -84,7 +84,7 @@ class CheckpointSession:
         self._resume_point: Optional[CheckpointArtifact] = None
         self._parent: Optional[str] = None  # key of the checkpoint this attempt resumed from
         self._saved: List[CheckpointArtifact] = []
-        self._tracker = ChangeTracker() if os.environ.get(TRACK_CHANGES_ENV, "1") != "0" else None
+        self._tracker = ChangeTracker() if os.environ.get(TRACK_CHANGES_ENV, "0") == "1" else None
         self._staging: Optional[StagingArea] = None
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
@@ -239,16 +239,23 @@ class CheckpointSession:
                 self._background.shutdown(wait=True)
                 self._background = None
 
-    def load(self, reference: Optional[Reference] = None) -> CheckpointArtifact:
-        """Restore a checkpoint's fields onto the step (and RNG state, when captured)."""
+    def load(
+        self, reference: Optional[Reference] = None, allow_pickle: bool = True
+    ) -> CheckpointArtifact:
+        """Restore a checkpoint's fields onto the step (and RNG state, when captured).
+
+        Stateful objects the step already built are restored in place; everything is
+        read, verified and built before anything is changed. ``allow_pickle=False``
+        never unpickles: a field that needs it raises, naming it.
+        """
         key = self._resolve(reference, for_what="load")
         manifest = self._store.read_manifest(key)
-        values = read_snapshot(self._store, manifest)
-        apply_fields(self._target, values, str(key))
-        if self._rng:
-            state = read_rng_state(self._store, manifest)
-            if state:
-                restore_rng_state(state)
+        _, rng_state = load_snapshot(
+            self._store, manifest, target=self._target, allow_pickle=allow_pickle,
+            with_rng=self._rng,
+        )
+        if rng_state:
+            restore_rng_state(rng_state)
         self._parent = str(key)
         artifact = CheckpointArtifact.from_manifest(manifest)
         for listener in self.on_load:

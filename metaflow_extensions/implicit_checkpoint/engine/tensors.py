@@ -1,4 +1,9 @@
-"""Tensors and arrays as raw bytes, and back, bit-exact and pickle-free.
+"""Tensors and arrays as raw storages plus views, and back: bit-exact, pickle-free.
+
+A save stores each distinct *storage* once (the memory a torch tensor or a numpy array
+lives in) and each tensor or array as a view of it (offset, shape, strides, dtype), so
+two views of one buffer — across fields or inside one — come back as views of one
+buffer, the way ``torch.save`` keeps them.
 
 torch and numpy are optional and slow to import, so neither is ever imported here
 unless the user already did (on save) or a checkpoint holds such data (on load).
@@ -6,42 +11,30 @@ unless the user already did (on save) or a checkpoint holds such data (on load).
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 TORCH = "torch"
 NUMPY = "numpy"
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """Everything needed to rebuild one tensor or array from its raw bytes."""
+class StorageSpec:
+    """One stored buffer: whose kind of memory, how many bytes, on which device."""
 
     kind: str  # TORCH or NUMPY
-    dtype: str  # torch: "bfloat16", ...; numpy: the dtype string, e.g. "<f4"
-    shape: Tuple[int, ...]
     nbytes: int
     device: str = "cpu"
-    parameter: bool = False  # a torch.nn.Parameter
-    requires_grad: bool = False
 
     def to_wire(self) -> list:
-        return [
-            self.kind,
-            self.dtype,
-            list(self.shape),
-            self.nbytes,
-            self.device,
-            self.parameter,
-            self.requires_grad,
-        ]
+        return [self.kind, self.nbytes, self.device]
 
     @classmethod
-    def from_wire(cls, wire: list) -> "TensorSpec":
-        kind, dtype, shape, nbytes, device, parameter, requires_grad = wire
-        return cls(kind, dtype, tuple(shape), nbytes, device, parameter, requires_grad)
+    def from_wire(cls, wire: list) -> "StorageSpec":
+        kind, nbytes, device = wire[:3]
+        return cls(kind, nbytes, device)
 
     def describe(self) -> str:
-        return "%s %s%s" % (self.kind, self.dtype, list(self.shape))
+        return "%s storage of %d bytes on %s" % (self.kind, self.nbytes, self.device)
 
 
 def is_tensor_like(obj: Any) -> bool:
@@ -59,37 +52,104 @@ def is_tensor_like(obj: Any) -> bool:
     return False
 
 
-def describe(obj: Any) -> TensorSpec:
-    """The spec of a tensor or array (no data is touched)."""
+def is_torch_tensor(obj: Any) -> bool:
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor):
-        return TensorSpec(
-            TORCH,
-            str(obj.dtype).rsplit(".", 1)[-1],
-            tuple(obj.shape),
-            obj.numel() * obj.element_size(),
-            str(obj.device),
-            type(obj) is torch.nn.Parameter,
-            bool(obj.requires_grad),
-        )
-    return TensorSpec(NUMPY, obj.dtype.str, tuple(obj.shape), obj.nbytes)
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def dtype_name(obj: Any) -> str:
+    """The dtype as stored: torch "bfloat16", numpy "<f4"."""
+    if is_torch_tensor(obj):
+        return str(obj.dtype).rsplit(".", 1)[-1]
+    return obj.dtype.str
+
+
+class StorageTable:
+    """The distinct storages of one save, and where each tensor or array sits in one.
+
+    ``sources[i]`` is the first tensor or array seen on storage i (change tracking and
+    staging look at it); ``flat(i)`` is a uint8 view of the whole storage.
+    """
+
+    def __init__(self):
+        self.specs: List[StorageSpec] = []
+        self.sources: List[Any] = []
+        self._flat: List[Any] = []
+        self._index_by_memory: Dict[tuple, int] = {}
+
+    def add(self, obj: Any) -> Tuple[int, list]:
+        """Register ``obj``; return its storage index and its view wire.
+
+        A torch view wire is ``[dtype, shape, stride, storage offset (elements)]``; a
+        numpy one ``[dtype, shape, strides (bytes), offset (bytes)]``.
+        """
+        if is_torch_tensor(obj):
+            storage = obj.untyped_storage()
+            memory = (TORCH, storage.data_ptr(), storage.nbytes(), str(obj.device))
+            spec = StorageSpec(TORCH, storage.nbytes(), str(obj.device))
+            view = [dtype_name(obj), list(obj.shape), list(obj.stride()), obj.storage_offset()]
+            flat = _torch_flat(obj)
+        else:
+            root = _numpy_root(obj)
+            start = _address(root)
+            memory = (NUMPY, start, root.nbytes, "cpu")
+            spec = StorageSpec(NUMPY, root.nbytes)
+            view = [obj.dtype.str, list(obj.shape), list(obj.strides), _address(obj) - start]
+            flat = root
+        index = self._index_by_memory.get(memory)
+        if index is None:
+            index = self._index_by_memory[memory] = len(self.specs)
+            self.specs.append(spec)
+            self.sources.append(obj)
+            self._flat.append(flat)
+        return index, view
+
+    def flat(self, index: int) -> Any:
+        """A flat uint8 tensor or array over the whole of storage ``index``."""
+        flat = self._flat[index]
+        if is_torch_tensor(flat):
+            return flat
+        np = sys.modules["numpy"]
+        return flat.reshape(-1, order="A").view(np.uint8) if flat.size else np.empty(0, np.uint8)
+
+
+def _torch_flat(obj: Any) -> Any:
+    torch = sys.modules["torch"]
+    return torch.empty(0, dtype=torch.uint8, device=obj.device).set_(obj.untyped_storage())
+
+
+def _address(array: Any) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def _numpy_root(array: Any) -> Any:
+    """The array that owns the memory ``array`` views (itself when it owns it).
+
+    Only contiguous roots are shared; an array over strided foreign memory is its own
+    storage (stored as a contiguous copy).
+    """
+    np = sys.modules["numpy"]
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if root.dtype.hasobject or not (root.flags.c_contiguous or root.flags.f_contiguous):
+        return np.ascontiguousarray(array)
+    return root
 
 
 def to_raw(obj: Any) -> Tuple[memoryview, Any]:
     """A flat byte view of ``obj``'s data, and the object that keeps the view valid.
 
-    No copy for a dense CPU tensor or C-contiguous array; a copy otherwise (GPU,
-    non-contiguous, conjugate/negative views).
+    No copy for a CPU storage; a copy for GPU memory.
     """
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor):
+    if is_torch_tensor(obj):
         t = obj.detach()
         if t.device.type != "cpu":
             t = t.to("cpu")
         t = t.resolve_conj().resolve_neg().contiguous()
         if t.numel() == 0:
             return memoryview(b""), None
-        flat = t.reshape(-1).view(torch.uint8)
+        flat = t.reshape(-1).view(sys.modules["torch"].uint8)
         return memoryview(flat.numpy()), flat
     np = sys.modules["numpy"]
     a = np.ascontiguousarray(obj)
@@ -99,12 +159,19 @@ def to_raw(obj: Any) -> Tuple[memoryview, Any]:
     return memoryview(flat), flat
 
 
-class RawTensor:
-    """A destination buffer for one tensor's bytes; ``finish()`` turns it into the value."""
+class StorageBuffer:
+    """Where one stored buffer's bytes are read to: fresh memory, or a live tensor's.
 
-    def __init__(self, spec: TensorSpec):
+    ``views`` of the buffer rebuild the saved tensors and arrays (sharing its memory).
+    """
+
+    def __init__(self, spec: StorageSpec, live: Any = None):
         self.spec = spec
-        if spec.kind == TORCH:
+        self.live = live  # a live tensor/array whose memory receives the bytes, or None
+        if live is not None:
+            self._raw = live
+            self.buffer = _writable_bytes(live)
+        elif spec.kind == TORCH:
             import torch
 
             self._raw = torch.empty(spec.nbytes, dtype=torch.uint8)
@@ -115,31 +182,80 @@ class RawTensor:
             self._raw = np.empty(spec.nbytes, dtype=np.uint8)
             self.buffer = memoryview(self._raw)
         else:
-            raise ValueError("unknown tensor kind %r" % (spec.kind,))
+            raise ValueError("unknown storage kind %r" % (spec.kind,))
+        self._on_device = None
 
-    def finish(self, device_map: Optional[str] = None) -> Any:
-        spec = self.spec
-        if spec.kind == NUMPY:
-            import numpy as np
-
-            return self._raw.view(np.dtype(spec.dtype)).reshape(spec.shape)
+    def torch_view(self, view: list, parameter: bool, requires_grad: bool) -> Any:
         import torch
 
-        dtype = getattr(torch, spec.dtype, None)
+        dtype_text, shape, stride, offset = view
+        dtype = getattr(torch, dtype_text, None)
         if not isinstance(dtype, torch.dtype):
-            raise ValueError("unknown torch dtype %r" % (spec.dtype,))
-        t = self._raw.view(dtype).reshape(spec.shape)
-        device = device_map or spec.device
-        if device != "cpu" and _device_available(torch, device):
-            t = t.to(device)
-        if spec.parameter:
-            return torch.nn.Parameter(t, requires_grad=spec.requires_grad)
-        if spec.requires_grad:
+            raise ValueError("unknown torch dtype %r" % (dtype_text,))
+        t = torch.empty(0, dtype=dtype, device=self._storage_device()).set_(
+            self._torch_storage(), offset, tuple(shape), tuple(stride)
+        )
+        if parameter:
+            return torch.nn.Parameter(t, requires_grad=requires_grad)
+        if requires_grad:
             t.requires_grad_(True)
         return t
 
+    def numpy_view(self, view: list, writeable: bool) -> Any:
+        import numpy as np
 
-def _device_available(torch, device: str) -> bool:
+        dtype_text, shape, strides, offset = view
+        raw = self._raw if self.live is None else np.frombuffer(self.buffer, dtype=np.uint8)
+        array = np.ndarray(tuple(shape), np.dtype(dtype_text), raw, offset, tuple(strides))
+        if not writeable:
+            array.flags.writeable = False
+        return array
+
+    def _storage_device(self) -> str:
+        device = self.spec.device
+        return device if device != "cpu" and _device_available(device) else "cpu"
+
+    def _torch_storage(self):
+        # Views are made once the bytes are read; a GPU storage is moved there once,
+        # so every view of it shares the one device copy.
+        if self._on_device is None:
+            raw = self._raw if self.live is None else self.live.detach()
+            device = self._storage_device()
+            self._on_device = raw if device == "cpu" else raw.to(device)
+        return self._on_device.untyped_storage()
+
+
+def _uint8_over(live: Any) -> Any:
+    torch = sys.modules["torch"]
+    return live.detach().reshape(-1).view(torch.uint8)
+
+
+def _writable_bytes(live: Any) -> memoryview:
+    """The bytes of a live contiguous CPU tensor or array, writable in place."""
+    if is_torch_tensor(live):
+        flat = _uint8_over(live)
+        return memoryview(flat.numpy()) if flat.numel() else memoryview(bytearray())
+    np = sys.modules["numpy"]
+    return memoryview(live.reshape(-1).view(np.uint8))
+
+
+def can_receive_in_place(live: Any, nbytes: int) -> bool:
+    """Whether stored bytes can be read straight into ``live``'s memory."""
+    if is_torch_tensor(live):
+        return (
+            live.device.type == "cpu"
+            and live.is_contiguous()
+            and not live.is_conj()
+            and not live.is_neg()
+            and live.storage_offset() == 0
+            and live.untyped_storage().nbytes() == nbytes
+            and live.numel() * live.element_size() == nbytes
+        )
+    return bool(live.flags.c_contiguous and live.flags.writeable and live.nbytes == nbytes)
+
+
+def _device_available(device: str) -> bool:
+    torch = sys.modules["torch"]
     kind = device.split(":", 1)[0]
     if kind == "cuda":
         return torch.cuda.is_available()

@@ -6,9 +6,8 @@ from ..engine.artifact import CheckpointArtifact, Reference, key_of
 from ..engine.errors import CheckpointException, CheckpointNotFound
 from ..engine.keys import split_pathspec
 from ..engine.manifest import public_view
-from ..engine.restore import apply_fields
 from ..engine.session import list_artifacts, list_run_artifacts
-from ..engine.snapshot import read_snapshot
+from ..engine.snapshot import load_snapshot
 from ..plugins.store_binding import store_from_config
 
 
@@ -83,6 +82,7 @@ class Checkpoint(object):
         reference: Reference,
         fields: Optional[Iterable[str]] = None,
         flow: Any = None,
+        allow_pickle: bool = True,
     ):
         """
         Load a checkpoint's fields.
@@ -97,6 +97,11 @@ class Checkpoint(object):
             Set the fields as attributes of this object (restoring modules and
             optimizers in place, as `current.checkpoint.load()` does) and return the
             CheckpointArtifact instead of the values.
+        allow_pickle : bool, default True
+            False never unpickles (for checkpoints from elsewhere): tensors, state
+            dicts, dataclasses and plain data load; a field that needs unpickling
+            raises an error naming it. Stateful objects (models, optimizers) then load
+            into live objects held by `flow`.
 
         Returns
         -------
@@ -106,10 +111,11 @@ class Checkpoint(object):
             fields = [fields]
         key = key_of(reference)
         manifest = self._store.read_manifest(key)
-        values = read_snapshot(self._store, manifest, fields)
+        values, _ = load_snapshot(
+            self._store, manifest, fields, target=flow, allow_pickle=allow_pickle
+        )
         if flow is None:
             return values
-        apply_fields(flow, values, str(key))
         return CheckpointArtifact.from_manifest(manifest)
 
 
