@@ -270,6 +270,22 @@ def test_without_live_objects_the_graph_comes_back_linked(tmp_path):
     assert all(a is b for a, b in zip(loaded.optimizer.param_groups[0]["params"], params))
 
 
+def test_an_optimizer_rebuilt_from_the_checkpoint_steps_the_live_model(tmp_path):
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    model(torch.randn(5, 4)).sum().backward()
+    optimizer.step()
+    live = State()
+    live.model = Net()  # the step builds the model only; the optimizer comes back
+    save_and_load(tmp_path, {"model": model, "optimizer": optimizer}, into=live)
+    params = list(live.model.parameters())
+    assert all(a is b for a, b in zip(live.optimizer.param_groups[0]["params"], params))
+    w = live.model.fc1.weight.detach().clone()
+    live.model(torch.randn(5, 4)).sum().backward()
+    live.optimizer.step()
+    assert not torch.equal(w, live.model.fc1.weight)
+
+
 def test_a_list_of_models_with_one_optimizer_restores_in_place(tmp_path):
     models = [Net(), Net()]
     optimizer = torch.optim.SGD([p for m in models for p in m.parameters()], lr=0.5)

@@ -51,7 +51,7 @@ print(json.dumps({
 # The same state with allow_pickle=False: the notebook builds the objects (its own Net
 # and Config, as users paste or import them), and nothing is unpickled.
 SAFE_LOAD = """
-import dataclasses, json
+import dataclasses, hashlib, json
 import torch, torch.nn as nn, torch.nn.functional as F
 from metaflow import Checkpoint, Flow, namespace
 %s

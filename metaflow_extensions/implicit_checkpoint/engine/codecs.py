@@ -414,6 +414,10 @@ class GraphReader:
         rng = parsed.get("rng")
         self.rng = _ext_hook(rng.code, rng.data) if isinstance(rng, msgpack.ExtType) else rng
 
+    @property
+    def node_count(self) -> int:
+        return len(self._packed)
+
     def node(self, index: int) -> list:
         node = self._nodes.get(index)
         if node is None:

@@ -60,6 +60,7 @@ def plan_restore(
     planner = _Planner(reader, storage_specs, key)
     for name, live in live_fields.items():
         planner.match(reader.fields[name], live, "self.%s" % name)
+    planner.bind_live_parameters()
     return planner.plan
 
 
@@ -70,6 +71,7 @@ class _Planner:
         self.key = key
         self.plan = RestorePlan()
         self._visited = set()
+        self._live_parameters: Dict[int, Any] = {}  # data_ptr -> a live module's Parameter/buffer
 
     def match(self, wire: Any, live: Any, what: str, in_state: bool = False) -> None:
         if live is MISSING or live is None or not isinstance(wire, Ref):
@@ -112,11 +114,30 @@ class _Planner:
         state = node[2]
         if torch is not None and isinstance(live, torch.nn.Module):
             self._check_module(live, state, what)
+            for tensor in list(live.parameters()) + list(live.buffers()):
+                self._live_parameters.setdefault(tensor.data_ptr(), tensor)
         if torch is not None and isinstance(live, torch.optim.Optimizer):
             self._check_optimizer(live, state, what)
         self.plan.live[index] = live
         self.plan.stateful.append((index, live, what))
         self.match(state, live.state_dict(), "%s.state_dict()" % what, in_state=True)
+
+    def bind_live_parameters(self) -> None:
+        """Saved parameters whose bytes go into a live module's memory become that
+        module's own Parameter objects, wherever else they appear (an optimizer rebuilt
+        from the checkpoint then steps the live model, not a look-alike)."""
+        if not self._live_parameters:
+            return
+        for index in range(self.reader.node_count):
+            if index in self.plan.live:
+                continue
+            node = self.reader.node(index)
+            if node[0] != "tensor" or node[1] not in self.plan.direct or node[2][3] != 0:
+                continue
+            candidate = self._live_parameters.get(self.plan.direct[node[1]].data_ptr())
+            if candidate is not None and _same_layout(node[2], candidate):
+                if node[3] == isinstance(candidate, sys.modules["torch"].nn.Parameter):
+                    self.plan.live[index] = candidate
 
     def _tensor(self, index: int, node: list, live: Any, what: str, in_state: bool) -> None:
         _, storage, view, _, _ = node
