@@ -64,7 +64,7 @@ def test_notebook_lists_inspects_and_loads(world):
     assert result["inspect_fields"] == ["attempts_seen", "count", "resumed_from", "weights"]
     assert result["inspect_same"] is True
     assert result["only_keys"] == ["weights"]
-    assert result["only_reads"] == 1  # just the weights' blob
+    assert result["only_reads"] == 2  # the save's object graph, then the weights' blob
     assert result["weights_sum"] == 4000
     assert result["all_keys"] == ["attempts_seen", "count", "resumed_from", "weights"]
     assert result["flow_obj"] == ["CheckpointArtifact", 4, 4000.0]

@@ -24,7 +24,7 @@ from .manifest import FORMAT_VERSION, STORAGE, utc_now_iso
 from .restore import apply_restore, build_values, live_value, plan_restore
 from .staging import StagingArea
 from .store import BlobRead, CheckpointStore
-from .tensors import StorageBuffer, StorageSpec, dtype_name, is_tensor_like, to_raw
+from .tensors import StorageBuffer, StorageSpec, is_tensor_like, to_raw
 
 #: A graph document up to this size lives inside the manifest instead of a blob.
 INLINE_BYTES = 1024
@@ -213,7 +213,7 @@ def _public_fields(graph: EncodedGraph, values: Mapping[str, Any]) -> Dict[str, 
         if info.storages:
             entry["tensors"] = len(info.storages)
         if is_tensor_like(value):
-            entry["dtype"] = dtype_name(value)
+            entry["dtype"] = str(value.dtype).replace("torch.", "")
             entry["shape"] = list(value.shape)
         show, preview = plain_preview(value)
         if show:

@@ -102,6 +102,10 @@ class StorageTable:
             self.specs.append(spec)
             self.sources.append(obj)
             self._flat.append(flat)
+        elif _is_parameter(obj) and not _is_parameter(self.sources[index]):
+            # A module's Parameter outlives the detached aliases its state_dict() makes:
+            # change tracking recognizes it from save to save.
+            self.sources[index] = obj
         return index, view
 
     def flat(self, index: int) -> Any:
@@ -111,6 +115,11 @@ class StorageTable:
             return flat
         np = sys.modules["numpy"]
         return flat.reshape(-1, order="A").view(np.uint8) if flat.size else np.empty(0, np.uint8)
+
+
+def _is_parameter(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and type(obj) is torch.nn.Parameter
 
 
 def _torch_flat(obj: Any) -> Any:
