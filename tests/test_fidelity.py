@@ -23,6 +23,7 @@ from metaflow_extensions.implicit_checkpoint.engine.errors import (
     CheckpointException,
     CheckpointSerializationError,
 )
+from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 
 
@@ -414,3 +415,33 @@ def test_resume_into_a_live_model_reads_no_second_copy(tmp_path):
     assert live.model.weight.data_ptr() == pointer
     assert torch.equal(live.model.weight, model.weight)
     assert sum(torch_allocated) < 0.01 * 4 * 1024 * 1024
+
+
+def test_checkpoints_of_format_1_still_load(tmp_path):
+    """tests/fixtures/format_v1 was written by 0.1.0 (format 1): nothing saved is lost."""
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "format_v1"
+    root = tmp_path / "store"
+    shutil.copytree(fixture, root)
+    expected = torch.load(root / "expected.pt")
+    store = CheckpointStore(CountingBackend(str(root)))
+    key = "OldFlow/1/train/1/0/checkpoint/1"
+    assert store.read_manifest(CheckpointKey.parse(key))["format_version"] == 1
+    live = State()
+    live.model = torch.nn.Linear(4, 3)
+    model = live.model
+    session = make_session(store, live, attempt=1)
+    session.load(key)
+    assert live.model is model
+    for name, value in expected["model"].items():
+        assert torch.equal(live.model.state_dict()[name], value)
+    assert live.epoch == 3 and live.history == [0.5, (1, 2)] and live.same is live.history
+    assert list(live.ordered) == ["b", "a"]
+    assert np.array_equal(live.weights, np.arange(12.0).reshape(3, 4))
+    assert torch.equal(live.tensor, torch.arange(6, dtype=torch.bfloat16))
+    assert torch.equal(
+        live.optimizer.state_dict()["state"][0]["momentum_buffer"],
+        expected["optimizer"]["state"][0]["momentum_buffer"],
+    )

@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 from .change_tracking import ChangeTracker, Location, Observation, fingerprint, observe
 from .codecs import EncodedGraph, GraphBuilder, GraphEncoder, GraphReader, Ref, plain_preview
 from .errors import CheckpointCorrupted, CheckpointException
+from .format_v1 import apply_v1, load_v1
 from .keys import CheckpointKey
 from .layout import SMALL_BYTES, PlannedBlob, plan_blobs
 from .manifest import FORMAT_VERSION, STORAGE, utc_now_iso
@@ -243,12 +244,6 @@ def load_snapshot(
     set on it, all or nothing. Returns the values and, with ``with_rng``, the RNG state.
     """
     key = manifest["key"]
-    if manifest.get("format_version", 1) < 2:
-        raise CheckpointException(
-            "Checkpoint %s was written by metaflow-implicit-checkpoint 0.1 (format %d), "
-            "which this version cannot read. Load it with version 0.1."
-            % (key, manifest.get("format_version", 1))
-        )
     storage = manifest[STORAGE]
     stored = storage["fields"]
     wanted = list(stored) if fields is None else list(fields)
@@ -258,6 +253,14 @@ def load_snapshot(
             "Checkpoint %s has no field(s) %s. Its fields are: %s."
             % (key, ", ".join(map(repr, missing)), ", ".join(sorted(stored)) or "none")
         )
+    if manifest.get("format_version", 1) == 1:
+        values, rng_state = load_v1(
+            lambda requests: _read_extents(store, manifest, requests),
+            manifest, wanted, allow_pickle, with_rng,
+        )
+        if target is not None:
+            apply_v1(target, values)
+        return values, rng_state
     reader = GraphReader(_read_graph(store, manifest))
     specs = [StorageSpec.from_wire(wire) for wire in storage["tensors"]]
     live = {name: live_value(target, name) for name in wanted} if target is not None else {}
