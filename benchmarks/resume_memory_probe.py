@@ -15,20 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_session import State, local_session  # noqa: E402
+from memory_probe import _reset_peak, _status_kb  # noqa: E402
+
 LAYER = 4096  # one Linear(4096, 4096): 64 MiB of weights
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM, the peak resident set size
 
 
 def _model(size: int):
@@ -38,45 +30,22 @@ def _model(size: int):
     return torch.nn.Sequential(*[torch.nn.Linear(LAYER, LAYER) for _ in range(layers)])
 
 
-def _session(root: Path, state, attempt: int):
-    from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
-    from metaflow_extensions.implicit_checkpoint.engine.session import (
-        AttributeSource,
-        CheckpointSession,
-        TaskIdentity,
-    )
-    from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
-
-    session = CheckpointSession(
-        CheckpointStore(LocalDirBackend(str(root)), durable=False),
-        TaskIdentity("MemoryFlow", "1", "train", "1", attempt),
-        AttributeSource(lambda: dict(vars(state))),
-        target=state,
-    )
-    session.start()
-    return session
-
-
-class _State:
-    pass
-
-
 def save(root: Path, size: int) -> None:
-    state = _State()
+    state = State()
     state.model = _model(size)
     state.epoch = 3
-    _session(root, state, attempt=0).save()
+    local_session(root, state, durable=False).save()
 
 
 def load(root: Path, size: int) -> dict:
     import torch  # noqa: F401  (imported before the baseline, as in a task)
 
     base = _status_kb("VmRSS") * 1024
-    state = _State()
+    state = State()
     state.model = _model(size)
     model_bytes = sum(p.numel() * p.element_size() for p in state.model.parameters())
     with_model = _status_kb("VmRSS") * 1024 - base
-    session = _session(root, state, attempt=1)
+    session = local_session(root, state, attempt=1, durable=False)
     _reset_peak()
     session.load()
     peak = _status_kb("VmHWM") * 1024 - base

@@ -21,30 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from engine_session import State, local_session  # noqa: E402
+
 
 def _session(root, state, track: bool):
-    from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
-    from metaflow_extensions.implicit_checkpoint.engine.session import (
-        TRACK_CHANGES_ENV,
-        AttributeSource,
-        CheckpointSession,
-        TaskIdentity,
-    )
-    from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
+    from metaflow_extensions.implicit_checkpoint.engine.session import TRACK_CHANGES_ENV
 
     os.environ[TRACK_CHANGES_ENV] = "1" if track else "0"
-    session = CheckpointSession(
-        CheckpointStore(LocalDirBackend(str(root))),
-        TaskIdentity("BenchFlow", "1", "train", "1", 0),
-        AttributeSource(lambda: dict(vars(state))),
-        target=state,
-    )
-    session.start()
-    return session
-
-
-class _State:
-    pass
+    return local_session(root, state)
 
 
 def _timed(action):
@@ -69,7 +53,7 @@ def one_round(workdir: Path, sd) -> dict:
     for label, track in (("default", False), ("track_changes", True)):
         root = workdir / label
         shutil.rmtree(root, ignore_errors=True)
-        state = _State()
+        state = State()
         state.model = sd
         session = _session(root, state, track)
         session.save()  # first save of the process: blobs exist, buffers mapped

@@ -11,7 +11,7 @@ unless the user already did (on save) or a checkpoint holds such data (on load).
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 TORCH = "torch"
 NUMPY = "numpy"
