@@ -1,0 +1,103 @@
+"""Is a committed checkpoint intact? A cheap check (its blobs exist with the right size)
+and a full verification (every blob read and hashed), both naming what is damaged.
+
+A manifest's ``storage`` section says which blobs hold which field: a field's payload is
+inline or a list of blob extents, and each tensor it uses has extents of its own
+(see snapshot.py). That is how a damaged blob is traced back to the fields it holds.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+from .manifest import STORAGE
+from .store import CheckpointStore
+
+#: Above this many distinct blobs, one listing of every blob beats a check per blob.
+LISTING_THRESHOLD = 256
+RNG_STATE = "<rng state>"
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged blob of a checkpoint, and the fields whose data it holds."""
+
+    blob: str
+    problem: str  # "missing", "has 0 bytes, expected 4096", "content does not match its hash"
+    fields: Tuple[str, ...]
+
+    def describe(self) -> str:
+        fields = ", ".join(repr(f) for f in self.fields) or "no field"
+        return "field(s) %s: blob %s %s" % (fields, self.blob, self.problem)
+
+    def to_dict(self) -> dict:
+        return {"blob": self.blob, "problem": self.problem, "fields": list(self.fields)}
+
+
+def fields_by_blob(manifest: dict) -> Dict[str, List[str]]:
+    """``{blob digest: [field names]}``: which fields (and the RNG state) each blob holds."""
+    storage = manifest[STORAGE]
+    tensor_blobs = [{digest for digest, _, _ in wire[-1]} for wire in storage["tensors"]]
+    users: Dict[str, List[str]] = {digest: [] for digest in storage["blobs"]}
+
+    def note(name: str, entry: dict) -> None:
+        blobs = set()
+        if isinstance(entry.get("payload"), list):
+            blobs.update(digest for digest, _, _ in entry["payload"])
+        for index in entry.get("tensors", ()):
+            blobs.update(tensor_blobs[index])
+        for digest in blobs:
+            users.setdefault(digest, []).append(name)
+
+    for name, entry in sorted(storage["fields"].items()):
+        if "alias_of" not in entry:
+            note(name, entry)
+    for name, entry in sorted(storage["fields"].items()):
+        if "alias_of" in entry:  # an alias holds the same data as its target
+            for names in users.values():
+                if entry["alias_of"] in names:
+                    names.append(name)
+    if storage.get("rng"):
+        note(RNG_STATE, storage["rng"])
+    return users
+
+
+def _damages(manifest: dict, problems: Dict[str, str]) -> List[Damage]:
+    users = fields_by_blob(manifest)
+    return [
+        Damage(digest, problems[digest], tuple(users.get(digest, ())))
+        for digest in sorted(problems)
+        if digest in manifest[STORAGE]["blobs"]
+    ]
+
+
+def check_blobs(store: CheckpointStore, flow: str, manifests: Sequence[dict]) -> List[List[Damage]]:
+    """Per manifest, its blobs that are missing or of the wrong size (reads no blob: a
+    batched check, or one listing of the flow's blobs when there are many)."""
+    wanted: Dict[str, int] = {}
+    for manifest in manifests:
+        wanted.update(manifest[STORAGE]["blobs"])
+    if len(wanted) > LISTING_THRESHOLD:
+        stored = {e.path.rsplit("/", 1)[-1]: e.size for e in store.iter_blobs(flow)}
+        problems = {}
+        for digest, size in wanted.items():
+            if digest not in stored:
+                problems[digest] = "missing"
+            elif stored[digest] != size:
+                problems[digest] = "has %d bytes, expected %d" % (stored[digest], size)
+    else:
+        problems = store.blob_problems(flow, wanted)
+    return [_damages(manifest, problems) for manifest in manifests]
+
+
+def verify_blobs(store: CheckpointStore, flow: str, manifests: Sequence[dict]) -> List[List[Damage]]:
+    """Per manifest, its blobs that are missing or whose content does not match their
+    hash: every blob is read and hashed once, however many checkpoints share it."""
+    wanted: Dict[str, int] = {}
+    for manifest in manifests:
+        wanted.update(manifest[STORAGE]["blobs"])
+    problems = store.verify_blobs(flow, wanted)
+    return [_damages(manifest, problems) for manifest in manifests]
+
+
+def describe(key: str, damages: Sequence[Damage]) -> str:
+    return "checkpoint %s is damaged: %s" % (key, "; ".join(d.describe() for d in damages))
