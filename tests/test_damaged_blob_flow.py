@@ -78,6 +78,8 @@ def test_damaged_newest_checkpoint_resume_verify_and_repair(world):
     assert "Deleted 1 damaged blob(s)" in repaired.stdout and not os.path.exists(blob)
     listed = world.command(FLOW, "checkpoint", "list", "--run-id", run_id).stdout
     assert "DAMAGED" in listed  # the blob is missing now, and list says so
+    status = world.command(FLOW, "checkpoint", "status", "--run-id", run_id).stdout
+    assert "%s (DAMAGED)" % newest in status
 
     # A new run saves the same content: the blob is written again, the old checkpoint loads.
     world.run_flow(FLOW)

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -26,6 +27,7 @@ from .rng import capture_rng_state, restore_rng_state
 from .snapshot import commit_save, prepare_save, read_rng_state, read_snapshot
 from .staging import STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
+from .termination import SIGTERM_WAIT_ENV, SigtermGuard
 
 LOAD_POLICIES = ("fresh", "eager", "none")
 #: Set to 0 to hash every tensor on every save instead of trusting torch's version counter.
@@ -90,6 +92,7 @@ class CheckpointSession:
         self._staging: Optional[StagingArea] = None
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
+        self._sigterm_guard = SigtermGuard(self._commit_before_exit)
         self.on_commit: List[Callable[[CheckpointArtifact, dict], None]] = []
         self.on_load: List[Callable[[CheckpointArtifact], None]] = []
 
@@ -215,6 +218,7 @@ class CheckpointSession:
                 return self._commit(prepare())
         if self._background is None:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
+            self._sigterm_guard.install()
         self._pending = self._background.submit(self._commit, prepared)
         return CheckpointArtifact.from_manifest(prepared.manifest)
 
@@ -267,6 +271,27 @@ class CheckpointSession:
         if pending is not None:
             pending.result()
 
+    def _commit_before_exit(self, timeout: float) -> None:
+        """On SIGTERM: let the pending background save commit, for at most ``timeout`` s."""
+        pending = self._pending
+        if pending is None or pending.done():
+            return
+        print(
+            "@checkpoint: SIGTERM: committing the pending background save (waiting up to "
+            "%.0f s, %s)." % (timeout, SIGTERM_WAIT_ENV),
+            file=sys.stderr,
+        )
+        try:
+            pending.result(timeout=timeout)
+        except FutureTimeout:
+            print(
+                "@checkpoint: the pending save did not commit within %.0f s and is abandoned "
+                "(it is not listed; the task's next save removes its temp files)." % timeout,
+                file=sys.stderr,
+            )
+            return
+        print("@checkpoint: the pending save is committed.", file=sys.stderr)
+
     def finish(self, raise_failure: bool = True) -> None:
         """At task end: commit the pending save; report (or raise) its failure."""
         try:
@@ -279,6 +304,7 @@ class CheckpointSession:
             if self._background is not None:
                 self._background.shutdown(wait=True)
                 self._background = None
+            self._sigterm_guard.uninstall()
 
     def load(self, reference: Optional[Reference] = None) -> CheckpointArtifact:
         """Restore a checkpoint's fields onto the step (and RNG state, when captured)."""

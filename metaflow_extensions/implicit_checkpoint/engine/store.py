@@ -434,7 +434,7 @@ class CheckpointStore:
 
     def iter_temp_files(self, flow: str) -> Iterator[StoredFile]:
         """Temp files of unfinished writes anywhere in ``flow``'s checkpoint store."""
-        for top in (self._blob_dir(flow), self._tasks_dir(flow)):
+        for top in (self._blob_dir(flow), self._tasks_dir(flow), self._locks_dir(flow)):
             for entry in self.backend.walk_files(top):
                 if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
                     yield entry
