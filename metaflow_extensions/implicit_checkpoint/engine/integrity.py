@@ -12,8 +12,6 @@ from typing import Dict, List, Sequence, Tuple
 from .manifest import STORAGE
 from .store import CheckpointStore
 
-#: Above this many distinct blobs, one listing of every blob beats a check per blob.
-LISTING_THRESHOLD = 256
 RNG_STATE = "<rng state>"
 
 
@@ -71,31 +69,21 @@ def _damages(manifest: dict, problems: Dict[str, str]) -> List[Damage]:
 
 
 def check_blobs(store: CheckpointStore, flow: str, manifests: Sequence[dict]) -> List[List[Damage]]:
-    """Per manifest, its blobs that are missing or of the wrong size (reads no blob: a
-    batched check, or one listing of the flow's blobs when there are many)."""
-    wanted: Dict[str, int] = {}
-    for manifest in manifests:
-        wanted.update(manifest[STORAGE]["blobs"])
-    if len(wanted) > LISTING_THRESHOLD:
-        stored = {e.path.rsplit("/", 1)[-1]: e.size for e in store.iter_blobs(flow)}
-        problems = {}
-        for digest, size in wanted.items():
-            if digest not in stored:
-                problems[digest] = "missing"
-            elif stored[digest] != size:
-                problems[digest] = "has %d bytes, expected %d" % (stored[digest], size)
-    else:
-        problems = store.blob_problems(flow, wanted)
-    return [_damages(manifest, problems) for manifest in manifests]
+    """Per manifest, its blobs that are missing or of the wrong size (no blob is read)."""
+    return _per_manifest(manifests, lambda sizes: store.blob_problems(flow, sizes))
 
 
 def verify_blobs(store: CheckpointStore, flow: str, manifests: Sequence[dict]) -> List[List[Damage]]:
     """Per manifest, its blobs that are missing or whose content does not match their
     hash: every blob is read and hashed once, however many checkpoints share it."""
+    return _per_manifest(manifests, lambda sizes: store.verify_blobs(flow, sizes))
+
+
+def _per_manifest(manifests: Sequence[dict], find_problems) -> List[List[Damage]]:
     wanted: Dict[str, int] = {}
     for manifest in manifests:
         wanted.update(manifest[STORAGE]["blobs"])
-    problems = store.verify_blobs(flow, wanted)
+    problems = find_problems(wanted)
     return [_damages(manifest, problems) for manifest in manifests]
 
 

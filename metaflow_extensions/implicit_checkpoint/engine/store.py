@@ -33,6 +33,8 @@ from .manifest import STORAGE, pack_manifest, unpack_manifest
 from .parallel import LazyPool
 
 ROOT = "_implicit_checkpoints"
+#: Above this many blobs to check, one listing of every blob beats a check per blob.
+LISTING_THRESHOLD = 256
 _MANIFEST_SUFFIX = ".manifest"
 
 
@@ -217,13 +219,18 @@ class CheckpointStore:
 
     def blob_problems(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
         """``{digest: problem}`` for the blobs of ``sizes`` (digest -> expected size) that
-        are missing or have the wrong size: one batched check, no blob is read."""
+        are missing or have the wrong size. No blob is read: one batched check, or, for
+        more than ``LISTING_THRESHOLD`` blobs, one listing of the flow's blobs."""
         digests = sorted(sizes)
         if not digests:
             return {}
-        found = self._guarded(
-            flow, lambda: self.backend.stat_many([self.blob_path(flow, d) for d in digests])
-        )
+        if len(digests) > LISTING_THRESHOLD:
+            listed = {e.path.rsplit("/", 1)[-1]: e.size for e in self.iter_blobs(flow)}
+            found = [listed.get(digest) for digest in digests]
+        else:
+            found = self._guarded(
+                flow, lambda: self.backend.stat_many([self.blob_path(flow, d) for d in digests])
+            )
         problems = {}
         for digest, size in zip(digests, found):
             if size is None:
