@@ -73,6 +73,20 @@ def test_damaged_newest_checkpoint_resume_verify_and_repair(world):
     assert bad.returncode != 0
     assert "DAMAGED" in bad.stdout and digest in bad.stdout and "weights" in bad.stdout
     assert os.path.exists(blob)  # verify alone deletes nothing
+    from_notebook = world.python(
+        """
+        import json
+        from metaflow import Checkpoint, namespace
+        namespace(None)
+        print(json.dumps(Checkpoint().verify(run="DamagedBlobFlow/%s")))
+        """
+        % run_id
+    )
+    assert from_notebook["intact"] == 3 and from_notebook["damaged"] == 1
+    (bad_one,) = [c for c in from_notebook["checkpoints"] if not c["intact"]]
+    assert bad_one["key"] == newest
+    assert bad_one["damages"] == [{"blob": digest, "problem": "content does not match its hash (altered)",
+                                   "fields": ["weights"]}]
 
     repaired = world.command(FLOW, "checkpoint", "verify", "--run-id", run_id, "--repair", check=False)
     assert "Deleted 1 damaged blob(s)" in repaired.stdout and not os.path.exists(blob)

@@ -143,14 +143,14 @@ def test_gc_gives_up_rather_than_delete_under_a_save_in_progress(tmp_path):
 def test_gc_waits_for_a_save_in_progress_then_keeps_what_it_committed(tmp_path):
     state, saver, backend, thread = _paused_save_of_an_old_blob(tmp_path)
     gc_store = local_store(tmp_path)
-    marked = threading.Event()
-    gc_store.locks.on_phase = lambda phase: phase == "deleter-marked" and marked.set()
+    waiting = threading.Event()
+    gc_store.locks.on_phase = lambda phase: phase == "deleter-waiting-for-saves" and waiting.set()
     reports = []
     collector = threading.Thread(
         target=lambda: reports.append(collect_garbage(gc_store, "UnitFlow", grace=1, wait=60))
     )
     collector.start()
-    assert marked.wait(timeout=30)  # gc holds its marker and waits for the lease
+    assert waiting.wait(timeout=30)  # gc sees the lease and waits for it
     backend.release.set()
     thread.join()
     collector.join()

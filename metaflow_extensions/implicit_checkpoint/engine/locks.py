@@ -12,8 +12,9 @@ there it removes its lease, waits until the marker is gone, and tries again. Hol
 the lease it may check, write and reference blobs and commit; it removes the lease
 after the commit.
 
-A **deleter** writes its marker, then lists the locks dir until no live lease is left
-(new saves see the marker and wait). Only then does it read the committed manifests
+A **deleter** first waits (up to half its patience) for a moment with no lease, so saves
+are not held up behind a long one; then it writes its marker and lists the locks dir until
+no live lease is left (new saves see the marker and wait). Only then does it read the committed manifests
 and delete; it writes a new epoch and removes its marker.
 
 Each side writes its own marker *before* it looks for the other's, so at least one of
@@ -63,6 +64,7 @@ class Marker:
     path: str
     name: str
     renewed: float  # time.monotonic() of the last successful write or renewal
+    deleted: bool = False  # a deleter's: whether it deleted anything
 
     def check(self, what: str) -> None:
         """Raise unless this marker was renewed recently enough to still count as live."""
@@ -111,9 +113,14 @@ class Locks:
         owner = "%s%s%d" % (task, _SEP, attempt)
         name = _SEP.join((owner, str(os.getpid()), uuid.uuid4().hex[:12]))
         path = "%s/%s/%s" % (locks_dir, SAVES, name)
+        temp_dir = "%s/%s" % (temp_root, name)
         while True:
             marker = self._write(path, name, owner)
-            listing = self._list(locks_dir)
+            try:
+                listing = self._list(locks_dir)
+            except BaseException:
+                self._release(marker)
+                raise
             now = listing[SAVES].get(name, StoredFile(path, 0, time.time())).mtime
             deleters = [f for f in listing[DELETERS].values() if now - f.mtime < STALE]
             if not deleters:
@@ -121,9 +128,8 @@ class Locks:
             self._release(marker)
             self.on_phase("save-waiting-for-deleter")
             self._wait_gone(locks_dir, now)
-        self._forget_dead_leases(locks_dir, temp_root, listing[SAVES], task, attempt)
-        temp_dir = "%s/%s" % (temp_root, name)
         try:
+            self._forget_dead_leases(locks_dir, temp_root, listing[SAVES], task, attempt)
             yield Lease(marker, frozenset(listing[EPOCH]), temp_dir)
         finally:
             self._release(marker)
@@ -151,9 +157,15 @@ class Locks:
         while the block runs. Raises StoreBusy after ``wait`` seconds of saves in progress."""
         name = _SEP.join((socket.gethostname(), str(os.getpid()), uuid.uuid4().hex[:12]))
         path = "%s/%s/%s" % (locks_dir, DELETERS, name)
+        deadline = time.monotonic() + wait
+        # First, for half the wait, look for a moment without saves before marking: saves
+        # are not held up while a long one finishes. Then mark, and new saves wait.
+        polite_until = time.monotonic() + wait / 2
+        while self._list(locks_dir)[SAVES] and time.monotonic() < polite_until:
+            self.on_phase("deleter-waiting-for-saves")
+            time.sleep(self.poll)
         marker = self._write(path, name, "deleter")
         try:
-            deadline = time.monotonic() + wait
             self.on_phase("deleter-marked")
             while True:
                 listing = self._list(locks_dir)
@@ -174,12 +186,11 @@ class Locks:
                 self.backend.delete_tree("%s/%s" % (temp_root, lease_name))
             self.backend.delete(["%s/%s/%s" % (locks_dir, SAVES, n) for n in dead])
             yield marker
-            marker.check("Deleting")
         finally:
             self._release(marker)
 
     def new_epoch(self, locks_dir: str) -> None:
-        """Record that blobs were deleted: processes drop what they remember confirming."""
+        """Record that blobs were deleted: processes drop what they remember checking."""
         old = list(self._list(locks_dir)[EPOCH])
         self.backend.write("%s/%s/%s" % (locks_dir, EPOCH, uuid.uuid4().hex), [b""], durable=True)
         self.backend.delete(["%s/%s/%s" % (locks_dir, EPOCH, name) for name in old])

@@ -28,7 +28,7 @@ from .errors import (
 from .hashing import content_hash
 from .keys import CheckpointKey, is_valid_name
 from .layout import PlannedBlob
-from .locks import Locks
+from .locks import Locks, Marker
 from .manifest import STORAGE, pack_manifest, unpack_manifest
 from .parallel import LazyPool
 
@@ -71,6 +71,7 @@ class CheckpointStore:
         # deletion it knows of; per flow: (deletion epoch, digests).
         self._checked_blobs: Dict[str, Tuple[Optional[frozenset], set]] = {}
         self._lease = threading.local()
+        self._deleters: Dict[str, Marker] = {}  # flow -> the deleter marker held on it
         # Per chunk slot of the previous save: (source version, was it already stored?)
         self._previous_slots: Dict[tuple, Tuple[Optional[int], bool]] = {}
         self._manifest_cache: Dict[str, dict] = {}
@@ -142,9 +143,14 @@ class CheckpointStore:
     def deleting(self, flow: str, wait: float) -> Iterator[None]:
         """Hold the deleter's lock on ``flow``'s blobs (gc, verify --repair): no save is
         between its blob checks and its commit meanwhile. Raises locks.StoreBusy."""
-        with self.locks.deleting(self._locks_dir(flow), self._temp_root(flow), wait):
-            yield
-            self.locks.new_epoch(self._locks_dir(flow))
+        with self.locks.deleting(self._locks_dir(flow), self._temp_root(flow), wait) as marker:
+            self._deleters[flow] = marker
+            try:
+                yield
+            finally:
+                del self._deleters[flow]
+                if marker.deleted:  # processes drop what they checked before this
+                    self.locks.new_epoch(self._locks_dir(flow))
 
     def _temp_dir(self) -> Optional[str]:
         lease = getattr(self._lease, "current", None)
@@ -448,7 +454,14 @@ class CheckpointStore:
         yield from self.backend.walk_files(self._temp_root(flow))
 
     def delete_blobs(self, flow: str, digests: Sequence[str]) -> None:
-        """Delete blobs. Only under ``deleting(flow)``: a save may be about to use them."""
+        """Delete blobs; only under ``deleting(flow)``, since a save may be about to use them."""
+        marker = self._deleters.get(flow)
+        if marker is None:
+            raise CheckpointException(
+                "Blobs of %s can only be deleted under CheckpointStore.deleting()." % flow
+            )
+        marker.check("Deleting blobs of %s" % flow)
+        marker.deleted = True
         self.backend.delete([self.blob_path(flow, d) for d in digests])
         checked = self._checked(flow)
         with self._lock:
