@@ -13,6 +13,7 @@ that changes every save; some saves are background ones. The collector runs gc w
 """
 
 import json
+import os
 import random
 import sys
 import time
@@ -24,6 +25,7 @@ from engine_helpers import State, make_session
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
 from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
 from metaflow_extensions.implicit_checkpoint.engine.retention import RetentionPolicy
+from metaflow_extensions.implicit_checkpoint.engine.session import TRACK_CHANGES_ENV
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 
 GRACE = 2.0
@@ -95,6 +97,7 @@ def check_loaded(state: State, index: int, i: int) -> bool:
 
 
 def main():
+    os.environ[TRACK_CHANGES_ENV] = "1"  # frozen tensors are reused without being written
     role, root, seconds, index = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     store = store_for(root, sys.argv[5] if len(sys.argv) > 5 else None)
     result = save_loop(store, seconds, index) if role == "save" else gc_loop(store, seconds)

@@ -19,6 +19,7 @@ from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 from metaflow_extensions.implicit_checkpoint.engine.manifest import STORAGE
 from metaflow_extensions.implicit_checkpoint.engine.retention import RetentionPolicy
+from metaflow_extensions.implicit_checkpoint.engine.session import TRACK_CHANGES_ENV
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 
 TWO_HOURS = 7200
@@ -41,10 +42,11 @@ def load_state(root, artifact) -> State:
     return loaded
 
 
-def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(tmp_path):
+def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(tmp_path, monkeypatch):
     """Hole 1: a frozen tensor's blob is reused without being written again; gc lists,
     then the task commits N+1 and retention removes N (the only manifest gc had read
     that references the frozen blob). gc must still see N+1."""
+    monkeypatch.setenv(TRACK_CHANGES_ENV, "1")
     torch.manual_seed(0)
     state = State()
     state.frozen = torch.randn(256, 1024)  # unchanged by every save: change tracking reuses it

@@ -10,6 +10,7 @@ from s3_server import s3_server  # noqa: F401  (fixture)
 from engine_helpers import State, local_store, make_session
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 from metaflow_extensions.implicit_checkpoint.engine.manifest import STORAGE
+from metaflow_extensions.implicit_checkpoint.engine.session import TRACK_CHANGES_ENV
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 from metaflow_extensions.implicit_checkpoint.engine.verify import verify_checkpoints
 
@@ -116,9 +117,10 @@ def test_verify_finds_altered_bytes_and_repair_lets_the_next_save_rewrite_them(t
     assert np.array_equal(loaded.weights, state.weights)
 
 
-def test_a_frozen_tensor_whose_blob_was_repaired_away_is_stored_again(tmp_path):
+def test_a_frozen_tensor_whose_blob_was_repaired_away_is_stored_again(tmp_path, monkeypatch):
     """Change tracking reuses an unchanged tensor's blob without writing it; once that
     blob was deleted (verify --repair), the next blocking save stores it again."""
+    monkeypatch.setenv(TRACK_CHANGES_ENV, "1")
     torch.manual_seed(0)
     state = State()
     state.frozen = torch.randn(512, 1024)
@@ -138,3 +140,22 @@ def test_a_frozen_tensor_whose_blob_was_repaired_away_is_stored_again(tmp_path):
     loaded = State()
     make_session(local_store(tmp_path), loaded, attempt=1).load(second)
     assert torch.equal(loaded.frozen, state.frozen)
+
+
+def test_blobs_are_traced_to_fields_in_the_object_graph_format_too():
+    """Manifests whose fields are an object graph (tensors per field, the graph in a
+    blob of its own when large) trace blobs to fields as well."""
+    from metaflow_extensions.implicit_checkpoint.engine.integrity import fields_by_blob
+
+    manifest = {
+        STORAGE: {
+            "blobs": {"g": 2000, "t0": 100, "t1": 100, "r": 10},
+            "tensors": [["spec", [["t0", 0, 100]]], ["spec", [["t1", 0, 100]]], ["spec", [["r", 0, 10]]]],
+            "graph": [["g", 0, 2000]],
+            "fields": {"model": {"tensors": [0, 1]}, "step": {"tensors": []}},
+            "rng": {"tensors": [2]},
+        }
+    }
+    assert fields_by_blob(manifest) == {
+        "g": ["model", "step"], "t0": ["model"], "t1": ["model"], "r": ["<rng state>"],
+    }

@@ -1,9 +1,9 @@
 """Is a committed checkpoint intact? A cheap check (its blobs exist with the right size)
 and a full verification (every blob read and hashed), both naming what is damaged.
 
-A manifest's ``storage`` section says which blobs hold which field: a field's payload is
-inline or a list of blob extents, and each tensor it uses has extents of its own
-(see snapshot.py). That is how a damaged blob is traced back to the fields it holds.
+A manifest's ``storage`` section says which blobs hold which field: each tensor a field
+uses has blob extents, and so may its payload or the shared object graph (see
+snapshot.py). That is how a damaged blob is traced back to the fields it holds.
 """
 
 from dataclasses import dataclass
@@ -32,30 +32,34 @@ class Damage:
 
 
 def fields_by_blob(manifest: dict) -> Dict[str, List[str]]:
-    """``{blob digest: [field names]}``: which fields (and the RNG state) each blob holds."""
+    """``{blob digest: [field names]}``: which fields (and the RNG state) each blob holds.
+
+    A field's data is its tensors' extents and, where the format has one, its payload's;
+    a blob of the shared object graph (when the graph is not inline) holds every field.
+    """
     storage = manifest[STORAGE]
-    tensor_blobs = [{digest for digest, _, _ in wire[-1]} for wire in storage["tensors"]]
     users: Dict[str, List[str]] = {digest: [] for digest in storage["blobs"]}
 
-    def note(name: str, entry: dict) -> None:
-        blobs = set()
-        if isinstance(entry.get("payload"), list):
-            blobs.update(digest for digest, _, _ in entry["payload"])
-        for index in entry.get("tensors", ()):
-            blobs.update(tensor_blobs[index])
-        for digest in blobs:
-            users.setdefault(digest, []).append(name)
+    def note(name: str, extents) -> None:
+        for digest in sorted({digest for digest, _, _ in extents}):
+            if name not in users.setdefault(digest, []):
+                users[digest].append(name)
 
-    for name, entry in sorted(storage["fields"].items()):
-        if "alias_of" not in entry:
-            note(name, entry)
-    for name, entry in sorted(storage["fields"].items()):
-        if "alias_of" in entry:  # an alias holds the same data as its target
-            for names in users.values():
-                if entry["alias_of"] in names:
-                    names.append(name)
+    def note_entry(name: str, entry: dict) -> None:
+        if isinstance(entry.get("payload"), list):
+            note(name, entry["payload"])
+        for index in entry.get("tensors", ()):
+            note(name, storage["tensors"][index][-1])
+
+    fields = storage["fields"]
+    for name, entry in sorted(fields.items()):
+        # An alias holds the data of the field it names.
+        note_entry(name, fields.get(entry.get("alias_of"), entry))
+    if isinstance(storage.get("graph"), list):
+        for name in sorted(fields):
+            note(name, storage["graph"])
     if storage.get("rng"):
-        note(RNG_STATE, storage["rng"])
+        note_entry(RNG_STATE, storage["rng"])
     return users
 
 

@@ -139,9 +139,9 @@ class CheckpointSession:
         (damages,) = check_blobs(self._store, key.flow, [manifest])
         if damages:
             print(
-                "@checkpoint: not resuming from it: %s. Looking for an earlier checkpoint "
-                "(`checkpoint verify --repair` removes the damaged blobs)."
-                % describe_damage(str(key), damages),
+                "@checkpoint: %s. Not resuming from it: looking for an earlier checkpoint "
+                "(`checkpoint verify --repair` removes damaged blobs; a save of the same "
+                "data writes them again)." % describe_damage(str(key), damages),
                 file=sys.stderr,
             )
         return not damages
