@@ -208,3 +208,51 @@ def test_saves_never_leave_leases_or_temp_dirs(tmp_path, repeat):
     root = tmp_path / "UnitFlow" / "_implicit_checkpoints"
     assert os.listdir(root / "locks" / "saves") == []
     assert not (root / "tmp").exists() or os.listdir(root / "tmp") == []
+
+
+class VanishingBackend(LocalDirBackend):
+    """Removes chosen manifests just before they are read: retention in another process
+    running between a listing and the reads that follow it."""
+
+    def __init__(self, root, vanishing):
+        super().__init__(root)
+        self.vanishing = set(vanishing)
+
+    def read(self, path):
+        if path in self.vanishing:
+            os.remove(self.describe(path))
+        return super().read(path)
+
+
+def test_listing_and_eager_resume_tolerate_manifests_removed_meanwhile(tmp_path):
+    from metaflow_extensions.implicit_checkpoint.engine.session import (
+        AttributeSource,
+        CheckpointSession,
+        TaskIdentity,
+        list_run_artifacts,
+    )
+
+    state = State()
+    writer = make_session(local_store(tmp_path), state)
+    saved = []
+    for n in range(3):
+        state.n = n
+        saved.append(writer.save())
+    paths = [CheckpointStore.manifest_path(CheckpointKey.parse(a.key)) for a in saved]
+
+    store = CheckpointStore(VanishingBackend(str(tmp_path), [paths[1]]))
+    assert [a.key for a in make_session(store, State(), attempt=1).list()] == [saved[0].key, saved[2].key]
+    store = CheckpointStore(VanishingBackend(str(tmp_path), [paths[2]]))
+    assert [a.key for a in list_run_artifacts(store, "UnitFlow", "1")] == [saved[0].key]
+
+    # Eager resume in another run: the newest checkpoint vanishes as it is read.
+    state.n = 3
+    newest = writer.save()
+    store = CheckpointStore(
+        VanishingBackend(str(tmp_path), [CheckpointStore.manifest_path(CheckpointKey.parse(newest.key))])
+    )
+    eager = CheckpointSession(
+        store, TaskIdentity("UnitFlow", "2", "train", "1", 0), AttributeSource(lambda: {}),
+        target=State(), load_policy="eager",
+    )
+    assert eager.start().key == saved[0].key

@@ -13,14 +13,14 @@ the lease it may check, write and reference blobs and commit; it removes the lea
 after the commit.
 
 A **deleter** first waits (up to half its patience) for a moment with no lease, so saves
-are not held up behind a long one; then it writes its marker and lists the locks dir until
-no live lease is left (new saves see the marker and wait). Only then does it read the committed manifests
-and delete; it writes a new epoch and removes its marker.
+are not held up behind a long one; then it writes its marker and lists the locks dir
+until no live lease is left (new saves see the marker and wait). Only then does it read
+the committed manifests and delete; it writes a new epoch and removes its marker.
 
 Each side writes its own marker *before* it looks for the other's, so at least one of
 them sees the other (Dekker's argument): a deleter never deletes while a save is
 between its first blob check and its commit. The epoch tells a process that blobs it
-confirmed earlier may be gone since.
+checked earlier may be gone since.
 
 Markers are renewed every ``RENEW`` seconds while held; one not renewed for ``STALE``
 seconds belongs to a dead process and is ignored (and cleaned up). Ages are compared
