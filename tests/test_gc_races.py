@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from s3_server import s3_server  # noqa: F401  (fixture)
 from engine_helpers import State, local_store, make_session
 from metaflow_extensions.implicit_checkpoint.engine import locks
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
@@ -36,13 +37,23 @@ def blobs_of(store, artifact) -> set:
     return set(store.read_manifest(CheckpointKey.parse(artifact.key))[STORAGE]["blobs"])
 
 
-def load_state(root, artifact) -> State:
+def load_state(new_store, artifact) -> State:
     loaded = State()
-    make_session(local_store(root), loaded, attempt=9, task_id="reader").load(artifact)
+    make_session(new_store(), loaded, attempt=9, task_id="reader").load(artifact)
     return loaded
 
 
-def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(tmp_path, monkeypatch):
+@pytest.fixture(params=["local", "s3"])
+def new_store(request, tmp_path):
+    """Makes a store (a process's view) on one fresh root, local or on the S3 server."""
+    if request.param == "local":
+        return lambda: local_store(tmp_path)
+    server = request.getfixturevalue("s3_server")
+    root = server.new_root()
+    return lambda: CheckpointStore(server.backend(root))
+
+
+def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(new_store, monkeypatch):
     """Hole 1: a frozen tensor's blob is reused without being written again; gc lists,
     then the task commits N+1 and retention removes N (the only manifest gc had read
     that references the frozen blob). gc must still see N+1."""
@@ -51,10 +62,9 @@ def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(tmp_path
     state = State()
     state.frozen = torch.randn(256, 1024)  # unchanged by every save: change tracking reuses it
     state.head = torch.zeros(1024)
-    store = local_store(tmp_path)
+    store = new_store()
     session = make_session(store, state, retention=RetentionPolicy(keep_last=1))
     first_blobs = blobs_of(store, session.save())
-    age_files(tmp_path, TWO_HOURS)  # the frozen blob is far older than the grace
 
     committed = []
 
@@ -63,27 +73,27 @@ def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(tmp_path
             state.head += 1
             committed.append(session.save())  # reuses the frozen blob; retention removes `first`
 
-    report = collect_garbage(local_store(tmp_path), "UnitFlow", grace=1, on_phase=at)
+    # No grace at all: the lock alone must keep the frozen blob.
+    report = collect_garbage(new_store(), "UnitFlow", grace=0, on_phase=at)
     (second,) = committed
     assert [a.key for a in session.list()] == [second.key]
     assert first_blobs - blobs_of(store, second), "the test needs a blob only N had"
     assert not blobs_of(store, second) & set(report.deleted_blobs)
     assert report.deleted_blobs, "gc deleted nothing: the race was not exercised"
-    loaded = load_state(tmp_path, second)
+    loaded = load_state(new_store, second)
     assert torch.equal(loaded.frozen, state.frozen) and torch.equal(loaded.head, state.head)
 
 
-def test_a_save_reusing_a_blob_gc_is_deleting_waits_and_stores_it_again(tmp_path):
+def test_a_save_reusing_a_blob_gc_is_deleting_waits_and_stores_it_again(new_store):
     """Hole 2: gc has decided to delete an unreferenced old blob when a save of the same
     content checks it. The save waits for gc's delete, then finds the blob gone and
     writes it again."""
     state = State()
     state.weights = np.arange(300_000.0)
-    old = make_session(local_store(tmp_path), state).save()
-    local_store(tmp_path).delete_manifest(CheckpointKey.parse(old.key))
-    age_files(tmp_path, TWO_HOURS)
+    old = make_session(new_store(), state).save()
+    new_store().delete_manifest(CheckpointKey.parse(old.key))
 
-    saver_store = local_store(tmp_path)
+    saver_store = new_store()
     waiting = threading.Event()
     saver_store.locks.on_phase = lambda phase: phase == "save-waiting-for-deleter" and waiting.set()
     saver = make_session(saver_store, state, task_id="2")
@@ -96,11 +106,11 @@ def test_a_save_reusing_a_blob_gc_is_deleting_waits_and_stores_it_again(tmp_path
             threads.append(thread)
             assert waiting.wait(timeout=30)  # the save waits for gc rather than racing it
 
-    report = collect_garbage(local_store(tmp_path), "UnitFlow", grace=1, on_phase=at)
+    report = collect_garbage(new_store(), "UnitFlow", grace=0, on_phase=at)
     threads[0].join(timeout=60)
     assert set(report.deleted_blobs) == blobs_of(saver_store, saved[0])
     assert saved[0].implicit_manifest["bytes_written"] > 0  # it stored the blob again
-    assert np.array_equal(load_state(tmp_path, saved[0]).weights, state.weights)
+    assert np.array_equal(load_state(new_store, saved[0]).weights, state.weights)
 
 
 class PausingBackend(LocalDirBackend):
@@ -139,7 +149,7 @@ def test_gc_gives_up_rather_than_delete_under_a_save_in_progress(tmp_path):
     backend.release.set()
     thread.join()
     assert report.deleted_blobs == [] and len(report.busy) == 1
-    assert np.array_equal(load_state(tmp_path, saver.list()[-1]).weights, state.weights)
+    assert np.array_equal(load_state(lambda: local_store(tmp_path), saver.list()[-1]).weights, state.weights)
 
 
 def test_gc_waits_for_a_save_in_progress_then_keeps_what_it_committed(tmp_path):
@@ -157,7 +167,7 @@ def test_gc_waits_for_a_save_in_progress_then_keeps_what_it_committed(tmp_path):
     thread.join()
     collector.join()
     assert reports[0].deleted_blobs == [] and reports[0].busy == []
-    assert np.array_equal(load_state(tmp_path, saver.list()[-1]).weights, state.weights)
+    assert np.array_equal(load_state(lambda: local_store(tmp_path), saver.list()[-1]).weights, state.weights)
 
 
 def test_a_dead_save_lease_does_not_block_gc_forever(tmp_path, monkeypatch):
