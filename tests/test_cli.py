@@ -63,8 +63,8 @@ def test_list_inspect_and_gc_commands(world):
 
     dry = world.command(RESUME_FLOW, "checkpoint", "gc", "--dry-run").stdout
     assert "Would delete 0 unreferenced blob(s)" in dry
-    too_short = world.command(RESUME_FLOW, "checkpoint", "gc", "--grace-seconds", "5", check=False)
-    assert too_short.returncode != 0 and "too short" in too_short.stdout
+    negative = world.command(RESUME_FLOW, "checkpoint", "gc", "--grace-seconds", "-5", check=False)
+    assert negative.returncode != 0 and "0 seconds or more" in negative.stdout
 
     unknown_run = world.command(RESUME_FLOW, "checkpoint", "list", "--run-id", "424242", check=False)
     assert unknown_run.returncode != 0 and "does not exist" in unknown_run.stdout

@@ -58,10 +58,13 @@ def test_killed_at_many_instants_leaves_only_whole_checkpoints(tmp_path):
         for name, array in expected.items():
             assert np.array_equal(restored.arrays[name], array), (delay, name)
         # Besides temp files (which readers never look at) only whole files remain:
-        # manifests, blobs, and the per-run notes used by eager resume.
+        # manifests, blobs, the per-run notes used by eager resume, and the killed
+        # save's lease (removed by the task's next save, or by gc once stale).
         leftovers = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")]
         assert all(
-            p.suffix == ".manifest" or "/blobs/" in str(p) or "/latest/" in str(p) for p in leftovers
+            p.suffix == ".manifest" or "/blobs/" in str(p) or "/latest/" in str(p)
+            or "/locks/saves/" in str(p)
+            for p in leftovers
         )
 
 

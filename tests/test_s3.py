@@ -86,8 +86,7 @@ def test_existence_checks_are_batched_and_remembered(s3_server):
     stored_blobs = len(blob_keys(s3_server.keys(root)))
 
     # A new process saving the same state (a sibling task, a resumed attempt): every
-    # blob is confirmed once, none is uploaded again. The blobs were written moments
-    # ago, so confirming is a HEAD, not the copy that renews an old blob for gc.
+    # blob is checked once (a HEAD: present, right size), none is uploaded again.
     backend = s3_server.backend(root)
     log = RequestLog(backend._client)
     session = make_session(CheckpointStore(backend), state, task_id="2")
@@ -97,8 +96,8 @@ def test_existence_checks_are_batched_and_remembered(s3_server):
     assert log.on_keys_with("/blobs/", "CopyObject") == 0
     assert log.on_keys_with("/blobs/", "PutObject") + log.on_keys_with("/blobs/", "UploadPart") == 0
 
-    # Saving again: the process remembers what it wrote and confirmed; no request
-    # touches a blob at all.
+    # Saving again: the process remembers what it wrote and checked (until gc deletes
+    # anything); no request touches a blob at all.
     log.reset()
     session.save()
     assert log.on_keys_with("/blobs/") == 0

@@ -2,7 +2,7 @@
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from .errors import CheckpointException
 from .keys import CheckpointKey
@@ -32,6 +32,9 @@ class CheckpointArtifact:
         When it was committed (ISO-8601, UTC).
     size : int
         Bytes of field data it holds.
+    damage : str or None
+        Set by ``list()`` when the checkpoint's stored data is missing or damaged (its
+        blobs are checked by size): what is wrong, by field and blob. None otherwise.
     """
 
     key: str
@@ -43,6 +46,12 @@ class CheckpointArtifact:
     size: int
     _metadata: Dict[str, Any] = field(repr=False, compare=False)
     _manifest: Dict[str, Any] = field(repr=False, compare=False)
+    damage: Optional[str] = field(default=None, compare=False)
+
+    @property
+    def intact(self) -> bool:
+        """False when ``list()`` found the checkpoint's data missing or damaged."""
+        return self.damage is None
 
     @property
     def metadata(self) -> Dict[str, Any]:
@@ -97,6 +106,7 @@ class CheckpointArtifact:
             "size": self.size,
             "metadata": self.metadata,
             "implicit_manifest": self.implicit_manifest,
+            "damage": self.damage,
         }
 
     @classmethod
@@ -125,13 +135,15 @@ class CheckpointArtifact:
             size=int(data["size"]),
             _metadata=copy.deepcopy(data.get("metadata") or {}),
             _manifest=copy.deepcopy(data.get("implicit_manifest") or {}),
+            damage=data.get("damage"),
         )
 
     def __repr__(self) -> str:
-        return "CheckpointArtifact(key=%r, created_on=%r, size=%d)" % (
+        return "CheckpointArtifact(key=%r, created_on=%r, size=%d%s)" % (
             self.key,
             self.created_on,
             self.size,
+            "" if self.damage is None else ", damaged",
         )
 
 

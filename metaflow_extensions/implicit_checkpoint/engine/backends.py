@@ -13,11 +13,12 @@ paths from validated parts (see keys.py), never from raw user input.
 import ctypes
 import io
 import os
+import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import CheckpointException
 from .hashing import content_hash, new_hasher
@@ -54,6 +55,9 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 _datasync = getattr(os, "fdatasync", os.fsync)
 
 
+#: What ``stat_many`` says of a file that exists when its size is not known cheaply.
+UNKNOWN_SIZE = -1
+
 #: Prefix of files being written; readers never see them, gc sweeps stale ones.
 TEMP_PREFIX = ".tmp-"
 
@@ -71,9 +75,18 @@ class StorageBackend(ABC):
     #: Short name shown in messages ("local", "s3", ...).
     TYPE = "abstract"
 
+    #: Whether gc and retention can delete here (and so saves take leases, see locks.py).
+    can_delete = True
+
     @abstractmethod
-    def write(self, path: str, parts: Sequence, durable: bool) -> None:
-        """Store the concatenation of ``parts`` (bytes-like) at ``path``, all or nothing."""
+    def write(
+        self, path: str, parts: Sequence, durable: bool, temp_dir: Optional[str] = None
+    ) -> None:
+        """Store the concatenation of ``parts`` (bytes-like) at ``path``, all or nothing.
+
+        Backends that write through a temp file put it in ``temp_dir`` when given (so
+        the temp files of an abandoned save can be found and removed), else next to ``path``.
+        """
 
     def write_hashed(
         self,
@@ -81,19 +94,19 @@ class StorageBackend(ABC):
         durable: bool,
         path_for_digest: Callable[[str], str],
         temp_dir: str,
-        older_than: float = 0.0,
     ) -> Tuple[str, bool]:
-        """Store ``parts`` under the path named by their content hash, unless it exists.
+        """Store ``parts`` under the path named by their content hash; return ``(digest, written)``.
 
-        Returns ``(digest, written)``. An existing blob is touched instead (see
-        ``touch`` for ``older_than``). Backends that can write before knowing the name override
-        this to hash and write in one pass; this default hashes first.
+        An existing blob of the right size is kept; a missing or damaged one (wrong size)
+        is written. Backends that can write before knowing the name override this to hash
+        and write in one pass; this default hashes first.
         """
         digest = content_hash(parts)
         path = path_for_digest(digest)
-        if self.touch([path], older_than)[0]:
+        size = sum(memoryview(p).nbytes for p in parts)
+        if self.stat_many([path])[0] in (size, UNKNOWN_SIZE):
             return digest, False
-        self.write(path, parts, durable)
+        self.write(path, parts, durable, temp_dir)
         return digest, True
 
     @abstractmethod
@@ -112,6 +125,11 @@ class StorageBackend(ABC):
         """For each path, whether it exists."""
 
     @abstractmethod
+    def stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
+        """For each path, its size in bytes, or None when it does not exist
+        (``UNKNOWN_SIZE`` when it exists but the backend cannot tell its size cheaply)."""
+
+    @abstractmethod
     def list_dir(self, path: str) -> List[Tuple[str, bool]]:
         """The entries directly under ``path`` as ``(name, is_dir)``; [] when absent."""
 
@@ -122,6 +140,10 @@ class StorageBackend(ABC):
     @abstractmethod
     def walk_files(self, prefix: str) -> Iterator[StoredFile]:
         """Every file under ``prefix``, at any depth (temp files included)."""
+
+    def delete_tree(self, prefix: str) -> None:
+        """Remove every file under ``prefix`` (and, where directories exist, them too)."""
+        self.delete([entry.path for entry in self.walk_files(prefix)])
 
     @abstractmethod
     def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
@@ -154,10 +176,15 @@ class LocalDirBackend(StorageBackend):
     def describe(self, path: str = "") -> str:
         return self._full(path)
 
-    def write(self, path: str, parts: Sequence, durable: bool) -> None:
+    def write(
+        self, path: str, parts: Sequence, durable: bool, temp_dir: Optional[str] = None
+    ) -> None:
         full = self._full(path)
         self._ensure_dir(os.path.dirname(full))
-        self._publish(self._write_temp(os.path.dirname(full), parts, durable), full, durable)
+        directory = self._full(temp_dir) if temp_dir else os.path.dirname(full)
+        if temp_dir:
+            self._ensure_dir(directory)
+        self._publish(self._write_temp(directory, parts, durable), full, durable)
 
     def write_hashed(
         self,
@@ -165,7 +192,6 @@ class LocalDirBackend(StorageBackend):
         durable: bool,
         path_for_digest: Callable[[str], str],
         temp_dir: str,
-        older_than: float = 0.0,
     ) -> Tuple[str, bool]:
         # One pass over the data: each block is hashed and written while it is still
         # in the CPU cache; the content-addressed name is known only at the end.
@@ -175,9 +201,10 @@ class LocalDirBackend(StorageBackend):
         tmp = self._write_temp(directory, parts, durable, hasher)
         digest = hasher.hexdigest()
         path = path_for_digest(digest)
-        if self.touch([path])[0]:
+        if self.stat_many([path])[0] == os.path.getsize(tmp):
             os.unlink(tmp)
             return digest, False
+        # Missing, or damaged (wrong size): ours has the right bytes, it replaces it.
         full = self._full(path)
         self._ensure_dir(os.path.dirname(full))
         self._publish(tmp, full, durable)
@@ -243,6 +270,18 @@ class LocalDirBackend(StorageBackend):
 
     def exists_many(self, paths: Sequence[str]) -> List[bool]:
         return [os.path.exists(self._full(p)) for p in paths]
+
+    def stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
+        sizes = []
+        for path in paths:
+            try:
+                sizes.append(os.stat(self._full(path)).st_size)
+            except (FileNotFoundError, NotADirectoryError):
+                sizes.append(None)
+        return sizes
+
+    def delete_tree(self, prefix: str) -> None:
+        shutil.rmtree(self._full(prefix), ignore_errors=True)
 
     def list_dir(self, path: str) -> List[Tuple[str, bool]]:
         try:
@@ -345,7 +384,13 @@ class MetaflowStorageBackend(StorageBackend):
     def describe(self, path: str = "") -> str:
         return self._storage.full_uri(path) if path else self._storage.datastore_root
 
-    def write(self, path: str, parts: Sequence, durable: bool) -> None:
+    @property
+    def can_delete(self) -> bool:
+        return self.TYPE == "local"
+
+    def write(
+        self, path: str, parts: Sequence, durable: bool, temp_dir: Optional[str] = None
+    ) -> None:
         # Metaflow's storages write whole objects atomically (temp file + rename
         # locally, a single PUT on object stores).
         self._storage.save_bytes([(path, PartsReader(parts))], overwrite=True, len_hint=1)
@@ -373,6 +418,12 @@ class MetaflowStorageBackend(StorageBackend):
         if not paths:
             return []
         return [bool(x) for x in self._storage.is_file(list(paths))]
+
+    def stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
+        if self.TYPE == "local":
+            return self._local().stat_many(paths)
+        # Metaflow's storage layer tells existence, not size, without a download.
+        return [UNKNOWN_SIZE if found else None for found in self.exists_many(paths)]
 
     def list_dir(self, path: str) -> List[Tuple[str, bool]]:
         prefix = path.rstrip("/")

@@ -1,23 +1,31 @@
 """Garbage collection: delete blobs no committed manifest references.
 
-Safe while other tasks save: a blob modified after ``now - grace`` is never deleted,
-and saves renew the modification time of every blob they reuse unless they did so
-within their touch interval (store.TOUCH_INTERVAL, shorter than the grace), so a blob
-written or reused by a save in progress is never collected. Temp files left by killed writers are removed after the grace too.
+Invariant: a blob referenced by a committed manifest, or by a save in progress, is
+never deleted. Saves hold a lease from before their first blob check until after their
+commit; gc deletes only under the deleter's lock, which it gets once no lease is held
+and which makes new saves wait (locks.py). Under that lock gc lists the committed
+manifests again, so every save that could reference a blob has either committed (its
+manifest is read) or not yet looked at any blob (it will check, and rewrite, what it
+needs). The listing before the lock only finds candidates and reads manifests ahead,
+to keep the time saves wait short.
 """
 
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import List
+from typing import Callable, Dict, List, Set
 
-from .backends import TEMP_PREFIX
-from .errors import CheckpointCorrupted, CheckpointException
-from .manifest import STORAGE, unpack_manifest
-from .store import ROOT, CheckpointStore
+from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
+from .locks import StoreBusy
+from .manifest import STORAGE
+from .store import CheckpointStore
 
-#: Blobs and temp files younger than this are never collected (seconds).
+#: Blobs and temp files younger than this are never collected (seconds). The lock
+#: alone keeps saves safe; the grace also covers writers of older versions of this
+#: package, which took no leases but touched the blobs they reused.
 DEFAULT_GRACE = 3600.0
+#: How long gc waits for saves in progress to finish before giving up (seconds).
+DEFAULT_WAIT = 120.0
 
 
 @dataclass
@@ -32,87 +40,93 @@ class GcReport:
     kept_young_blobs: int = 0
     deleted_temp_files: int = 0
     damaged_manifests: List[str] = field(default_factory=list)
+    busy: List[str] = field(default_factory=list)  # leases gc gave up waiting for
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def collect_garbage(
-    store: CheckpointStore, flow: str, dry_run: bool = False, grace: float = DEFAULT_GRACE
+    store: CheckpointStore,
+    flow: str,
+    dry_run: bool = False,
+    grace: float = DEFAULT_GRACE,
+    wait: float = DEFAULT_WAIT,
+    on_phase: Callable[[str], None] = lambda phase: None,
 ) -> GcReport:
     """Delete (or with ``dry_run`` only report) the unreferenced blobs of ``flow``.
 
-    ``grace`` must be at least the stores' touch interval: a running save may reuse a
-    blob it confirmed that long ago without touching it again.
+    ``on_phase`` is a test hook, called with "manifests-listed" (twice),
+    "candidates-listed", "locked" and "deleting" as gc reaches those points.
     """
-    if grace < store.touch_interval:
+    if not grace >= 0:
         raise CheckpointException(
-            "gc grace period %.0f s is too short: saves in progress may reuse blobs they "
-            "confirmed up to %.0f s ago, so gc must keep blobs at least that young. "
-            "Use a grace of %.0f s or more."
-            % (grace, store.touch_interval, store.touch_interval)
+            "gc grace period must be 0 seconds or more; got %r. It keeps unreferenced "
+            "blobs and temp files younger than this." % (grace,)
         )
-    started = time.time()
-    cutoff = started - grace
+    cutoff = time.time() - grace
     report = GcReport(flow=flow, dry_run=dry_run)
-    backend = store.backend
-    root = "%s/%s" % (flow, ROOT)
+    candidates = {entry.path.rsplit("/", 1)[-1]: entry for entry in store.iter_blobs(flow)}
+    references: Dict[str, Set[str]] = {}  # manifest key -> the blobs it references
+    _read_references(store, flow, references, report, on_phase)
+    temp_files = [entry.path for entry in store.iter_temp_files(flow) if entry.mtime < cutoff]
+    on_phase("candidates-listed")
+    if dry_run:
+        _choose(candidates, references, cutoff, report)
+        return report
+    try:
+        with store.deleting(flow, wait):
+            on_phase("locked")
+            # The committed manifests now: every save that may reference a blob is among them.
+            _read_references(store, flow, references, report, on_phase)
+            doomed = _choose(candidates, references, cutoff, report)
+            on_phase("deleting")
+            if doomed:
+                store.delete_blobs(flow, doomed)
+            store.backend.delete(temp_files)
+            report.deleted_temp_files = len(temp_files)
+    except StoreBusy as ex:
+        report.busy = ex.leases
+        report.deleted_blobs, report.deleted_bytes = [], 0
+        print("checkpoint gc: %s" % ex, file=sys.stderr)
+    return report
 
-    referenced = set()
-    for entry in backend.walk_files(root + "/tasks"):
-        name = entry.path.rsplit("/", 1)[-1]
-        if name.startswith(TEMP_PREFIX) or not name.endswith(".manifest"):
+
+def _read_references(store, flow, references: Dict[str, Set[str]], report: GcReport, on_phase) -> None:
+    """Bring ``references`` up to date with the manifests committed now (each manifest
+    is read once: they never change)."""
+    listed = {str(key): key for key in store.iter_manifests(flow)}
+    on_phase("manifests-listed")
+    for text in [k for k in references if k not in listed]:
+        del references[text]  # removed by retention
+    report.damaged_manifests = []
+    for text, key in listed.items():
+        if text in references:
             continue
         try:
-            manifest = unpack_manifest(backend.read(entry.path), entry.path)
-        except FileNotFoundError:
+            references[text] = set(store.read_manifest(key)[STORAGE]["blobs"])
+        except CheckpointNotFound:
             continue  # removed by retention meanwhile
         except CheckpointCorrupted:
             # Its references are unknown: collect nothing it might need.
-            report.damaged_manifests.append(entry.path)
-            continue
-        report.manifests += 1
-        referenced.update(manifest[STORAGE]["blobs"])
+            report.damaged_manifests.append(store.backend.describe(store.manifest_path(key)))
+
+
+def _choose(candidates, references, cutoff: float, report: GcReport) -> List[str]:
+    referenced = set().union(*references.values()) if references else set()
+    report.manifests = len(references)
     report.referenced_blobs = len(referenced)
+    unreferenced = [entry for digest, entry in candidates.items() if digest not in referenced]
+    report.unreferenced_blobs = len(unreferenced)
+    old = [entry for entry in unreferenced if entry.mtime < cutoff]
+    report.kept_young_blobs = len(unreferenced) - len(old)
     if report.damaged_manifests:
         print(
             "checkpoint gc: %d damaged manifest(s) found; no blob is deleted this time:\n  %s"
             % (len(report.damaged_manifests), "\n  ".join(report.damaged_manifests)),
             file=sys.stderr,
         )
-
-    doomed, temp_files = [], []
-    for entry in backend.walk_files(root + "/blobs"):
-        name = entry.path.rsplit("/", 1)[-1]
-        if name.startswith(TEMP_PREFIX):
-            if entry.mtime < cutoff:
-                temp_files.append(entry.path)
-            continue
-        if name in referenced:
-            continue
-        report.unreferenced_blobs += 1
-        if entry.mtime >= cutoff:
-            report.kept_young_blobs += 1
-            continue
-        doomed.append(entry)
-    for entry in backend.walk_files(root + "/tasks"):
-        if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX) and entry.mtime < cutoff:
-            temp_files.append(entry.path)
-
-    if report.damaged_manifests:
-        doomed = []
-    elif doomed:
-        # A save may have touched a doomed blob since the listing: look once more.
-        still_old = {
-            entry.path
-            for entry in backend.walk_files(root + "/blobs")
-            if entry.mtime < cutoff
-        }
-        doomed = [entry for entry in doomed if entry.path in still_old]
-    report.deleted_blobs = [entry.path.rsplit("/", 1)[-1] for entry in doomed]
-    report.deleted_bytes = sum(entry.size for entry in doomed)
-    report.deleted_temp_files = len(temp_files)
-    if not dry_run:
-        backend.delete([entry.path for entry in doomed] + temp_files)
-    return report
-
+        old = []
+    report.deleted_blobs = [entry.path.rsplit("/", 1)[-1] for entry in old]
+    report.deleted_bytes = sum(entry.size for entry in old)
+    return report.deleted_blobs

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from .errors import CheckpointException
 
 NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Matched with fullmatch: "$" alone would accept a trailing newline ("a\n").
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Run and task ids: numbers locally, things like "argo-train-x7k2" on schedulers.
-_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 def is_valid_name(name: object) -> bool:
-    return isinstance(name, str) and bool(_NAME_RE.match(name))
+    return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
 
 
 def validate_name(name: object, step: str = None) -> str:
@@ -55,7 +56,7 @@ class CheckpointKey:
             ("task_id", _ID_RE),
         ):
             value = getattr(self, part)
-            if not isinstance(value, str) or not pattern.match(value):
+            if not isinstance(value, str) or not pattern.fullmatch(value):
                 problems.append("%s=%r" % (part, value))
         if not isinstance(self.attempt, int) or self.attempt < 0:
             problems.append("attempt=%r" % (self.attempt,))
@@ -95,7 +96,7 @@ def split_pathspec(pathspec: str) -> tuple:
     """Split and validate a task pathspec ``Flow/run/step/task``."""
     parts = pathspec.split("/") if isinstance(pathspec, str) else []
     ok = len(parts) == 4 and all(
-        pattern.match(part)
+        isinstance(part, str) and pattern.fullmatch(part)
         for part, pattern in zip(parts, (_IDENTIFIER_RE, _ID_RE, _IDENTIFIER_RE, _ID_RE))
     )
     if not ok:

@@ -1,4 +1,5 @@
-"""The lineage of a checkpoint: the chain of checkpoints it descends from.
+"""The lineage of a checkpoint: the chain of checkpoints it descends from, and the
+checkpoint of another run a task resumes from eagerly.
 
 Every manifest records ``parent``: the key of the checkpoint its attempt had loaded
 when it saved (None when the attempt started fresh). Following parents key by key
@@ -8,7 +9,8 @@ damaged; the walk then ends at it and says why, instead of failing.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional
+from datetime import datetime
+from typing import Callable, List, Optional, Sequence
 
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .keys import CheckpointKey
@@ -74,3 +76,49 @@ def _read_link(store: CheckpointStore, key: str) -> LineageLink:
     except Exception as ex:  # storage errors: the chain shows it rather than failing
         return LineageLink(key, problem="could not be read: %s: %s" % (type(ex).__name__, ex))
     return LineageLink(key, manifest=public_view(manifest))
+
+
+def find_eager_resume_point(
+    store: CheckpointStore,
+    flow: str,
+    step: str,
+    foreach_indices: Sequence[int],
+    before: float,
+    exclude_run: str,
+    accept_run: Callable[[str], bool],
+    usable: Callable[[CheckpointKey, dict], bool],
+) -> Optional[dict]:
+    """The manifest of the newest committed checkpoint of ``step`` / ``foreach_indices``
+    in another run, created before ``before`` (epoch seconds), in a run ``accept_run``
+    accepts, that ``usable`` accepts (e.g. intact).
+
+    Each run notes which task committed its newest checkpoint of a step (store.note_latest);
+    runs are visited newest note first, and a run whose note is older than the best
+    checkpoint found cannot hold a newer one.
+    """
+    best, best_time = None, float("-inf")
+    for noted_at, run_id in sorted(store.latest_notes(flow, step, foreach_indices), reverse=True):
+        if noted_at < best_time:
+            break
+        if run_id == exclude_run or not accept_run(run_id):
+            continue
+        found = _newest_of_run_before(store, flow, run_id, step, foreach_indices, before, usable)
+        if found is not None and found[1] > best_time:
+            best, best_time = found
+    return best
+
+
+def _newest_of_run_before(store, flow, run_id, step, foreach_indices, before, usable):
+    noted = store.read_latest_note(flow, step, foreach_indices, run_id)
+    if noted is None:
+        return None
+    for key in reversed(store.list_keys(flow, run_id, step, noted.task_id)):
+        try:
+            manifest = store.read_manifest(key)
+        except (CheckpointCorrupted, CheckpointNotFound):
+            continue  # damaged, or removed by retention since the listing
+        created = datetime.fromisoformat(manifest["created_on"]).timestamp()
+        same_branch = list(manifest.get("foreach_indices") or []) == list(foreach_indices)
+        if created < before and same_branch and usable(key, manifest):
+            return manifest, created
+    return None

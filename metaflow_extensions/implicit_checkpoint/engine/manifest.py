@@ -61,6 +61,16 @@ def public_view(manifest: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in manifest.items() if k != STORAGE}
 
 
+#: msgpack stores ints from -2**63 to 2**64-1.
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
+MAX_METADATA_DEPTH = 32
+
+
+def _is_numpy_bool(value: Any) -> bool:
+    kind = getattr(getattr(value, "dtype", None), "kind", None)
+    return kind == "b" and getattr(value, "shape", None) == () and type(value).__module__ == "numpy"
+
+
 def normalize_metadata(metadata: Any, step: str = None) -> Dict[str, Any]:
     """Check user metadata is JSON-like and return a plain copy of it.
 
@@ -76,34 +86,64 @@ def normalize_metadata(metadata: Any, step: str = None) -> Dict[str, Any]:
             % (where, type(metadata).__name__)
         )
 
-    def plain(value: Any, path: str) -> Any:
+    def fail(path: str, problem: str) -> None:
+        raise CheckpointSerializationError(
+            "save(metadata=...)%s: %s %s" % (where, path, problem)
+        )
+
+    def plain(value: Any, path: str, depth: int, open_containers: set) -> Any:
         if value is None or isinstance(value, (bool, str)):
             return value
+        if _is_numpy_bool(value):
+            return bool(value)
         if isinstance(value, numbers.Integral):
-            return int(value)
+            number = int(value)
+            if not _MIN_INT <= number <= _MAX_INT:
+                fail(
+                    path,
+                    "is the int %d, outside the 64-bit range metadata can hold (-2**63 to "
+                    "2**64-1). Store it as a str, or a float if precision does not matter."
+                    % number,
+                )
+            return number
         if isinstance(value, numbers.Real):
             return float(value)
-        if isinstance(value, (list, tuple)):
-            return [plain(v, "%s[%d]" % (path, i)) for i, v in enumerate(value)]
-        if isinstance(value, dict):
-            out = {}
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    raise CheckpointSerializationError(
-                        "save(metadata=...)%s: key %r under %s is a %s; metadata keys "
-                        "must be strings." % (where, k, path, type(k).__name__)
-                    )
-                out[k] = plain(v, "%s[%r]" % (path, k))
-            return out
+        if isinstance(value, (list, tuple, dict)):
+            if id(value) in open_containers:
+                fail(path, "contains itself (a reference cycle); metadata must be a tree.")
+            if depth >= MAX_METADATA_DEPTH:
+                fail(
+                    path,
+                    "is nested more than %d levels deep; flatten the metadata."
+                    % MAX_METADATA_DEPTH,
+                )
+            open_containers.add(id(value))
+            try:
+                if isinstance(value, dict):
+                    out = {}
+                    for k, v in value.items():
+                        if not isinstance(k, str):
+                            fail(
+                                "key %r under %s" % (k, path),
+                                "is a %s; metadata keys must be strings." % type(k).__name__,
+                            )
+                        out[k] = plain(v, "%s[%r]" % (path, k), depth + 1, open_containers)
+                    return out
+                return [
+                    plain(v, "%s[%d]" % (path, i), depth + 1, open_containers)
+                    for i, v in enumerate(value)
+                ]
+            finally:
+                open_containers.discard(id(value))
         hint = ""
         if hasattr(value, "item") and callable(value.item):
             hint = " (a one-element tensor or array? pass value.item())"
-        raise CheckpointSerializationError(
-            "save(metadata=...)%s: %s is a %s.%s, which cannot be stored as checkpoint "
-            "metadata%s. Metadata holds plain values: None, bool, int, float, str, and "
-            "lists and str-keyed dicts of them."
-            % (where, path, type(value).__module__, type(value).__qualname__, hint)
+        fail(
+            path,
+            "is a %s.%s, which cannot be stored as checkpoint metadata%s. Metadata holds "
+            "plain values: None, bool, int, float, str, and lists and str-keyed dicts of them."
+            % (type(value).__module__, type(value).__qualname__, hint),
         )
 
-    return plain(metadata, "metadata")
+    return plain(metadata, "metadata", 0, set())
 

@@ -214,8 +214,11 @@ class S3Backend(StorageBackend):
 
     # -- writing ---------------------------------------------------------------------
 
-    def write(self, path: str, parts: Sequence, durable: bool) -> None:
-        # S3 stores a whole object or nothing, and a completed PUT is durable.
+    def write(
+        self, path: str, parts: Sequence, durable: bool, temp_dir: Optional[str] = None
+    ) -> None:
+        # No temp files here: S3 stores a whole object or nothing (an interrupted
+        # multipart upload is no object), and a completed PUT is durable.
         parts = [memoryview(p).cast("B") for p in parts]
         size = sum(len(p) for p in parts)
         key = self._key(path)
@@ -362,6 +365,15 @@ class S3Backend(StorageBackend):
                 return False
 
         return self._pool.map(exists, list(paths))
+
+    def stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
+        def size(path: str) -> Optional[int]:
+            try:
+                return self._request("check", path, lambda: self._head(path))["ContentLength"]
+            except FileNotFoundError:
+                return None
+
+        return self._pool.map(size, list(paths))
 
     # -- listing ---------------------------------------------------------------------
 

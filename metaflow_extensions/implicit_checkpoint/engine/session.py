@@ -9,20 +9,24 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .artifact import CheckpointArtifact, Reference, key_of
 from .change_tracking import ChangeTracker
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
+from .integrity import check_blobs, describe as describe_damage
 from .keys import CheckpointKey, split_pathspec, validate_name
+from .lineage import find_eager_resume_point
 from .manifest import normalize_metadata, public_view
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
 from .snapshot import commit_save, load_snapshot, prepare_save
 from .staging import STAGING_BUDGET_ENV, StagingArea
-from .store import CheckpointStore
+from .store import CheckpointStore, ReusedBlobDamaged
+from .termination import SIGTERM_WAIT_ENV, SigtermGuard
 
 LOAD_POLICIES = ("fresh", "eager", "none")
 #: Set to 1 to skip hashing storages whose torch version counter did not move (opt-in:
@@ -88,13 +92,18 @@ class CheckpointSession:
         self._staging: Optional[StagingArea] = None
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
+        self._sigterm_guard = SigtermGuard(self._commit_before_exit)
         self.on_commit: List[Callable[[CheckpointArtifact, dict], None]] = []
         self.on_load: List[Callable[[CheckpointArtifact], None]] = []
 
     # -- task start ------------------------------------------------------------------
 
     def start(self) -> Optional[CheckpointArtifact]:
-        """Find the checkpoint to resume from (per ``load_policy``); it is not loaded yet."""
+        """Find the checkpoint to resume from (per ``load_policy``); it is not loaded yet.
+
+        The newest checkpoint whose blobs are all stored with the right size; a damaged
+        one is passed over with a warning naming what is damaged.
+        """
         t = self._task
         if t.attempt == 0:
             self._next_version = 1
@@ -103,21 +112,39 @@ class CheckpointSession:
             self._next_version = max((k.version for k in self._task_keys_known), default=0) + 1
             if self._load_policy != "none":
                 earlier = [k for k in self._task_keys_known if k.attempt < t.attempt]
-                self._resume_point = self._newest_readable(earlier)
+                self._resume_point = self._newest_intact(earlier)
         if self._resume_point is None and self._load_policy == "eager":
-            found = self._store.find_latest_before(
-                t.flow, t.step, t.foreach_indices, self._started_at, t.run_id, self._accept_run
+            found = find_eager_resume_point(
+                self._store,
+                t.flow,
+                t.step,
+                t.foreach_indices,
+                self._started_at,
+                t.run_id,
+                self._accept_run,
+                lambda key, manifest: self._is_intact(key, manifest),
             )
             if found is not None:
-                self._resume_point = CheckpointArtifact.from_manifest(self._store.read_manifest(found))
+                self._resume_point = CheckpointArtifact.from_manifest(found)
         return self._resume_point
 
-    def _newest_readable(self, keys: List[CheckpointKey]) -> Optional[CheckpointArtifact]:
+    def _newest_intact(self, keys: List[CheckpointKey]) -> Optional[CheckpointArtifact]:
         for key in reversed(keys):
-            artifact = _read_artifact(self._store, key)
-            if artifact is not None:
-                return artifact
+            manifest = _read_manifest(self._store, key)
+            if manifest is not None and self._is_intact(key, manifest):
+                return CheckpointArtifact.from_manifest(manifest)
         return None
+
+    def _is_intact(self, key: CheckpointKey, manifest: dict) -> bool:
+        (damages,) = check_blobs(self._store, key.flow, [manifest])
+        if damages:
+            print(
+                "@checkpoint: %s. Not resuming from it: looking for an earlier checkpoint "
+                "(`checkpoint verify --repair` removes damaged blobs; a save of the same "
+                "data writes them again)." % describe_damage(str(key), damages),
+                file=sys.stderr,
+            )
+        return not damages
 
     def _task_keys(self) -> List[CheckpointKey]:
         t = self._task
@@ -160,16 +187,21 @@ class CheckpointSession:
         key = CheckpointKey(t.flow, t.run_id, t.step, t.task_id, t.attempt, name, self._next_version)
         if not blocking and self._staging is None:
             self._staging = StagingArea()
-        prepared = prepare_save(
-            key,
-            fields,
-            metadata,
-            parent=self._parent,
-            rng_state=capture_rng_state() if self._rng else None,
-            extra={"foreach_indices": list(t.foreach_indices)},
-            tracker=self._tracker,
-            staging=None if blocking else self._staging,
-        )
+        rng_state = capture_rng_state() if self._rng else None
+
+        def prepare():
+            return prepare_save(
+                key,
+                fields,
+                metadata,
+                parent=self._parent,
+                rng_state=rng_state,
+                extra={"foreach_indices": list(t.foreach_indices)},
+                tracker=self._tracker,
+                staging=None if blocking else self._staging,
+            )
+
+        prepared = prepare()
         self._next_version += 1
         if blocking or not prepared.staged:
             if not blocking:
@@ -178,14 +210,27 @@ class CheckpointSession:
                     "saved synchronously." % (key, STAGING_BUDGET_ENV, self._staging.budget),
                     file=sys.stderr,
                 )
-            return self._commit(prepared)
+            try:
+                return self._commit(prepared)
+            except ReusedBlobDamaged:
+                # The step's state is still what was captured: capture it again, with
+                # change tracking reset, so every tensor is checked and stored.
+                return self._commit(prepare())
         if self._background is None:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
+            self._sigterm_guard.install()
         self._pending = self._background.submit(self._commit, prepared)
         return CheckpointArtifact.from_manifest(prepared.manifest)
 
     def _commit(self, prepared) -> CheckpointArtifact:
-        manifest = commit_save(self._store, prepared, self._tracker)
+        try:
+            with self._store.save_lease(prepared.key):
+                manifest = commit_save(self._store, prepared, self._tracker)
+        except ReusedBlobDamaged:
+            # A reused blob is gone or damaged: the next save stores every tensor anew.
+            if self._tracker is not None:
+                self._tracker.keep_only([])
+            raise
         artifact = CheckpointArtifact.from_manifest(manifest)
         self._saved.append(artifact)
         self._task_keys_known.append(prepared.key)
@@ -226,6 +271,27 @@ class CheckpointSession:
         if pending is not None:
             pending.result()
 
+    def _commit_before_exit(self, timeout: float) -> None:
+        """On SIGTERM: let the pending background save commit, for at most ``timeout`` s."""
+        pending = self._pending
+        if pending is None or pending.done():
+            return
+        print(
+            "@checkpoint: SIGTERM: committing the pending background save (waiting up to "
+            "%.0f s, %s)." % (timeout, SIGTERM_WAIT_ENV),
+            file=sys.stderr,
+        )
+        try:
+            pending.result(timeout=timeout)
+        except FutureTimeout:
+            print(
+                "@checkpoint: the pending save did not commit within %.0f s and is abandoned "
+                "(it is not listed; the task's next save removes its temp files)." % timeout,
+                file=sys.stderr,
+            )
+            return
+        print("@checkpoint: the pending save is committed.", file=sys.stderr)
+
     def finish(self, raise_failure: bool = True) -> None:
         """At task end: commit the pending save; report (or raise) its failure."""
         try:
@@ -238,6 +304,7 @@ class CheckpointSession:
             if self._background is not None:
                 self._background.shutdown(wait=True)
                 self._background = None
+            self._sigterm_guard.uninstall()
 
     def load(
         self, reference: Optional[Reference] = None, allow_pickle: bool = True
@@ -313,14 +380,23 @@ def list_artifacts(
     name: Optional[str] = None,
     attempt: Optional[int] = None,
 ) -> List[CheckpointArtifact]:
-    """Committed checkpoints of one task, oldest first, skipping damaged manifests."""
+    """Committed checkpoints of one task, oldest first, skipping damaged manifests and
+    ones removed while listing; those whose blobs are missing or damaged (checked by
+    size) carry a ``damage`` description."""
     if name is not None:
         validate_name(name, step)
     if attempt is not None and (not isinstance(attempt, int) or attempt < 0):
         raise CheckpointException("list(attempt=...) must be an int >= 0; got %r." % (attempt,))
     keys = store.list_keys(flow, run_id, step, task_id, attempt)
-    found = [_read_artifact(store, key) for key in keys if name is None or key.name == name]
-    return [artifact for artifact in found if artifact is not None]
+    manifests = [_read_manifest(store, key) for key in keys if name is None or key.name == name]
+    manifests = [manifest for manifest in manifests if manifest is not None]
+    artifacts = []
+    for manifest, damages in zip(manifests, check_blobs(store, flow, manifests)):
+        artifact = CheckpointArtifact.from_manifest(manifest)
+        if damages:
+            artifact = replace(artifact, damage=describe_damage(artifact.key, damages))
+        artifacts.append(artifact)
+    return artifacts
 
 
 def list_run_artifacts(
@@ -337,10 +413,13 @@ def list_run_artifacts(
     return sorted(found, key=lambda a: a.created_on)
 
 
-def _read_artifact(store: CheckpointStore, key: CheckpointKey) -> Optional[CheckpointArtifact]:
-    """The artifact of a committed checkpoint; None (with a warning) if it is damaged."""
+def _read_manifest(store: CheckpointStore, key: CheckpointKey) -> Optional[dict]:
+    """The manifest of a listed checkpoint; None if it was removed since the listing
+    (retention), or is damaged (with a warning)."""
     try:
-        return CheckpointArtifact.from_manifest(store.read_manifest(key))
+        return store.read_manifest(key)
+    except CheckpointNotFound:
+        return None
     except CheckpointCorrupted as ex:
         print("@checkpoint: skipping damaged checkpoint: %s" % ex, file=sys.stderr)
         return None

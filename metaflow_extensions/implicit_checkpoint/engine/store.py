@@ -4,6 +4,8 @@ Layout under the backend root (the flow datastore root)::
 
     <Flow>/_implicit_checkpoints/blobs/<h[:2]>/<h>              one blob, named by its hash
     <Flow>/_implicit_checkpoints/tasks/<run>/<step>/<task>/<attempt>/<version>.<name>.manifest
+    <Flow>/_implicit_checkpoints/locks/...                      save leases, gc (locks.py)
+    <Flow>/_implicit_checkpoints/tmp/<lease>/...                temp files of a save in progress
 
 Blobs are shared by every checkpoint of a flow, so unchanged data is stored once across
 saves, attempts, foreach siblings and runs. A checkpoint exists exactly when its
@@ -12,12 +14,11 @@ verified against its hash when read.
 """
 
 import threading
-import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .backends import StorageBackend
+from .backends import TEMP_PREFIX, UNKNOWN_SIZE, StorageBackend, StoredFile
 from .errors import (
     CheckpointCorrupted,
     CheckpointException,
@@ -27,17 +28,18 @@ from .errors import (
 from .hashing import content_hash
 from .keys import CheckpointKey, is_valid_name
 from .layout import PlannedBlob
-from .manifest import pack_manifest, unpack_manifest
+from .locks import Locks, Marker
+from .manifest import STORAGE, pack_manifest, unpack_manifest
 from .parallel import LazyPool
 
 ROOT = "_implicit_checkpoints"
-
-#: A blob this process confirmed (or wrote) less than this many seconds ago is reused
-#: without asking the backend; an older confirmation is renewed by touching the blob.
-#: Garbage collection never deletes a blob modified within its grace period (longer
-#: than this), so a blob a save reuses cannot be collected under it.
-TOUCH_INTERVAL = 600.0
+#: Above this many blobs to check, one listing of every blob beats a check per blob.
+LISTING_THRESHOLD = 256
 _MANIFEST_SUFFIX = ".manifest"
+
+
+class ReusedBlobDamaged(CheckpointCorrupted):
+    """A blob a save reused without writing it is missing or damaged: nothing was committed."""
 
 
 @dataclass
@@ -51,22 +53,25 @@ class BlobRead:
 
 
 class CheckpointStore:
-    """Reads and writes checkpoints of any flow on one storage backend."""
+    """Reads and writes checkpoints of any flow on one storage backend.
 
-    def __init__(
-        self,
-        backend: StorageBackend,
-        durable: bool = True,
-        workers: int = 4,
-        touch_interval: float = TOUCH_INTERVAL,
-    ):
+    Every save runs under a lease (``save_lease``): blobs are checked, written and
+    referenced, and the manifest committed, only while it is held, and gc deletes only
+    while no lease is held (locks.py). A blob is reused only once checked in the current
+    deletion epoch: present with the right size.
+    """
+
+    def __init__(self, backend: StorageBackend, durable: bool = True, workers: int = 4):
         self.backend = backend
-        self.touch_interval = touch_interval
         self.durable = durable
+        self.locks = Locks(backend)
         self._pool = LazyPool(workers, "checkpoint-io")
         self._lock = threading.Lock()
-        # digest -> time.monotonic() when this process last wrote or touched that blob.
-        self._known_blobs: Dict[str, float] = {}
+        # Blobs this process wrote or checked (present, right size) since the last
+        # deletion it knows of; per flow: (deletion epoch, digests).
+        self._checked_blobs: Dict[str, Tuple[Optional[frozenset], set]] = {}
+        self._lease = threading.local()
+        self._deleters: Dict[str, Marker] = {}  # flow -> the deleter marker held on it
         # Per chunk slot of the previous save: (source version, was it already stored?)
         self._previous_slots: Dict[tuple, Tuple[Optional[int], bool]] = {}
         self._manifest_cache: Dict[str, dict] = {}
@@ -83,14 +88,26 @@ class CheckpointStore:
         return "%s/%s/blobs" % (flow, ROOT)
 
     @staticmethod
+    def _tasks_dir(flow: str) -> str:
+        return "%s/%s/tasks" % (flow, ROOT)
+
+    @staticmethod
+    def _locks_dir(flow: str) -> str:
+        return "%s/%s/locks" % (flow, ROOT)
+
+    @staticmethod
+    def _temp_root(flow: str) -> str:
+        return "%s/%s/tmp" % (flow, ROOT)
+
+    @staticmethod
     def latest_dir(flow: str, step: str, foreach_indices: Sequence[int]) -> str:
         """Where each run's newest checkpoint of one step (and foreach index) is noted."""
         branch = "-".join(str(i) for i in foreach_indices) or "_"
         return "%s/%s/latest/%s/%s" % (flow, ROOT, step, branch)
 
-    @staticmethod
-    def task_dir(flow: str, run_id: str, step: str, task_id: str) -> str:
-        return "%s/%s/tasks/%s/%s/%s" % (flow, ROOT, run_id, step, task_id)
+    @classmethod
+    def task_dir(cls, flow: str, run_id: str, step: str, task_id: str) -> str:
+        return "%s/%s/%s/%s" % (cls._tasks_dir(flow), run_id, step, task_id)
 
     @classmethod
     def manifest_path(cls, key: CheckpointKey) -> str:
@@ -102,23 +119,67 @@ class CheckpointStore:
             _MANIFEST_SUFFIX,
         )
 
+    # -- leases ----------------------------------------------------------------------
+
+    @contextmanager
+    def save_lease(self, key: CheckpointKey) -> Iterator[None]:
+        """Hold the lease a save needs from its first blob check until its commit."""
+        owner = "+".join((key.run_id, key.step, key.task_id))
+        with self.locks.lease(
+            self._locks_dir(key.flow), self._temp_root(key.flow), owner, key.attempt
+        ) as lease:
+            if lease is not None:
+                with self._lock:
+                    epoch, _ = self._checked_blobs.get(key.flow, (None, set()))
+                    if epoch != lease.epoch:  # blobs were deleted since: check again
+                        self._checked_blobs[key.flow] = (lease.epoch, set())
+            self._lease.current = lease
+            try:
+                yield
+            finally:
+                self._lease.current = None
+
+    @contextmanager
+    def deleting(self, flow: str, wait: float) -> Iterator[None]:
+        """Hold the deleter's lock on ``flow``'s blobs (gc, verify --repair): no save is
+        between its blob checks and its commit meanwhile. Raises locks.StoreBusy."""
+        with self.locks.deleting(self._locks_dir(flow), self._temp_root(flow), wait) as marker:
+            self._deleters[flow] = marker
+            try:
+                yield
+            finally:
+                del self._deleters[flow]
+                if marker.deleted:  # processes drop what they checked before this
+                    self.locks.new_epoch(self._locks_dir(flow))
+
+    def _temp_dir(self) -> Optional[str]:
+        lease = getattr(self._lease, "current", None)
+        return lease.temp_dir if lease is not None else None
+
+    def _checked(self, flow: str) -> set:
+        with self._lock:
+            return self._checked_blobs.setdefault(flow, (None, set()))[1]
+
     # -- blobs -----------------------------------------------------------------------
 
     def put_blobs(self, flow: str, blobs: Sequence[PlannedBlob]) -> Tuple[List[str], int]:
-        """Hash and store ``blobs`` (skipping ones that exist); return hashes, bytes written.
+        """Hash and store ``blobs`` (skipping ones stored intact); return hashes, bytes written.
 
         A chunk that probably changed since the previous save (or is new) is hashed
-        and written in one pass. The others are hashed first; those this process has not
-        seen are checked for existence in one batched call, and only missing ones are
-        written. The guess only picks the faster path: both store the same bytes.
+        and written in one pass. The others are hashed first; those not checked in this
+        deletion epoch are checked (present, right size) in one batched call, and only
+        missing or damaged ones are written. The guess only picks the faster path: both
+        store the same bytes.
         """
         blobs = list(blobs)
+        checked_set = self._checked(flow)
+        temp_dir = self._temp_dir() or self._blob_dir(flow)
         one_pass = [self._probably_changed(blob) for blob in blobs]
         checked = [i for i, fast in enumerate(one_pass) if not fast]
         digests: List[Optional[str]] = [None] * len(blobs)
         for i, digest in zip(checked, self._pool.map(lambda i: content_hash(blobs[i].parts), checked)):
             digests[i] = digest
-        self._confirm_existing(flow, {digests[i] for i in checked})
+        self._check_sizes(flow, {digests[i]: blobs[i].size for i in checked})
 
         claimed = set()
 
@@ -126,22 +187,18 @@ class CheckpointStore:
             blob = blobs[i]
             if one_pass[i]:
                 digest, written = self.backend.write_hashed(
-                    blob.parts,
-                    self.durable,
-                    lambda d: self.blob_path(flow, d),
-                    self._blob_dir(flow),
-                    self._young_enough,
+                    blob.parts, self.durable, lambda d: self.blob_path(flow, d), temp_dir
                 )
             else:
                 digest = digests[i]
                 with self._lock:
-                    if self._is_fresh(digest) or digest in claimed:
+                    if digest in checked_set or digest in claimed:
                         return digest, False
                     claimed.add(digest)  # a twin blob of this save is written once
-                self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable)
+                self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable, temp_dir)
                 written = True
             with self._lock:
-                self._known_blobs[digest] = time.monotonic()
+                checked_set.add(digest)
             return digest, written
 
         results = self._guarded(flow, lambda: self._pool.map(write, range(len(blobs))))
@@ -155,31 +212,38 @@ class CheckpointStore:
             sum(blob.size for blob, (_, written) in zip(blobs, results) if written),
         )
 
-    @property
-    def _young_enough(self) -> float:
-        # A blob modified within half the interval needs no renewing: it stays younger
-        # than 1.5 intervals while this process trusts it, well inside gc's grace.
-        return self.touch_interval / 2
-
-    def _is_fresh(self, digest: str) -> bool:
-        known = self._known_blobs.get(digest)
-        return known is not None and time.monotonic() - known < self.touch_interval
-
-    def _confirm_existing(self, flow: str, digests: set) -> None:
-        """Touch, in one batched call, the blobs this process has not confirmed lately.
-
-        Touching both checks that a blob exists and renews its modification time, so a
-        concurrent gc keeps it for the save about to reference it.
-        """
+    def _check_sizes(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
+        """Check, in one batched call, the blobs not checked yet in this deletion epoch;
+        remember the intact ones and return ``{digest: problem}`` for the others."""
+        checked_set = self._checked(flow)
         with self._lock:
-            stale = sorted(d for d in digests if not self._is_fresh(d))
-        if not stale:
-            return
-        paths = [self.blob_path(flow, digest) for digest in stale]
-        found = self._guarded(flow, lambda: self.backend.touch(paths, self._young_enough))
-        now = time.monotonic()
+            unknown = {d: size for d, size in sizes.items() if d not in checked_set}
+        problems = self.blob_problems(flow, unknown)
         with self._lock:
-            self._known_blobs.update((d, now) for d, ok in zip(stale, found) if ok)
+            checked_set.update(d for d in unknown if d not in problems)
+        return problems
+
+    def blob_problems(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
+        """``{digest: problem}`` for the blobs of ``sizes`` (digest -> expected size) that
+        are missing or have the wrong size. No blob is read: one batched check, or, for
+        more than ``LISTING_THRESHOLD`` blobs, one listing of the flow's blobs."""
+        digests = sorted(sizes)
+        if not digests:
+            return {}
+        if len(digests) > LISTING_THRESHOLD:
+            listed = {e.path.rsplit("/", 1)[-1]: e.size for e in self.iter_blobs(flow)}
+            found = [listed.get(digest) for digest in digests]
+        else:
+            found = self._guarded(
+                flow, lambda: self.backend.stat_many([self.blob_path(flow, d) for d in digests])
+            )
+        problems = {}
+        for digest, size in zip(digests, found):
+            if size is None:
+                problems[digest] = "missing"
+            elif size not in (sizes[digest], UNKNOWN_SIZE):
+                problems[digest] = "has %d bytes, expected %d" % (size, sizes[digest])
+        return problems
 
     def _guarded(self, flow: str, action):
         try:
@@ -245,13 +309,59 @@ class CheckpointStore:
 
         self._pool.map(read, list(reads))
 
+    def verify_blobs(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
+        """Read and hash every blob of ``sizes`` (digest -> expected size); return
+        ``{digest: problem}`` for those missing, of the wrong size, or altered."""
+
+        def verify(digest: str) -> Optional[str]:
+            path = self.blob_path(flow, digest)
+            size = sizes[digest]
+            buffer = memoryview(bytearray(size + 1))  # one byte more shows a longer blob
+            try:
+                n = self.backend.read_into(path, buffer)
+            except FileNotFoundError:
+                return "missing"
+            if n != size:
+                return "has %s bytes, expected %d" % ("more" if n > size else n, size)
+            if content_hash([buffer[:n]]) != digest:
+                return "content does not match its hash (altered)"
+            return None
+
+        digests = sorted(sizes)
+        found = self._guarded(flow, lambda: self._pool.map(verify, digests))
+        return {digest: problem for digest, problem in zip(digests, found) if problem}
+
     # -- manifests -------------------------------------------------------------------
 
     def commit(self, key: CheckpointKey, manifest: dict) -> None:
-        """Write the manifest: from this moment the checkpoint exists."""
+        """Write the manifest: from this moment the checkpoint exists.
+
+        Every blob it references must have been written or checked under this save's
+        lease; those that were not (blobs reused from an earlier save without a look)
+        are checked now, and a missing or damaged one fails the save.
+        """
+        lease = getattr(self._lease, "current", None)
+        problems = self._check_sizes(key.flow, manifest[STORAGE]["blobs"])
+        if problems:
+            raise ReusedBlobDamaged(
+                "Checkpoint %s was not committed: %s. These hold unchanged tensors the save "
+                "reused from an earlier checkpoint, whose stored bytes are gone or damaged "
+                "(deleted by hand, or by verify --repair). Save again: unchanged tensors "
+                "are then stored anew."
+                % (
+                    key,
+                    "; ".join(
+                        "blob %s %s" % (self.backend.describe(self.blob_path(key.flow, d)), p)
+                        for d, p in sorted(problems.items())
+                    ),
+                ),
+                key=str(key),
+            )
+        if lease is not None:
+            lease.marker.check("Saving checkpoint %s" % key)
         path = self.manifest_path(key)
         try:
-            self.backend.write(path, [pack_manifest(manifest)], self.durable)
+            self.backend.write(path, [pack_manifest(manifest)], self.durable, self._temp_dir())
         except Exception as ex:
             raise CheckpointStorageError(
                 "Could not commit checkpoint %s to %s: %s"
@@ -316,6 +426,47 @@ class CheckpointStore:
             return None
         return CheckpointKey(flow, run_id, step, task_id, attempt, name, int(version))
 
+    def iter_manifests(self, flow: str) -> Iterator[CheckpointKey]:
+        """The key of every committed checkpoint of ``flow`` (one recursive listing)."""
+        tasks = self._tasks_dir(flow)
+        for entry in self.backend.walk_files(tasks):
+            parts = entry.path[len(tasks) + 1 :].split("/")
+            if len(parts) == 5 and parts[3].isdigit():
+                try:
+                    key = self._key_from_filename(flow, *parts[:3], int(parts[3]), parts[4])
+                except CheckpointException:
+                    continue  # a run or task id the key rules reject: not ours
+                if key is not None:
+                    yield key
+
+    def iter_blobs(self, flow: str) -> Iterator[StoredFile]:
+        """Every stored blob of ``flow`` (its path ends with its digest), temp files excluded."""
+        for entry in self.backend.walk_files(self._blob_dir(flow)):
+            if not entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
+                yield entry
+
+    def iter_temp_files(self, flow: str) -> Iterator[StoredFile]:
+        """Temp files of unfinished writes anywhere in ``flow``'s checkpoint store."""
+        for top in (self._blob_dir(flow), self._tasks_dir(flow), self._locks_dir(flow)):
+            for entry in self.backend.walk_files(top):
+                if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
+                    yield entry
+        yield from self.backend.walk_files(self._temp_root(flow))
+
+    def delete_blobs(self, flow: str, digests: Sequence[str]) -> None:
+        """Delete blobs; only under ``deleting(flow)``, since a save may be about to use them."""
+        marker = self._deleters.get(flow)
+        if marker is None:
+            raise CheckpointException(
+                "Blobs of %s can only be deleted under CheckpointStore.deleting()." % flow
+            )
+        marker.check("Deleting blobs of %s" % flow)
+        marker.deleted = True
+        self.backend.delete([self.blob_path(flow, d) for d in digests])
+        checked = self._checked(flow)
+        with self._lock:
+            checked.difference_update(digests)
+
     def delete_manifest(self, key: CheckpointKey) -> None:
         self.backend.delete([self.manifest_path(key)])
         self._manifest_cache.pop(str(key), None)
@@ -338,49 +489,23 @@ class CheckpointStore:
             self.backend.write(path, [str(key).encode()], durable=False)
             self._noted.add(path)
 
-    def find_latest_before(
-        self,
-        flow: str,
-        step: str,
-        foreach_indices: Sequence[int],
-        before: float,
-        exclude_run: str,
-        accept_run: Callable[[str], bool],
-    ) -> Optional[CheckpointKey]:
-        """The newest committed checkpoint of ``step`` / ``foreach_indices`` in another
-        run, created before ``before`` (epoch seconds), in a run ``accept_run`` accepts."""
-        notes = [
+    def latest_notes(self, flow: str, step: str, foreach_indices: Sequence[int]) -> List[Tuple[float, str]]:
+        """``(noted at, run id)`` of every run that noted a commit of this step and branch."""
+        return [
             (entry.mtime, entry.path.rsplit("/", 1)[-1])
             for entry in self.backend.walk_files(self.latest_dir(flow, step, foreach_indices))
+            if not entry.path.rsplit("/", 1)[-1].startswith(".")
         ]
-        best, best_time = None, float("-inf")
-        for noted_at, run_id in sorted(notes, reverse=True):
-            if noted_at < best_time:
-                break  # this run's newest checkpoint is older than the best one found
-            if run_id == exclude_run or run_id.startswith(".") or not accept_run(run_id):
-                continue
-            found = self._newest_of_run_before(flow, run_id, step, foreach_indices, before)
-            if found is not None and found[1] > best_time:
-                best, best_time = found
-        return best
 
-    def _newest_of_run_before(self, flow, run_id, step, foreach_indices, before):
+    def read_latest_note(
+        self, flow: str, step: str, foreach_indices: Sequence[int], run_id: str
+    ) -> Optional[CheckpointKey]:
+        """The key a run's note names, or None when it is gone or unreadable."""
         try:
-            noted = CheckpointKey.parse(
+            return CheckpointKey.parse(
                 self.backend.read(
                     "%s/%s" % (self.latest_dir(flow, step, foreach_indices), run_id)
                 ).decode()
             )
         except (FileNotFoundError, UnicodeDecodeError, CheckpointException):
             return None
-        keys = self.list_keys(flow, run_id, step, noted.task_id)
-        for key in reversed(keys):
-            try:
-                manifest = self.read_manifest(key)
-            except CheckpointCorrupted:
-                continue
-            created = datetime.fromisoformat(manifest["created_on"]).timestamp()
-            same_branch = list(manifest.get("foreach_indices") or []) == list(foreach_indices)
-            if created < before and same_branch:
-                return key, created
-        return None

@@ -1,4 +1,4 @@
-"""`python flow.py checkpoint list|inspect|status|gc`: checkpoints from a terminal."""
+"""`python flow.py checkpoint list|inspect|status|gc|verify`: checkpoints from a terminal."""
 
 import json
 from typing import List, Optional
@@ -7,10 +7,11 @@ from metaflow._vendor import click
 
 from ..engine.artifact import CheckpointArtifact
 from ..engine.errors import CheckpointException
-from ..engine.gc import DEFAULT_GRACE, collect_garbage
+from ..engine.gc import DEFAULT_GRACE, DEFAULT_WAIT, collect_garbage
 from ..engine.keys import CheckpointKey
 from ..engine.manifest import public_view
 from ..engine.session import list_run_artifacts
+from ..engine.verify import verify_checkpoints
 from .formatting import human_bytes
 from .store_binding import store_for_datastore
 from .task_status import FAILED, RUNNING, SUCCEEDED, attempt_statuses
@@ -103,7 +104,7 @@ def list_checkpoints(obj, run_id, step, as_json):
         ["KEY", "CREATED (UTC)", "SIZE", "WRITTEN", "METADATA"],
         [
             [
-                a.key,
+                _key_cell(a),
                 a.created_on[:19].replace("T", " "),
                 human_bytes(a.size),
                 human_bytes(a.implicit_manifest.get("bytes_written", 0)),
@@ -148,6 +149,10 @@ def inspect_checkpoint(obj, key, as_json):
     )
 
 
+def _key_cell(artifact: CheckpointArtifact) -> str:
+    return artifact.key if artifact.intact else "%s (DAMAGED: verify)" % artifact.key
+
+
 def _field_detail(info: dict) -> str:
     if "alias_of" in info:
         return "same object as %s" % info["alias_of"]
@@ -184,7 +189,9 @@ def status(obj, run_id, as_json):
                 str(r["attempts"]),
                 str(r["checkpoints"]),
                 human_bytes(r["bytes_written"]),
-                r["newest"]["key"] if r["newest"] else "-",
+                (r["newest"]["key"] + ("" if r["newest"]["intact"] else " (DAMAGED)"))
+                if r["newest"]
+                else "-",
                 json.dumps(r["newest"]["metadata"])[:50] if r["newest"] else "",
             ]
             for r in rows
@@ -219,9 +226,11 @@ def _step_status(obj, run, step: str, artifacts: List[CheckpointArtifact]) -> di
         "attempts": attempts,
         "checkpoints": len(mine),
         "bytes_written": sum(a.implicit_manifest.get("bytes_written", 0) for a in mine),
+        "damaged": [a.key for a in mine if not a.intact],
         "newest": None
         if newest is None
-        else {"key": newest.key, "created_on": newest.created_on, "metadata": newest.metadata, "size": newest.size},
+        else {"key": newest.key, "created_on": newest.created_on, "metadata": newest.metadata,
+              "size": newest.size, "intact": newest.intact},
     }
 
 
@@ -241,12 +250,22 @@ def _task_state(statuses: List[str], max_attempts: int) -> str:
     default=DEFAULT_GRACE,
     show_default=True,
     type=float,
-    help="Never delete blobs modified more recently than this (keeps saves in progress safe).",
+    help="Keep unreferenced blobs younger than this (saves in progress are protected by "
+    "their leases whatever the grace).",
+)
+@click.option(
+    "--wait",
+    default=DEFAULT_WAIT,
+    show_default=True,
+    type=float,
+    help="Seconds to wait for saves in progress before giving up (deleting nothing).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
-def gc(obj, dry_run, grace_seconds, as_json):
-    report = collect_garbage(store_for_datastore(obj.flow_datastore), obj.flow.name, dry_run, grace_seconds)
+def gc(obj, dry_run, grace_seconds, wait, as_json):
+    report = collect_garbage(
+        store_for_datastore(obj.flow_datastore), obj.flow.name, dry_run, grace_seconds, wait
+    )
     echo = _echo(obj)
     if as_json:
         echo(json.dumps(report.to_dict(), indent=2))
@@ -264,3 +283,64 @@ def gc(obj, dry_run, grace_seconds, as_json):
         echo("Kept %d unreferenced blob(s) younger than %.0f s." % (report.kept_young_blobs, grace_seconds))
     if report.deleted_temp_files:
         echo("%s %d stale temp file(s)." % (verb, report.deleted_temp_files))
+    if report.busy:
+        echo("Deleted nothing: %d save(s) in progress did not finish within %.0f s; run "
+             "gc again later." % (len(report.busy), wait))
+
+
+@checkpoint.command(
+    "verify",
+    help="Read and hash every blob a run's checkpoints reference; report each checkpoint "
+    "as intact or damaged. Nothing is deleted unless --repair.",
+)
+@click.option("--run-id", default=None, help="The run (default: the latest run of this flow).")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Delete damaged blobs, so the next save of the same content writes them again.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_obj
+def verify(obj, run_id, repair, as_json):
+    run = _run(obj, run_id)
+    store = store_for_datastore(obj.flow_datastore)
+    keys = [CheckpointKey.parse(a.key) for a in _run_artifacts(store, run)]
+    report = verify_checkpoints(store, obj.flow.name, keys, repair)
+    echo = _echo(obj)
+    if as_json:
+        echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_verify_report(echo, run.pathspec, report, repair)
+    if report.damaged:
+        raise CheckpointException(
+            "%d of %d checkpoint(s) of run %s are damaged."
+            % (len(report.damaged), len(report.checkpoints), run.pathspec)
+        )
+
+
+def _print_verify_report(echo, run: str, report, repair: bool) -> None:
+    echo(
+        "Run %s: %d checkpoint(s), %d blob(s) read (%s)."
+        % (run, len(report.checkpoints), report.blobs_read, human_bytes(report.bytes_read))
+    )
+    _table(
+        echo,
+        ["KEY", "STATUS"],
+        [[v.key, "intact" if v.intact else "DAMAGED"] for v in report.checkpoints],
+    )
+    for verdict in report.damaged:
+        echo("")
+        echo("%s is damaged:" % verdict.key)
+        if verdict.manifest_problem:
+            echo("  manifest: %s" % verdict.manifest_problem)
+        for damage in verdict.damages:
+            echo("  field(s) %s: blob %s %s" % (", ".join(damage.fields) or "-", damage.blob, damage.problem))
+    if report.repaired_blobs:
+        echo("")
+        echo("Deleted %d damaged blob(s); the next save of the same data writes them again."
+             % len(report.repaired_blobs))
+    elif repair and report.busy:
+        echo("Deleted nothing: saves in progress did not finish in time; run again later.")
+    elif report.damaged and not repair:
+        echo("")
+        echo("Run with --repair to delete the damaged blobs (a missing one needs no repair).")

@@ -8,6 +8,7 @@ from ..engine.keys import split_pathspec
 from ..engine.manifest import public_view
 from ..engine.session import list_artifacts, list_run_artifacts
 from ..engine.snapshot import load_snapshot
+from ..engine.verify import VerifyReport, verify_checkpoints
 from ..plugins.store_binding import store_from_config
 
 
@@ -117,6 +118,34 @@ class Checkpoint(object):
         if flow is None:
             return values
         return CheckpointArtifact.from_manifest(manifest)
+
+
+    def verify(self, task: Any = None, run: Any = None, repair: bool = False) -> Dict[str, Any]:
+        """
+        Read and hash every blob the checkpoints of a task or run reference.
+
+        Parameters
+        ----------
+        task : str or metaflow.Task, optional
+            A task pathspec "Flow/run/step/task".
+        run : str or metaflow.Run, optional
+            Instead of `task`: every checkpoint of the run "Flow/run".
+        repair : bool
+            Delete damaged blobs, so the next save of the same content writes them again.
+
+        Returns
+        -------
+        Dict[str, Any]
+            `checkpoints`: per checkpoint its `key`, `intact`, and `damages` (each a
+            `blob`, its `problem` and the `fields` it holds); counts of `intact` and
+            `damaged` checkpoints, `blobs_read`, `bytes_read`, `repaired_blobs`.
+        """
+        artifacts = self.list(task=task, run=run)
+        keys = [key_of(a) for a in artifacts]
+        flow = keys[0].flow if keys else None
+        if flow is None:
+            return VerifyReport().to_dict()
+        return verify_checkpoints(self._store, flow, keys, repair).to_dict()
 
 
 def _split_run(pathspec: Any):

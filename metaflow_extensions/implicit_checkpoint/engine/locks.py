@@ -1,0 +1,261 @@
+"""Save leases and the deleter's lock: why gc never deletes a blob a save is about to use.
+
+A readers-writer lock made of small marker files, so it works on any backend with
+strongly consistent writes and listings (a local disk, S3)::
+
+    <locks dir>/saves/<lease id>     one per save in progress
+    <locks dir>/deleters/<id>        while gc or verify --repair deletes blobs
+    <locks dir>/epoch/<id>           changes whenever blobs were deleted
+
+A **save** writes its lease, then lists the locks dir. If a live deleter marker is
+there it removes its lease, waits until the marker is gone, and tries again. Holding
+the lease it may check, write and reference blobs and commit; it removes the lease
+after the commit.
+
+A **deleter** first waits (up to half its patience) for a moment with no lease, so saves
+are not held up behind a long one; then it writes its marker and lists the locks dir
+until no live lease is left (new saves see the marker and wait). Only then does it read
+the committed manifests and delete; it writes a new epoch and removes its marker.
+
+Each side writes its own marker *before* it looks for the other's, so at least one of
+them sees the other (Dekker's argument): a deleter never deletes while a save is
+between its first blob check and its commit. The epoch tells a process that blobs it
+checked earlier may be gone since.
+
+Markers are renewed every ``RENEW`` seconds while held; one not renewed for ``STALE``
+seconds belongs to a dead process and is ignored (and cleaned up). Ages are compared
+on the storage's own clock (modification times only), never the local one. A holder
+that could not renew for ``STALE / 2`` stops before acting (``Marker.check``).
+"""
+
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, FrozenSet, Iterator, List, Optional
+
+from .backends import StorageBackend, StoredFile
+from .errors import CheckpointStorageError
+
+RENEW = 15.0
+STALE = 300.0
+POLL = 0.1
+
+SAVES, DELETERS, EPOCH = "saves", "deleters", "epoch"
+_SEP = "+"  # never part of a run id, step name or task id (keys.py)
+
+
+class StoreBusy(CheckpointStorageError):
+    """A deleter gave up waiting for saves in progress."""
+
+    def __init__(self, message: str, leases: List[str]):
+        super().__init__(message)
+        self.leases = leases
+
+
+@dataclass
+class Marker:
+    """A held lease or deleter marker."""
+
+    path: str
+    name: str
+    renewed: float  # time.monotonic() of the last successful write or renewal
+    deleted: bool = False  # a deleter's: whether it deleted anything
+
+    def check(self, what: str) -> None:
+        """Raise unless this marker was renewed recently enough to still count as live."""
+        silent = time.monotonic() - self.renewed
+        if silent > STALE / 2:
+            raise CheckpointStorageError(
+                "%s stopped: its marker %s could not be renewed for %.0f s, so others may "
+                "consider it dead. Nothing was committed or deleted; try again."
+                % (what, self.path, silent)
+            )
+
+
+@dataclass(frozen=True)
+class Lease:
+    marker: Marker
+    epoch: FrozenSet[str]  # the deletion epoch seen when the lease was taken
+    temp_dir: str  # where this save's temp files go
+
+
+class Locks:
+    """Leases and deleter markers on one backend."""
+
+    def __init__(self, backend: StorageBackend, poll: float = POLL):
+        self.backend = backend
+        self.poll = poll
+        self._held: Dict[str, Marker] = {}
+        self._lock = threading.Lock()
+        self._renewer: Optional[threading.Thread] = None
+        #: Test hook: called with a phase name ("save-waiting-for-deleter", ...).
+        self.on_phase: Callable[[str], None] = lambda phase: None
+
+    # -- saves -----------------------------------------------------------------------
+
+    @contextmanager
+    def lease(
+        self, locks_dir: str, temp_root: str, task: str, attempt: int
+    ) -> Iterator[Optional[Lease]]:
+        """Hold a save lease while the block runs (None where nothing can delete).
+
+        ``task`` names the task (``run+step+task_id``); with ``attempt`` it is part of
+        the lease's name, so a later attempt can clean up after an earlier one.
+        """
+        if not self.backend.can_delete:
+            yield None
+            return
+        owner = "%s%s%d" % (task, _SEP, attempt)
+        name = _SEP.join((owner, str(os.getpid()), uuid.uuid4().hex[:12]))
+        path = "%s/%s/%s" % (locks_dir, SAVES, name)
+        temp_dir = "%s/%s" % (temp_root, name)
+        while True:
+            marker = self._write(path, name, owner)
+            try:
+                listing = self._list(locks_dir)
+            except BaseException:
+                self._release(marker)
+                raise
+            now = listing[SAVES].get(name, StoredFile(path, 0, time.time())).mtime
+            deleters = [f for f in listing[DELETERS].values() if now - f.mtime < STALE]
+            if not deleters:
+                break
+            self._release(marker)
+            self.on_phase("save-waiting-for-deleter")
+            self._wait_gone(locks_dir, now)
+        try:
+            self._forget_dead_leases(locks_dir, temp_root, listing[SAVES], task, attempt)
+            yield Lease(marker, frozenset(listing[EPOCH]), temp_dir)
+        finally:
+            self._release(marker)
+            self.backend.delete_tree(temp_dir)
+
+    def _forget_dead_leases(self, locks_dir, temp_root, leases, task, attempt) -> None:
+        """Remove the leases (and temp files) of this task's earlier attempts: attempts
+        run one after another, so those processes are gone."""
+        dead = []
+        for name in leases:
+            parts = name.split(_SEP)
+            if len(parts) == 6 and _SEP.join(parts[:3]) == task and parts[3].isdigit():
+                if int(parts[3]) < attempt:
+                    dead.append(name)
+        for name in dead:
+            self.backend.delete_tree("%s/%s" % (temp_root, name))
+        if dead:
+            self.backend.delete(["%s/%s/%s" % (locks_dir, SAVES, name) for name in dead])
+
+    # -- deleters --------------------------------------------------------------------
+
+    @contextmanager
+    def deleting(self, locks_dir: str, temp_root: str, wait: float) -> Iterator[Marker]:
+        """Hold the deleter's lock: no save is between its blob checks and its commit
+        while the block runs. Raises StoreBusy after ``wait`` seconds of saves in progress."""
+        name = _SEP.join((socket.gethostname(), str(os.getpid()), uuid.uuid4().hex[:12]))
+        path = "%s/%s/%s" % (locks_dir, DELETERS, name)
+        deadline = time.monotonic() + wait
+        # First, for half the wait, look for a moment without saves before marking: saves
+        # are not held up while a long one finishes. Then mark, and new saves wait.
+        polite_until = time.monotonic() + wait / 2
+        while self._list(locks_dir)[SAVES] and time.monotonic() < polite_until:
+            self.on_phase("deleter-waiting-for-saves")
+            time.sleep(self.poll)
+        marker = self._write(path, name, "deleter")
+        try:
+            self.on_phase("deleter-marked")
+            while True:
+                listing = self._list(locks_dir)
+                now = listing[DELETERS].get(name, StoredFile(path, 0, time.time())).mtime
+                live = sorted(n for n, f in listing[SAVES].items() if now - f.mtime < STALE)
+                if not live:
+                    break
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(
+                        "%d save(s) in progress did not finish within %.0f s: %s. Nothing "
+                        "was deleted; run again later." % (len(live), wait, ", ".join(live)),
+                        live,
+                    )
+                time.sleep(self.poll)
+                self._renew(marker)
+            dead = [n for n, f in listing[SAVES].items() if now - f.mtime >= STALE]
+            for lease_name in dead:
+                self.backend.delete_tree("%s/%s" % (temp_root, lease_name))
+            self.backend.delete(["%s/%s/%s" % (locks_dir, SAVES, n) for n in dead])
+            yield marker
+        finally:
+            self._release(marker)
+
+    def new_epoch(self, locks_dir: str) -> None:
+        """Record that blobs were deleted: processes drop what they remember checking."""
+        old = list(self._list(locks_dir)[EPOCH])
+        self.backend.write("%s/%s/%s" % (locks_dir, EPOCH, uuid.uuid4().hex), [b""], durable=True)
+        self.backend.delete(["%s/%s/%s" % (locks_dir, EPOCH, name) for name in old])
+
+    # -- markers ---------------------------------------------------------------------
+
+    def _list(self, locks_dir: str) -> Dict[str, Dict[str, StoredFile]]:
+        listing: Dict[str, Dict[str, StoredFile]] = {SAVES: {}, DELETERS: {}, EPOCH: {}}
+        for entry in self.backend.walk_files(locks_dir):
+            kind, _, name = entry.path[len(locks_dir) + 1 :].partition("/")
+            if kind in listing and name and "/" not in name and not name.startswith("."):
+                listing[kind][name] = entry
+        return listing
+
+    def _wait_gone(self, locks_dir: str, server_now: float) -> None:
+        """Wait until no live deleter marker is left. ``server_now`` is the storage's
+        clock when waiting began; local elapsed time extends it."""
+        began = time.monotonic()
+        while True:
+            time.sleep(self.poll)
+            now = server_now + time.monotonic() - began
+            markers = self._list(locks_dir)[DELETERS].values()
+            if all(now - f.mtime >= STALE for f in markers):
+                return
+
+    def _write(self, path: str, name: str, owner: str) -> Marker:
+        text = "%s pid=%d host=%s" % (owner, os.getpid(), socket.gethostname())
+        self.backend.write(path, [text.encode()], durable=False)
+        marker = Marker(path, name, time.monotonic())
+        with self._lock:
+            self._held[path] = marker
+            self._start_renewer()
+        return marker
+
+    def _renew(self, marker: Marker) -> None:
+        if self.backend.touch([marker.path])[0]:
+            marker.renewed = time.monotonic()
+
+    def _release(self, marker: Marker) -> None:
+        with self._lock:
+            self._held.pop(marker.path, None)
+        self.backend.delete([marker.path])
+
+    def _start_renewer(self) -> None:
+        if self._renewer is not None and self._renewer.is_alive():
+            return
+        self._renewer = threading.Thread(
+            target=_renew_forever, args=(weakref.ref(self),), name="checkpoint-leases", daemon=True
+        )
+        self._renewer.start()
+
+    def held(self) -> List[Marker]:
+        with self._lock:
+            return list(self._held.values())
+
+
+def _renew_forever(locks_ref) -> None:
+    while True:
+        time.sleep(RENEW)
+        locks = locks_ref()
+        if locks is None:
+            return
+        for marker in locks.held():
+            try:
+                locks._renew(marker)
+            except Exception:
+                pass  # retried next round; the holder checks its marker before acting
+        del locks
