@@ -128,7 +128,10 @@ def test_a_frozen_tensor_whose_blob_was_repaired_away_is_stored_again(tmp_path, 
     store = local_store(tmp_path)
     session = make_session(store, state)
     first = session.save()
-    digest, path = blob_file(tmp_path, store, first)
+    storage = store.read_manifest(CheckpointKey.parse(first.key))[STORAGE]
+    (index,) = storage["fields"]["frozen"]["tensors"]
+    digest = storage["tensors"][index][-1][0][0]  # the frozen tensor's first blob
+    path = os.path.join(tmp_path, store.blob_path("UnitFlow", digest))
     with open(path, "r+b") as f:
         f.write(b"\x00" * 16)
     verify_checkpoints(local_store(tmp_path), "UnitFlow", [CheckpointKey.parse(first.key)], repair=True)
