@@ -78,6 +78,39 @@ def _read_link(store: CheckpointStore, key: str) -> LineageLink:
     return LineageLink(key, manifest=public_view(manifest))
 
 
+def find_origin_resume_point(
+    store: CheckpointStore,
+    flow: str,
+    origin_run_id: str,
+    step: str,
+    foreach_indices: Sequence[int],
+    usable: Callable[[CheckpointKey, dict], bool],
+) -> Optional[dict]:
+    """The manifest of the newest usable checkpoint of the origin run's same task.
+
+    Metaflow's ``resume`` re-executes a step as a new task of a new run; its origin task
+    is the origin run's task of the same step and foreach index, and counts as an
+    earlier attempt of it.
+    """
+    best, best_time = None, float("-inf")
+    for task_step, task_id in store.list_run_tasks(flow, origin_run_id):
+        if task_step != step:
+            continue
+        for key in reversed(store.list_keys(flow, origin_run_id, step, task_id)):
+            try:
+                manifest = store.read_manifest(key)
+            except (CheckpointCorrupted, CheckpointNotFound):
+                continue
+            if list(manifest.get("foreach_indices") or []) != list(foreach_indices):
+                break  # another branch of the foreach: all of this task's are
+            if usable(key, manifest):
+                created = datetime.fromisoformat(manifest["created_on"]).timestamp()
+                if created > best_time:
+                    best, best_time = manifest, created
+                break
+    return best
+
+
 def find_eager_resume_point(
     store: CheckpointStore,
     flow: str,

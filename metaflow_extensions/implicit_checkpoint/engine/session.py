@@ -19,7 +19,7 @@ from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
 from .integrity import check_blobs, describe as describe_damage
 from .keys import CheckpointKey, split_pathspec, validate_name
-from .lineage import find_eager_resume_point
+from .lineage import find_eager_resume_point, find_origin_resume_point
 from .manifest import normalize_metadata, public_view
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
@@ -43,6 +43,7 @@ class TaskIdentity:
     task_id: str
     attempt: int
     foreach_indices: Tuple[int, ...] = ()
+    origin_run_id: Optional[str] = None  # the run Metaflow's `resume` re-executes
 
     @property
     def pathspec(self) -> str:
@@ -113,6 +114,18 @@ class CheckpointSession:
             if self._load_policy != "none":
                 earlier = [k for k in self._task_keys_known if k.attempt < t.attempt]
                 self._resume_point = self._newest_intact(earlier)
+        resumed_run = t.origin_run_id not in (None, t.run_id)
+        if self._resume_point is None and self._load_policy != "none" and resumed_run:
+            found = find_origin_resume_point(
+                self._store,
+                t.flow,
+                t.origin_run_id,
+                t.step,
+                t.foreach_indices,
+                lambda key, manifest: self._is_intact(key, manifest),
+            )
+            if found is not None:
+                self._resume_point = CheckpointArtifact.from_manifest(found)
         if self._resume_point is None and self._load_policy == "eager":
             found = find_eager_resume_point(
                 self._store,

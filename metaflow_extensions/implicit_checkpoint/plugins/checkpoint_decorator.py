@@ -50,6 +50,8 @@ class CheckpointDecorator(StepDecorator):
         "fresh": on a retry, resume from the newest checkpoint of this task's earlier
         attempts. "eager": like "fresh"; if there is none, the newest checkpoint of the
         same flow, step and foreach index from earlier runs. "none": never resume.
+        With "fresh" or "eager", a step re-executed by `python flow.py resume` counts
+        the origin run's same task as an earlier attempt and continues from it.
     keep_last : int, optional, default None
         Per checkpoint name, keep only the newest N checkpoints (None keeps all).
     keep_best : int, optional, default None
@@ -180,6 +182,7 @@ class CheckpointDecorator(StepDecorator):
             task_id=str(task_id),
             attempt=int(retry_count),
             foreach_indices=tuple(frame.index for frame in getattr(flow, "_foreach_stack", []) or []),
+            origin_run_id=current.origin_run_id,
         )
         source = AttributeSource(
             assigned=lambda: log.assigned_values(flow),
