@@ -96,6 +96,22 @@ def _runtime_card(card_id: str):
     raise LookupError("no %s card with id %r on this step" % (CARD_TYPE, card_id))
 
 
+def card_datastore(flow_datastore, pathspec: str):
+    """Metaflow's ``CardDatastore`` of the task ``pathspec``.
+
+    Cards live under a root of their own (``CardDatastore.get_storage_root``), beside
+    the flow's datastore; Metaflow's card CLI points a storage of the same kind there.
+    """
+    from metaflow.plugins.cards.card_datastore import CardDatastore
+
+    card_root = CardDatastore.get_storage_root(flow_datastore.TYPE)
+    card_storage = SimpleNamespace(
+        _storage_impl=type(flow_datastore._storage_impl)(card_root),
+        flow_name=flow_datastore.flow_name,
+    )
+    return CardDatastore(card_storage, pathspec)
+
+
 def remove_cards_of_earlier_attempts(flow_datastore, pathspec: str, card_id: str) -> None:
     """In a retry: delete the checkpoint cards earlier attempts left.
 
@@ -106,19 +122,16 @@ def remove_cards_of_earlier_attempts(flow_datastore, pathspec: str, card_id: str
     when the retry starts and again when it ends; this attempt's own card is kept.
     """
     own = _own_card_uuid(card_id)
-    from metaflow.plugins.cards.card_datastore import CardDatastore
+    from metaflow.plugins.cards.exception import CardNotPresentException
 
     from ..store_binding import backend_for_storage
 
     try:
-        # Cards live under their own root; Metaflow's card CLI points a storage there too.
-        card_root = CardDatastore.get_storage_root(flow_datastore.TYPE)
-        card_storage = SimpleNamespace(
-            _storage_impl=type(flow_datastore._storage_impl)(card_root),
-            flow_name=flow_datastore.flow_name,
-        )
-        cards = CardDatastore(card_storage, pathspec)
-        found = cards.extract_card_paths(card_type=CARD_TYPE, card_id=card_id)
+        cards = card_datastore(flow_datastore, pathspec)
+        try:
+            found = cards.extract_card_paths(card_type=CARD_TYPE, card_id=card_id)
+        except CardNotPresentException:  # Metaflow's way to say: the task has no card yet
+            found = []
         found += cards.extract_data_paths(card_type=CARD_TYPE, card_id=card_id)
         stale = [path for path in found if own is None or own not in path.rsplit("/", 1)[-1]]
         if stale:
