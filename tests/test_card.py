@@ -240,7 +240,7 @@ def test_final_card_tells_the_story_of_every_attempt(world, browser, output_dir)
     assert len(lineage_rows) == 1
     position, attempt, version, name, run, _, key, metadata = lineage_rows[0]
     assert (position, attempt, version, run) == ("1", "0", "v3", run_id)
-    assert name == "odd loaded directly" and key == pathspec + "/0/odd/3"
+    assert name == "odd \u21bb this attempt resumed from it" and key == pathspec + "/0/odd/3"
     assert "count 3" in metadata
 
     # The chart: one line per attempt for each numeric metadata key, the resume marked.

@@ -11,11 +11,15 @@ from ..engine.gc import DEFAULT_GRACE, collect_garbage
 from ..engine.keys import CheckpointKey
 from ..engine.manifest import public_view
 from ..engine.session import list_run_artifacts
-from .formatting import human_bytes
+from .formatting import human_bytes, reuse_note, stored_bytes
 from .store_binding import store_for_datastore
 from .task_status import FAILED, RUNNING, SUCCEEDED, attempt_statuses
 
 NOT_STARTED, IN_PROGRESS, COMPLETED = "not_started", "in_progress", "completed"
+SIZE_LEGEND = (
+    "SIZE: the checkpoint's data in the store (fields and RNG state); WRITTEN: the part of "
+    "it this save wrote (the rest was already stored by an earlier save)."
+)
 
 
 @click.group()
@@ -160,13 +164,14 @@ def list_checkpoints(obj, run_id, user_namespace, all_namespaces, step, as_json)
             [
                 a.key,
                 a.created_on[:19].replace("T", " "),
-                human_bytes(a.size),
+                human_bytes(stored_bytes(a.implicit_manifest)),
                 human_bytes(a.implicit_manifest.get("bytes_written", 0)),
                 json.dumps(a.metadata)[:60],
             ]
             for a in artifacts
         ],
     )
+    echo(SIZE_LEGEND)
 
 
 @checkpoint.command("inspect", help="Show one checkpoint's manifest (reads no field data).")
@@ -183,7 +188,12 @@ def inspect_checkpoint(obj, key, as_json):
     echo("Checkpoint  %s" % manifest["key"])
     echo("Created     %s (attempt %d, version %d)" % (manifest["created_on"], manifest["attempt"], manifest["version"]))
     echo("Resumed     from %s" % (manifest["parent"] or "nothing (a fresh start)"))
-    echo("Size        %s (%s newly written)" % (human_bytes(manifest["size"]), human_bytes(manifest["bytes_written"])))
+    stored, written = stored_bytes(manifest), manifest.get("bytes_written", 0)
+    echo(
+        "Size        %s in the store (fields and RNG state), %s of it written by this save (%s)"
+        % (human_bytes(stored), human_bytes(written), reuse_note(stored, written) or "nothing stored")
+    )
+    echo("Field data  %s (the fields below; tensors they share counted once)" % human_bytes(manifest["size"]))
     echo("Metadata    %s" % json.dumps(manifest["metadata"]))
     echo("RNG state   %s" % (", ".join(manifest["rng"]) if manifest["rng"] else "not captured"))
     echo("")
