@@ -63,7 +63,9 @@ class CheckpointDecorator(StepDecorator):
         "min" or "max": whether a lower or a higher `best_metric` is better.
     rng : bool, default True
         Save captures the Python, numpy and torch random generator states; load
-        restores them.
+        restores them, so a resumed run is bit-identical to an uninterrupted one. A
+        retry then repeats the failed attempt's random draws: a failure caused by a
+        random draw happens again (the task log says so). False draws anew.
     card : bool, default True
         Attach the live checkpoint card to this step.
     """
