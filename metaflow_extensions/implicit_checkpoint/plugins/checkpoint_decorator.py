@@ -9,7 +9,12 @@ from ..engine.retention import RetentionPolicy
 from ..engine.session import LOAD_POLICIES, AttributeSource, CheckpointSession, TaskIdentity
 from .assignment_tracking import stop_tracking, track_assignments
 from .cards import final_card
-from .cards.attach import LiveCardRefresh, attach_card, remove_cards_of_earlier_attempts
+from .cards.attach import (
+    LiveCardRefresh,
+    attach_card,
+    remove_cards_of_earlier_attempts,
+    wait_for_orphan_renders,
+)
 from .store_binding import store_for_datastore
 from .task_status import FAILED, attempt_statuses, client_reading, record_loaded
 
@@ -248,6 +253,7 @@ class CheckpointDecorator(StepDecorator):
         self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries
     ):
         if self._card_id and int(retry_count) > 0:
+            wait_for_orphan_renders(self._pathspec, self._card_id)
             self._remove_cards_of_earlier_attempts()
         stop_tracking(flow)
 
