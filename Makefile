@@ -4,12 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium demo test bench clean
+.PHONY: setup chromium demo test test-oldest bench clean
 
+# Editable, in setuptools' compat mode: Metaflow finds extensions on sys.path, and the default
+# editable mode hides the package from that scan (README: Installing into your own project).
+# The import below, from another directory, fails the setup if Metaflow does not see it.
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt \
 		--config-settings editable_mode=compat -e ".[torch,s3,test]"
+	cd / && USERNAME=setup $(CURDIR)/$(BIN)/python -c "from metaflow import checkpoint"
 	touch $@
 
 setup: $(STAMP)
@@ -29,6 +33,27 @@ chromium: $(CHROMIUM)
 
 test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest tests
+	$(MAKE) test-oldest
+
+# The oldest Metaflow setup.py accepts gets the end-to-end example and quick start too, in a
+# venv of its own. Metaflow before 2.19 does not see an editable install, so the checkout is
+# installed regularly there, afresh on every run.
+OLDEST_METAFLOW := 2.15.21
+OLDEST_VENV := .venv-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed
+
+$(OLDEST_STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	grep -v '^metaflow==' constraints.txt > $(OLDEST_VENV)/constraints.txt
+	$(OLDEST_VENV)/bin/pip install --quiet --disable-pip-version-check \
+		-c $(OLDEST_VENV)/constraints.txt "metaflow==$(OLDEST_METAFLOW)" ".[torch,test]"
+	touch $@
+
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
+	$(OLDEST_VENV)/bin/python -m pytest \
+		"tests/test_train_resume_example.py::test_killed_and_resumed_run_matches_uninterrupted_run[False]" \
+		tests/test_newcomer.py::test_readme_quick_start_as_printed
 
 # The benchmarks get their own environment: the peers they compare against are never
 # dependencies of the package.
@@ -56,4 +81,4 @@ bench: $(BENCH_STAMP) $(PEER_STAMP)
 	$(BENCH_VENV)/bin/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(PEER_VENV) demo-output test-output
+	rm -rf $(VENV) $(OLDEST_VENV) $(BENCH_VENV) $(PEER_VENV) demo-output test-output

@@ -18,14 +18,15 @@ setup(
     package_data={CARD_TEMPLATES: ["*.html", "*.css"]},
     python_requires=">=3.9",
     install_requires=[
-        "metaflow>=2.19.39",
+        "metaflow>=2.15.21",
         "cloudpickle>=3.0",
         "msgpack>=1.0",
         # BLAKE3: a cryptographic content hash at memory speed (see engine/hashing.py).
         "blake3>=1.0",
     ],
     extras_require={
-        "torch": ["torch>=2.1"],
+        # torch's Tensor.numpy() is on the save path: torch itself does not require numpy.
+        "torch": ["torch>=2.1", "numpy>=1.24"],
         # 1.36: botocore's request_checksum_calculation (engine/s3_backend.py sets it).
         "s3": ["boto3>=1.36"],
         "test": ["pytest>=8", "numpy>=1.24", "boto3>=1.36", "moto[server]>=5.0"],

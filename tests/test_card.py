@@ -104,6 +104,9 @@ class Browser:
         assert png.stat().st_size > 10000
 
 
+_NO_SPACE = "\x00"
+
+
 class RenderedPage(HTMLParser):
     """Reads a DOM dump: table rows by class, text by element id, element counts."""
 
@@ -123,13 +126,16 @@ class RenderedPage(HTMLParser):
         for cls in (attrs.get("class") or "").split():
             key = "%s.%s" % (tag, cls)
             self.tags[key] = self.tags.get(key, 0) + 1
+        if tag == "wbr" and self._open:  # a line-break opportunity, not a space
+            self._open[-1][2].append(_NO_SPACE)
         if tag not in _VOID:
             self._open.append([tag, attrs, [], []])
 
     def handle_endtag(self, tag):
         while self._open:
             open_tag, attrs, parts, cells = self._open.pop()
-            text = " ".join(" ".join(parts).split())
+            joined = " ".join(parts).replace(" %s " % _NO_SPACE, "").replace(_NO_SPACE, "")
+            text = " ".join(joined.split())
             if self._open:
                 self._open[-1][2].append(text)
             if open_tag in ("td", "th"):
@@ -240,7 +246,7 @@ def test_final_card_tells_the_story_of_every_attempt(world, browser, output_dir)
     assert len(lineage_rows) == 1
     position, attempt, version, name, run, _, key, metadata = lineage_rows[0]
     assert (position, attempt, version, run) == ("1", "0", "v3", run_id)
-    assert name == "odd loaded directly" and key == pathspec + "/0/odd/3"
+    assert name == "odd \u21bb this attempt resumed from it" and key == pathspec + "/0/odd/3"
     assert "count 3" in metadata
 
     # The chart: one line per attempt for each numeric metadata key, the resume marked.

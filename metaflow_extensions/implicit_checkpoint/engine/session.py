@@ -343,8 +343,16 @@ class CheckpointSession:
         return artifact
 
     def inspect(self, reference: Optional[Reference] = None) -> dict:
-        """The checkpoint's manifest, without reading any field data."""
-        if reference is None and self._resume_point is None and self._saved:
+        """The checkpoint's manifest, without reading any field data.
+
+        Parameters
+        ----------
+        reference : CheckpointArtifact, dict or str, optional
+            The checkpoint to show. None: the newest checkpoint of this task, i.e. this
+            attempt's newest committed save, or, before it has saved, the checkpoint it
+            resumed from (``CheckpointNotFound`` if there is neither).
+        """
+        if reference is None and self._saved:
             reference = self._saved[-1]
         key = self._resolve(reference, for_what="inspect")
         return public_view(self._store.read_manifest(key))

@@ -12,11 +12,15 @@ from ..engine.keys import CheckpointKey
 from ..engine.manifest import public_view
 from ..engine.session import list_run_artifacts
 from ..engine.verify import verify_checkpoints
-from .formatting import human_bytes
+from .formatting import human_bytes, reuse_note, stored_bytes
 from .store_binding import store_for_datastore
 from .task_status import FAILED, RUNNING, SUCCEEDED, attempt_statuses
 
 NOT_STARTED, IN_PROGRESS, COMPLETED = "not_started", "in_progress", "completed"
+SIZE_LEGEND = (
+    "SIZE: the checkpoint's data in the store (fields and RNG state); WRITTEN: the part of "
+    "it this save wrote (the rest was already stored by an earlier save)."
+)
 
 
 @click.group()
@@ -29,26 +33,81 @@ def checkpoint():
     pass
 
 
-def _run(obj, run_id: Optional[str]):
-    """The client Run: the given id, or this flow's latest run in the current namespace."""
-    from metaflow import Flow, Run
+def run_options(command):
+    """The options that pick a run, as Metaflow's own commands spell them."""
+    command = click.option(
+        "--all-namespaces",
+        is_flag=True,
+        help="Look for the latest run in every namespace, not only in yours.",
+    )(command)
+    command = click.option(
+        "--namespace",
+        "user_namespace",
+        default=None,
+        help="Look for the latest run in this namespace (default: yours, user:$USERNAME).",
+    )(command)
+    return click.option(
+        "--run-id",
+        default=None,
+        help="The run (any namespace; default: the latest run of this flow in your namespace).",
+    )(command)
+
+
+def _run(obj, run_id: Optional[str], user_namespace: Optional[str], all_namespaces: bool):
+    """The client Run: the given id (in any namespace, as Metaflow's `card` commands find
+    one), or this flow's latest run in the chosen namespace."""
+    from metaflow import Flow, Run, get_namespace, namespace
     from metaflow.exception import MetaflowNamespaceMismatch, MetaflowNotFound
 
+    flow = obj.flow.name
+    if run_id is not None:
+        namespace(None)
+        try:
+            return Run("%s/%s" % (flow, run_id))
+        except MetaflowNotFound:
+            raise CheckpointException(
+                "Run %s/%s does not exist (in any namespace). %s"
+                % (flow, run_id, _latest_runs_hint(flow))
+            )
+    if all_namespaces:
+        namespace(None)
+    elif user_namespace is not None:
+        namespace(user_namespace)
+    searched = get_namespace()
     try:
-        if run_id is None:
-            run = Flow(obj.flow.name).latest_run
-            if run is None:
-                raise MetaflowNotFound("no run")
-            return run
-        return Run("%s/%s" % (obj.flow.name, run_id))
-    except MetaflowNamespaceMismatch:
+        run = Flow(flow).latest_run
+    except (MetaflowNamespaceMismatch, MetaflowNotFound):
+        run = None
+    if run is None:
+        where = "in any namespace" if searched is None else "in namespace %s" % searched
         raise CheckpointException(
-            "Run %s/%s is not in your namespace." % (obj.flow.name, run_id)
+            "No run of %s was found %s. %s" % (flow, where, _latest_runs_hint(flow))
         )
+    return run
+
+
+def _latest_runs_hint(flow: str) -> str:
+    """What to type instead: the newest run of ``flow`` in any namespace, and whose it is."""
+    from metaflow import Flow, namespace
+    from metaflow.exception import MetaflowNotFound
+
+    namespace(None)
+    try:
+        run = Flow(flow).latest_run
     except MetaflowNotFound:
-        if run_id is None:
-            raise CheckpointException("No run of %s was found in your namespace." % obj.flow.name)
-        raise CheckpointException("Run %s/%s does not exist." % (obj.flow.name, run_id))
+        run = None
+    if run is None:
+        return (
+            "This flow has no run in this datastore and metadata (check METAFLOW_HOME and "
+            "METAFLOW_DATASTORE_SYSROOT_LOCAL, or run the flow first)."
+        )
+    users = sorted(tag for tag in run.system_tags if tag.startswith("user:"))
+    return (
+        "The latest run in any namespace is %s%s: pass --run-id %s, or --namespace %s, "
+        "or --all-namespaces."
+        % (run.pathspec, " (%s)" % ", ".join(users) if users else "", run.id,
+           users[0] if users else "NAMESPACE")
+    )
 
 
 def _checkpointed_steps(obj) -> List[str]:
@@ -83,12 +142,12 @@ def _echo(obj):
 
 
 @checkpoint.command("list", help="List a run's checkpoints, newest last.")
-@click.option("--run-id", default=None, help="The run (default: the latest run of this flow).")
+@run_options
 @click.option("--step", default=None, help="Only this step.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
-def list_checkpoints(obj, run_id, step, as_json):
-    run = _run(obj, run_id)
+def list_checkpoints(obj, run_id, user_namespace, all_namespaces, step, as_json):
+    run = _run(obj, run_id, user_namespace, all_namespaces)
     artifacts = _run_artifacts(store_for_datastore(obj.flow_datastore), run)
     if step:
         artifacts = [a for a in artifacts if a.step_name == step]
@@ -106,13 +165,14 @@ def list_checkpoints(obj, run_id, step, as_json):
             [
                 _key_cell(a),
                 a.created_on[:19].replace("T", " "),
-                human_bytes(a.size),
+                human_bytes(stored_bytes(a.implicit_manifest)),
                 human_bytes(a.implicit_manifest.get("bytes_written", 0)),
                 json.dumps(a.metadata)[:60],
             ]
             for a in artifacts
         ],
     )
+    echo(SIZE_LEGEND)
 
 
 @checkpoint.command("inspect", help="Show one checkpoint's manifest (reads no field data).")
@@ -129,7 +189,12 @@ def inspect_checkpoint(obj, key, as_json):
     echo("Checkpoint  %s" % manifest["key"])
     echo("Created     %s (attempt %d, version %d)" % (manifest["created_on"], manifest["attempt"], manifest["version"]))
     echo("Resumed     from %s" % (manifest["parent"] or "nothing (a fresh start)"))
-    echo("Size        %s (%s newly written)" % (human_bytes(manifest["size"]), human_bytes(manifest["bytes_written"])))
+    stored, written = stored_bytes(manifest), manifest.get("bytes_written", 0)
+    echo(
+        "Size        %s in the store (fields and RNG state), %s of it written by this save (%s)"
+        % (human_bytes(stored), human_bytes(written), reuse_note(stored, written) or "nothing stored")
+    )
+    echo("Field data  %s (the fields below; tensors they share counted once)" % human_bytes(manifest["size"]))
     echo("Metadata    %s" % json.dumps(manifest["metadata"]))
     echo("RNG state   %s" % (", ".join(manifest["rng"]) if manifest["rng"] else "not captured"))
     echo("")
@@ -166,11 +231,11 @@ def _field_detail(info: dict) -> str:
 
 
 @checkpoint.command("status", help="Progress of each @checkpoint step of a run.")
-@click.option("--run-id", default=None, help="The run (default: the latest run of this flow).")
+@run_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
-def status(obj, run_id, as_json):
-    run = _run(obj, run_id)
+def status(obj, run_id, user_namespace, all_namespaces, as_json):
+    run = _run(obj, run_id, user_namespace, all_namespaces)
     artifacts = _run_artifacts(store_for_datastore(obj.flow_datastore), run)
     rows = [_step_status(obj, run, step, artifacts) for step in _checkpointed_steps(obj)]
     echo = _echo(obj)
@@ -293,7 +358,7 @@ def gc(obj, dry_run, grace_seconds, wait, as_json):
     help="Read and hash every blob a run's checkpoints reference; report each checkpoint "
     "as intact or damaged. Nothing is deleted unless --repair.",
 )
-@click.option("--run-id", default=None, help="The run (default: the latest run of this flow).")
+@run_options
 @click.option(
     "--repair",
     is_flag=True,
@@ -301,8 +366,8 @@ def gc(obj, dry_run, grace_seconds, wait, as_json):
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.pass_obj
-def verify(obj, run_id, repair, as_json):
-    run = _run(obj, run_id)
+def verify(obj, run_id, user_namespace, all_namespaces, repair, as_json):
+    run = _run(obj, run_id, user_namespace, all_namespaces)
     store = store_for_datastore(obj.flow_datastore)
     keys = [CheckpointKey.parse(a.key) for a in _run_artifacts(store, run)]
     report = verify_checkpoints(store, obj.flow.name, keys, repair)

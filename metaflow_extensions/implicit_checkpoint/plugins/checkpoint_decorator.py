@@ -1,3 +1,5 @@
+import sys
+
 from metaflow import current
 from metaflow.decorators import StepDecorator
 
@@ -6,9 +8,15 @@ from ..engine.fields import FieldSelector, normalize_patterns
 from ..engine.retention import RetentionPolicy
 from ..engine.session import LOAD_POLICIES, AttributeSource, CheckpointSession, TaskIdentity
 from .assignment_tracking import stop_tracking, track_assignments
-from .cards.attach import LiveCardRefresh, attach_card, remove_cards_of_earlier_attempts
+from .cards import final_card
+from .cards.attach import (
+    LiveCardRefresh,
+    attach_card,
+    remove_cards_of_earlier_attempts,
+    wait_for_orphan_renders,
+)
 from .store_binding import store_for_datastore
-from .task_status import record_loaded
+from .task_status import FAILED, attempt_statuses, client_reading, record_loaded
 
 
 #: Datastores with a backend of our own (listing by age, deletes): everything works there.
@@ -62,7 +70,9 @@ class CheckpointDecorator(StepDecorator):
         "min" or "max": whether a lower or a higher `best_metric` is better.
     rng : bool, default True
         Save captures the Python, numpy and torch random generator states; load
-        restores them.
+        restores them, so a resumed run is bit-identical to an uninterrupted one. A
+        retry then repeats the failed attempt's random draws: a failure caused by a
+        random draw happens again (the task log says so). False draws anew.
     card : bool, default True
         Attach the live checkpoint card to this step.
     """
@@ -189,8 +199,9 @@ class CheckpointDecorator(StepDecorator):
             available_names=lambda: [name for name, _ in parents.items()] if parents else [],
             lookup=lambda name: getattr(flow, name),
         )
+        store = store_for_datastore(self._flow_datastore)
         self._session = CheckpointSession(
-            store_for_datastore(self._flow_datastore),
+            store,
             task,
             source,
             target=flow,
@@ -206,10 +217,23 @@ class CheckpointDecorator(StepDecorator):
                 metadata, str(run_id), step_name, str(task_id), int(retry_count), artifact.key
             )
         )
+        if self._rng and int(retry_count) > 0:
+            self._session.on_load.append(
+                lambda artifact: _note_replayed_randomness(artifact, self._pathspec, int(retry_count), metadata)
+            )
         if self._card_id:
             if int(retry_count) > 0:
                 self._remove_cards_of_earlier_attempts()
             self._session.on_commit.append(LiveCardRefresh(self._card_id, int(retry_count)))
+            final_card.install(
+                getattr(flow, step_name).decorators,
+                self._card_id,
+                flow_datastore=self._flow_datastore,
+                store=store,
+                pathspec=self._pathspec,
+                attempt=int(retry_count),
+                metadata_provider=metadata,
+            )
         current._update_env({"checkpoint": self._session})
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
@@ -232,8 +256,28 @@ class CheckpointDecorator(StepDecorator):
         self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries
     ):
         if self._card_id and int(retry_count) > 0:
+            wait_for_orphan_renders(self._pathspec, self._card_id)
             self._remove_cards_of_earlier_attempts()
         stop_tracking(flow)
+
+
+def _note_replayed_randomness(artifact, pathspec: str, attempt: int, metadata_provider) -> None:
+    """After an exception, say in the task log that the retry replays the random draws."""
+    if not artifact.implicit_manifest.get("rng"):
+        return
+    try:
+        with client_reading(metadata_provider):
+            statuses = attempt_statuses(pathspec)
+    except Exception:  # the note is a courtesy: never fail a load over it
+        return
+    if len(statuses) >= attempt and statuses[attempt - 1] == FAILED:
+        print(
+            "@checkpoint: attempt %d failed with an exception, and this retry restored the "
+            "random generators saved with %s: it draws the same random numbers again, so a "
+            "failure caused by a random draw repeats (bit-identical resume; "
+            "@checkpoint(rng=False) draws anew)." % (attempt - 1, artifact.key),
+            file=sys.stderr,
+        )
 
 
 def _runs_in_current_namespace(flow_name):

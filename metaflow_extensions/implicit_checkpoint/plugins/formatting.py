@@ -34,6 +34,33 @@ def human_bytes(n: int) -> str:
     return "%d B" % n
 
 
+def stored_bytes(manifest: Dict[str, Any]) -> int:
+    """Bytes of stored data a checkpoint uses: its fields' and its RNG state's blobs.
+
+    The same kind of bytes as ``bytes_written`` (what the save wrote of them), so the
+    two compare: written <= stored, and the difference was already in the store.
+    Manifests older than that figure have only the field data size.
+    """
+    return manifest.get("bytes_referenced", manifest.get("size", 0))
+
+
+def reuse_note(stored: int, written: int) -> str:
+    """'all new', or how much of a checkpoint's data was already stored: '75% reused'."""
+    if stored <= 0:
+        return ""
+    reused = max(stored - written, 0)
+    if reused == 0:
+        return "all new"
+    return "%.0f%% reused" % (100.0 * reused / stored)
+
+
+def key_segments(key: str) -> List[Dict[str, str]]:
+    """A checkpoint key split after each '/', for a template to allow line breaks there
+    (and only there): ``[{"text": "Flow/"}, {"text": "123/"}, ...]``."""
+    parts = key.split("/")
+    return [{"text": part + "/"} for part in parts[:-1]] + [{"text": parts[-1]}]
+
+
 def utc_time(iso: str) -> str:
     """An ISO-8601 timestamp as 'YYYY-MM-DD HH:MM:SS' in UTC (the input if unparseable)."""
     try:
@@ -102,5 +129,17 @@ def is_number(value: Any) -> bool:
 
 
 def number_label(value: float) -> str:
-    """A chart tick: 0.000123 -> '0.000123', 12345678 -> '1.235e+07'."""
+    """A value in a tooltip: 0.000123 -> '0.000123', 12345678 -> '1.235e+07'."""
     return "%.4g" % value
+
+
+def tick_labels(values: List[float]) -> List[str]:
+    """Axis labels for ``values``, all with the same precision: enough decimals to tell
+    ticks of this spread apart (0.3127, 0.1789, 0.0452 -> '0.31', '0.18', '0.05');
+    scientific notation for very large or very small magnitudes."""
+    spread = max(values) - min(values)
+    largest = max(abs(v) for v in values)
+    if largest >= 1e6 or (0 < largest < 1e-3):
+        return ["%.2e" % v for v in values]
+    decimals = 0 if spread <= 0 else min(max(1 - math.floor(math.log10(spread)), 0), 6)
+    return ["%.*f" % (decimals, v) for v in values]

@@ -10,8 +10,9 @@ When a step loads a checkpoint, @checkpoint records its key as the attempt's
 loaded and then saved nothing.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -49,6 +50,23 @@ def attempt_records(pathspec: str) -> List[AttemptRecord]:
             status = KILLED if attempt < newest else RUNNING
         records.append(AttemptRecord(attempt, status, metadata.get(LOADED_FIELD)))
     return records
+
+
+@contextmanager
+def client_reading(metadata_provider) -> Iterator[None]:
+    """Inside a task: Metaflow's client pointed at the task's own metadata provider, in
+    every namespace (what ``card create`` sets up in its subprocess), for the duration;
+    the client's previous settings are restored afterwards."""
+    from metaflow import get_metadata, get_namespace, metadata, namespace
+
+    previous_metadata, previous_namespace = get_metadata(), get_namespace()
+    metadata("%s@%s" % (metadata_provider.TYPE, metadata_provider.default_info()))
+    namespace(None)
+    try:
+        yield
+    finally:
+        metadata(previous_metadata)
+        namespace(previous_namespace)
 
 
 def attempt_statuses(pathspec: str) -> List[str]:

@@ -6,9 +6,11 @@ modules, which load every extension's cards (ours included) on import. Metaflow'
 card discovery only imports subpackages of ``plugins/cards``, so it skips this file.
 """
 
+import os
 import sys
+import time
 from types import SimpleNamespace
-from typing import Optional
+from typing import List, Optional
 
 from metaflow import current
 from metaflow.decorators import _attach_decorators_to_step
@@ -96,6 +98,65 @@ def _runtime_card(card_id: str):
     raise LookupError("no %s card with id %r on this step" % (CARD_TYPE, card_id))
 
 
+def card_datastore(flow_datastore, pathspec: str):
+    """Metaflow's ``CardDatastore`` of the task ``pathspec``.
+
+    Cards live under a root of their own (``CardDatastore.get_storage_root``), beside
+    the flow's datastore; Metaflow's card CLI points a storage of the same kind there.
+    """
+    from metaflow.plugins.cards.card_datastore import CardDatastore
+
+    card_root = CardDatastore.get_storage_root(flow_datastore.TYPE)
+    card_storage = SimpleNamespace(
+        _storage_impl=type(flow_datastore._storage_impl)(card_root),
+        flow_name=flow_datastore.flow_name,
+    )
+    return CardDatastore(card_storage, pathspec)
+
+
+#: Longest wait for an earlier attempt's card render to finish (Metaflow's own limit for
+#: a card process it does not wait for).
+ORPHAN_RENDER_TIMEOUT = 30.0
+
+
+def wait_for_orphan_renders(pathspec: str, card_id: str, timeout: float = ORPHAN_RENDER_TIMEOUT) -> None:
+    """Wait until no card render of this task's earlier attempts is running on this machine.
+
+    An attempt killed hard leaves the card process it had started running; it writes its
+    card when it finishes, possibly after this attempt removed the earlier cards. Such a
+    process is found by its command line (``card create RUN/STEP/TASK ... --card-uuid U``,
+    with another card's ``U``); where there is no ``/proc``, or the killed attempt ran on
+    another machine (whose processes died with it), there is nothing to wait for.
+    """
+    runspec = pathspec.split("/", 1)[1]
+    own = _own_card_uuid(card_id)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _card_processes(runspec, own):
+        time.sleep(0.05)
+
+
+def _card_processes(runspec: str, own_uuid: Optional[str]) -> List[int]:
+    """Pids of checkpoint card renders of the task ``runspec`` other than ``own_uuid``'s."""
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return []
+    found = []
+    for pid in entries:
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                args = f.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if "create" not in args or runspec not in args or "--card-uuid" not in args:
+            continue
+        position = args.index("--card-uuid") + 1
+        uuid = args[position] if position < len(args) else None
+        if CARD_TYPE in args and uuid != own_uuid:
+            found.append(int(pid))
+    return found
+
+
 def remove_cards_of_earlier_attempts(flow_datastore, pathspec: str, card_id: str) -> None:
     """In a retry: delete the checkpoint cards earlier attempts left.
 
@@ -106,19 +167,16 @@ def remove_cards_of_earlier_attempts(flow_datastore, pathspec: str, card_id: str
     when the retry starts and again when it ends; this attempt's own card is kept.
     """
     own = _own_card_uuid(card_id)
-    from metaflow.plugins.cards.card_datastore import CardDatastore
+    from metaflow.plugins.cards.exception import CardNotPresentException
 
     from ..store_binding import backend_for_storage
 
     try:
-        # Cards live under their own root; Metaflow's card CLI points a storage there too.
-        card_root = CardDatastore.get_storage_root(flow_datastore.TYPE)
-        card_storage = SimpleNamespace(
-            _storage_impl=type(flow_datastore._storage_impl)(card_root),
-            flow_name=flow_datastore.flow_name,
-        )
-        cards = CardDatastore(card_storage, pathspec)
-        found = cards.extract_card_paths(card_type=CARD_TYPE, card_id=card_id)
+        cards = card_datastore(flow_datastore, pathspec)
+        try:
+            found = cards.extract_card_paths(card_type=CARD_TYPE, card_id=card_id)
+        except CardNotPresentException:  # Metaflow's way to say: the task has no card yet
+            found = []
         found += cards.extract_data_paths(card_type=CARD_TYPE, card_id=card_id)
         stale = [path for path in found if own is None or own not in path.rsplit("/", 1)[-1]]
         if stale:

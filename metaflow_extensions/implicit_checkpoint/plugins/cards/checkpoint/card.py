@@ -56,28 +56,34 @@ class CheckpointCard(MetaflowCard):
 
     @staticmethod
     def _report(task, attempt: Optional[int], live: bool) -> Dict[str, Any]:
-        flow, run_id, step, task_id = split_pathspec(task.pathspec)
         metadata = task.metadata_dict
         store = store_from_config(metadata.get("ds-type"), metadata.get("ds-root"))
         if attempt is None:
             attempt = task.current_attempt
-        checkpoints = [
-            artifact.implicit_manifest
-            for artifact in list_artifacts(store, flow, run_id, step, task_id)
-        ]
-        records = attempt_records(task.pathspec)
-        loaded = {r.attempt: r.loaded for r in records if r.loaded}
-        return build_report(
-            TaskCheckpoints(
-                pathspec=task.pathspec,
-                attempt=attempt,
-                statuses=[r.status for r in records],
-                checkpoints=checkpoints,
-                lineage=lineage(store, resume_key(checkpoints, attempt, loaded)),
-                live=live,
-                loaded=loaded,
-            )
+        return task_report(store, task.pathspec, attempt, live)
+
+
+def task_report(store, pathspec: str, attempt: int, live: bool) -> Dict[str, Any]:
+    """The card's data for ``attempt`` of the task ``pathspec``, read from ``store``
+    and from Metaflow's metadata (through the client)."""
+    flow, run_id, step, task_id = split_pathspec(pathspec)
+    checkpoints = [
+        artifact.implicit_manifest
+        for artifact in list_artifacts(store, flow, run_id, step, task_id)
+    ]
+    records = attempt_records(pathspec)
+    loaded = {r.attempt: r.loaded for r in records if r.loaded}
+    return build_report(
+        TaskCheckpoints(
+            pathspec=pathspec,
+            attempt=attempt,
+            statuses=[r.status for r in records],
+            checkpoints=checkpoints,
+            lineage=lineage(store, resume_key(checkpoints, attempt, loaded)),
+            live=live,
+            loaded=loaded,
         )
+    )
 
 
 def _attempt_of(data: Optional[dict]) -> Optional[int]:

@@ -1,18 +1,20 @@
 """Geometry of the metrics chart: numeric metadata over saves, one colour per attempt.
 
 Every top-level metadata key whose values are numbers (``loss``, ``accuracy``, ...) gets
-a small chart. The x axis is the task's saves in version order, shared by all charts;
+a small chart, except a training counter (``epoch``, ``step``, ...) that every save
+carries: that one labels the x axis instead (a counter drawn as a metric is just a
+rising line). The x axis is the task's saves in version order, shared by all charts;
 each attempt is its own polyline. Where an attempt resumed, the checkpoint it loaded
 is ringed and joined to the attempt's first save by a dashed line, and a vertical
 guide marks where the attempt starts. This module only computes coordinates; the SVG
 markup lives in the card's template.
 """
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ....engine.errors import CheckpointException
 from ....engine.keys import CheckpointKey
-from ...formatting import is_number, number_label, truncate
+from ...formatting import is_number, number_label, tick_labels, truncate
 
 WIDTH, HEIGHT = 540, 170
 LEFT, RIGHT, TOP, BOTTOM = 52, 14, 22, 26
@@ -21,6 +23,9 @@ MAX_X_TICKS = 8
 #: Longer series are drawn as a line only: a dot (with its tooltip) per save would make
 #: the card of a long run heavy.
 MAX_DOTS = 100
+#: Metadata keys that count progress: the first one every save carries (as a whole
+#: number) labels the x axis and gets no chart of its own.
+COUNTER_KEYS = ("epoch", "step", "global_step", "iteration")
 #: Attempts are coloured by ``ic-a<attempt % COLOURS>`` classes defined in the stylesheet.
 COLOURS = 8
 
@@ -29,12 +34,23 @@ def attempt_class(attempt: int) -> str:
     return "ic-a%d" % (attempt % COLOURS)
 
 
-def metric_names(checkpoints: List[dict]) -> List[str]:
-    """Metadata keys with at least one numeric value, in order of first appearance."""
+def x_counter(checkpoints: List[dict]) -> Optional[str]:
+    """The counter key that labels the x axis: in COUNTER_KEYS, whole-numbered in every
+    save's metadata (None if there is none)."""
+    for key in COUNTER_KEYS:
+        values = [(m.get("metadata") or {}).get(key) for m in checkpoints]
+        if values and all(is_number(v) and float(v).is_integer() for v in values):
+            return key
+    return None
+
+
+def metric_names(checkpoints: List[dict], counter: Optional[str] = None) -> List[str]:
+    """Metadata keys with at least one numeric value, in order of first appearance,
+    without the x axis' ``counter``."""
     names: List[str] = []
     for manifest in checkpoints:
         for key, value in (manifest.get("metadata") or {}).items():
-            if key not in names and is_number(value):
+            if key not in names and key != counter and is_number(value):
                 names.append(key)
     return names
 
@@ -45,12 +61,18 @@ def metric_charts(checkpoints: List[dict]) -> Dict[str, Any]:
     Returns ``{"charts": [...], "not_charted": "names over the limit"}``; ``charts`` is
     empty when no metadata value is a number.
     """
-    names = metric_names(checkpoints)
+    counter = x_counter(checkpoints)
+    names = metric_names(checkpoints, counter)
     x_of = _x_positions(len(checkpoints))
+    x_labels = [
+        ("%s %d" % (counter, m["metadata"][counter])) if counter else "v%d" % m["version"]
+        for m in checkpoints
+    ]
     index_of_key = {m["key"]: i for i, m in enumerate(checkpoints)}
     resumes = _resume_points(checkpoints, index_of_key)
     charts = [
-        _chart(name, checkpoints, x_of, index_of_key, resumes) for name in names[:MAX_CHARTS]
+        _chart(name, checkpoints, x_of, x_labels, index_of_key, resumes)
+        for name in names[:MAX_CHARTS]
     ]
     return {
         "charts": charts,
@@ -108,6 +130,7 @@ def _chart(
     name: str,
     checkpoints: List[dict],
     x_of: List[float],
+    x_labels: List[str],
     index_of_key: Dict[str, int],
     resumes: List[dict],
 ) -> Dict[str, Any]:
@@ -121,6 +144,7 @@ def _chart(
         spread = abs(low) * 0.1 or 1.0
         low, high = low - spread, high + spread
     plot_top, plot_bottom = TOP, HEIGHT - BOTTOM
+    y_ticks = [high, (high + low) / 2.0, low]
 
     def y_of(value: float) -> float:
         return plot_top + (high - value) / (high - low) * (plot_bottom - plot_top)
@@ -138,8 +162,14 @@ def _chart(
                     {
                         "cx": "%.1f" % x_of[i],
                         "cy": "%.1f" % y_of(values[i]),
-                        "title": "v%d \u00b7 attempt %d \u00b7 %s = %s"
-                        % (checkpoints[i]["version"], attempt, name, number_label(values[i])),
+                        "title": "v%d \u00b7 attempt %d%s \u00b7 %s = %s"
+                        % (
+                            checkpoints[i]["version"],
+                            attempt,
+                            "" if x_labels[i].startswith("v") else " \u00b7 " + x_labels[i],
+                            name,
+                            number_label(values[i]),
+                        ),
                     }
                     for i in (indices if len(values) <= MAX_DOTS else [])
                 ],
@@ -180,13 +210,14 @@ def _chart(
         "plot_bottom": plot_bottom,
         "label_x": LEFT - 6,
         "y_ticks": [
-            {"y": "%.1f" % y_of(v), "label": number_label(v)}
-            for v in (high, (high + low) / 2.0, low)
+            {"y": "%.1f" % y_of(v), "label": label}
+            for v, label in zip(y_ticks, tick_labels(y_ticks))
         ],
         "x_ticks": [
-            {"x": "%.1f" % x_of[i], "label": "v%d" % checkpoints[i]["version"]}
+            {"x": "%.1f" % x_of[i], "label": x_labels[i].rsplit(" ", 1)[-1]}
             for i in _tick_indices(len(checkpoints))
         ],
+        "x_caption": x_labels[0].rsplit(" ", 1)[0] if " " in x_labels[0] else "save",
         "x_label_y": HEIGHT - 8,
         "series": series,
         "resumes": markers,

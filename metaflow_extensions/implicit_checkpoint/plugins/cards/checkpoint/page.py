@@ -50,7 +50,9 @@ def render_body(report: Dict[str, Any]) -> str:
 
 def render_page(report: Dict[str, Any]) -> str:
     """The whole card: a self-contained HTML document."""
-    return chevron.render(
-        _read(PAGE),
-        {"pathspec": report["pathspec"], "css": _read(STYLES), "body": render_body(report)},
-    )
+    return page_html(report["pathspec"], render_body(report))
+
+
+def page_html(pathspec: str, body: str) -> str:
+    """The self-contained HTML document around a card ``body`` of the task ``pathspec``."""
+    return chevron.render(_read(PAGE), {"pathspec": pathspec, "css": _read(STYLES), "body": body})

@@ -14,7 +14,16 @@ from ....engine.keys import CheckpointKey
 from ....engine.lineage import LineageLink
 from ...task_status import RUNNING
 from .chart import attempt_class, metric_charts
-from ...formatting import field_names, human_bytes, metadata_entries, truncate, utc_time
+from ...formatting import (
+    field_names,
+    human_bytes,
+    key_segments,
+    metadata_entries,
+    reuse_note,
+    stored_bytes,
+    truncate,
+    utc_time,
+)
 
 UNKNOWN = "unknown"
 #: Rows shown per attempt: its first HEAD_ROWS and newest TAIL_ROWS checkpoints (a long
@@ -72,7 +81,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
     status_of = {a: _status(task.statuses, a) for a in attempts}
     loaded_by = _loaded_by(checkpoints)
     run_id = task.pathspec.split("/")[1]
-    referenced = sum(_referenced(m) for m in checkpoints)
+    referenced = sum(stored_bytes(m) for m in checkpoints)
     written = sum(m.get("bytes_written", 0) for m in checkpoints)
     saved = max(referenced - written, 0)
     this_resume = resume_key(checkpoints, task.attempt, task.loaded)
@@ -174,8 +183,7 @@ def _history_rows(of_attempt: List[dict], loaded_by: Dict[str, List[int]]) -> Di
 
 
 def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, Any]:
-    size, written = manifest.get("size", 0), manifest.get("bytes_written", 0)
-    referenced = _referenced(manifest)
+    stored, written = stored_bytes(manifest), manifest.get("bytes_written", 0)
     resumed_by = loaded_by.get(manifest["key"], [])
     return {
         "attempt": manifest["attempt"],
@@ -185,26 +193,12 @@ def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, A
         "fields": field_names(manifest.get("fields")),
         "fields_title": truncate(", ".join(manifest.get("fields") or {}), 400),
         "field_count": len(manifest.get("fields") or {}),
-        "size": human_bytes(size),
+        "size": human_bytes(stored),
         "written": human_bytes(written),
-        "dedup": _dedup_note(referenced, written),
+        "dedup": reuse_note(stored, written),
         "metadata": metadata_entries(manifest.get("metadata")),
         "resumed_by": ", ".join("attempt %d" % a for a in resumed_by),
     }
-
-
-def _referenced(manifest: dict) -> int:
-    """Blob bytes a checkpoint uses (older manifests lack the figure: their field size)."""
-    return manifest.get("bytes_referenced", manifest.get("size", 0))
-
-
-def _dedup_note(referenced: int, written: int) -> str:
-    if referenced <= 0:
-        return ""
-    reused = max(referenced - written, 0)
-    if reused == 0:
-        return "all new"
-    return "%.0f%% reused" % (100.0 * reused / referenced)
 
 
 def _describe_key(key: Optional[str], run_id: str) -> Optional[Dict[str, Any]]:
@@ -214,10 +208,11 @@ def _describe_key(key: Optional[str], run_id: str) -> Optional[Dict[str, Any]]:
     try:
         parsed = CheckpointKey.parse(key)
     except CheckpointException:
-        return {"key": key, "run": "?", "task": "?", "attempt": "?", "name": "?",
-                "version": "?", "other_run": False}
+        return {"key": key, "key_segments": key_segments(key), "run": "?", "task": "?",
+                "attempt": "?", "name": "?", "version": "?", "other_run": False}
     return {
         "key": key,
+        "key_segments": key_segments(key),
         "run": parsed.run_id,
         "task": parsed.task_id,
         "attempt": parsed.attempt,
@@ -246,6 +241,7 @@ def _lineage_rows(links: List[LineageLink], run_id: str) -> List[Dict[str, Any]]
         row = {
             "position": position + 1,
             "key": link.key,
+            "key_segments": key_segments(link.key),
             "run": described.get("run", "?"),
             "other_run": described.get("other_run", False),
             "attempt": described.get("attempt", "?"),
