@@ -139,7 +139,7 @@ class GraphEncoder:
                 self._guarded(name, fields[name], lambda: self._fill(ref.index, fields[name]))
         rng_wire = None
         if rng_state:
-            rng_wire = self._guarded("<rng state>", rng_state, lambda: self._value(rng_state))
+            rng_wire = self._guarded("<rng state>", rng_state, lambda: Ref(self._index(rng_state)))
         infos = {name: self._field_info(fields[name], roots[name]) for name in fields}
         rng_storages = self._storages_from(rng_wire)
         document = msgpack.packb(
@@ -190,6 +190,11 @@ class GraphEncoder:
         """The wire form of ``obj``: inline, or a reference to its node."""
         if _inline(obj):
             return obj
+        return _ref_wire(self._index(obj))
+
+    def _index(self, obj: Any) -> int:
+        """The node of ``obj`` (encoded on first sight), noted as a child of the node
+        being encoded."""
         index = self._memo.get(id(obj))
         if index is None:
             index = self._reserve(obj)
@@ -198,7 +203,7 @@ class GraphEncoder:
             raise _ImmutableCycle()
         if self._stack:
             self._children[self._stack[-1]].add(index)
-        return Ref(index)
+        return index
 
     def _fill(self, index: int, obj: Any) -> None:
         self._stack.append(index)
@@ -206,7 +211,7 @@ class GraphEncoder:
             node = self._node(index, obj)
         finally:
             self._stack.pop()
-        self._nodes[index] = msgpack.packb(_to_msgpack(node), use_bin_type=True)
+        self._nodes[index] = msgpack.packb(node, use_bin_type=True)
 
     def _node(self, index: int, obj: Any) -> list:
         t = type(obj)
@@ -285,8 +290,8 @@ class GraphEncoder:
     def _reference_in_pickle(self, obj: Any) -> Optional[int]:
         if obj is self._pickle_root:
             return None
-        if is_tensor_like(obj) or id(obj) in self._memo:
-            return self._value(obj).index
+        if id(obj) in self._memo or is_tensor_like(obj):
+            return self._index(obj)
         return None
 
     def _class(self, cls: type) -> int:
@@ -377,13 +382,13 @@ def _is_numpy_scalar(obj: Any) -> bool:
     )
 
 
+def _ref_wire(index: int) -> msgpack.ExtType:
+    return msgpack.ExtType(_REF, index.to_bytes(4, "little"))
+
+
 def _to_msgpack(value: Any) -> Any:
-    """Refs become msgpack extension values (recursively through lists)."""
-    if isinstance(value, Ref):
-        return msgpack.ExtType(_REF, value.index.to_bytes(4, "little"))
-    if isinstance(value, list):
-        return [_to_msgpack(v) for v in value]
-    return value
+    """A field root (or the RNG state's) as stored: a Ref becomes its extension value."""
+    return _ref_wire(value.index) if isinstance(value, Ref) else value
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

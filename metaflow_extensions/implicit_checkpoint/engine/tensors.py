@@ -37,8 +37,14 @@ class StorageSpec:
         return "%s storage of %d bytes on %s" % (self.kind, self.nbytes, self.device)
 
 
+_CANDIDATE_TYPE_NAMES = frozenset({"Tensor", "Parameter", "ndarray"})
+_DTYPE_NAMES: Dict[Any, str] = {}
+
+
 def is_tensor_like(obj: Any) -> bool:
     """True for the dense torch tensors and numpy arrays that are stored as raw buffers."""
+    if type(obj).__name__ not in _CANDIDATE_TYPE_NAMES:
+        return False  # the common case inside pickled objects: answered cheaply
     torch = sys.modules.get("torch")
     if torch is not None and type(obj) in (torch.Tensor, torch.nn.Parameter):
         return (
@@ -60,7 +66,10 @@ def is_torch_tensor(obj: Any) -> bool:
 def dtype_name(obj: Any) -> str:
     """The dtype as stored: torch "bfloat16", numpy "<f4"."""
     if is_torch_tensor(obj):
-        return str(obj.dtype).rsplit(".", 1)[-1]
+        name = _DTYPE_NAMES.get(obj.dtype)
+        if name is None:
+            name = _DTYPE_NAMES[obj.dtype] = str(obj.dtype).rsplit(".", 1)[-1]
+        return name
     return obj.dtype.str
 
 
@@ -85,23 +94,23 @@ class StorageTable:
         """
         if is_torch_tensor(obj):
             storage = obj.untyped_storage()
-            memory = (TORCH, storage.data_ptr(), storage.nbytes(), str(obj.device))
-            spec = StorageSpec(TORCH, storage.nbytes(), str(obj.device))
+            memory = (TORCH, storage.data_ptr(), storage.nbytes(), obj.device)
             view = [dtype_name(obj), list(obj.shape), list(obj.stride()), obj.storage_offset()]
-            flat = _torch_flat(obj)
         else:
             root = _numpy_root(obj)
             start = _address(root)
             memory = (NUMPY, start, root.nbytes, "cpu")
-            spec = StorageSpec(NUMPY, root.nbytes)
             view = [obj.dtype.str, list(obj.shape), list(obj.strides), _address(obj) - start]
-            flat = root
         index = self._index_by_memory.get(memory)
         if index is None:
             index = self._index_by_memory[memory] = len(self.specs)
-            self.specs.append(spec)
+            if memory[0] == TORCH:
+                self.specs.append(StorageSpec(TORCH, memory[2], str(obj.device)))
+                self._flat.append(_torch_flat(obj))
+            else:
+                self.specs.append(StorageSpec(NUMPY, root.nbytes))
+                self._flat.append(root)
             self.sources.append(obj)
-            self._flat.append(flat)
         elif _is_parameter(obj) and not _is_parameter(self.sources[index]):
             # A module's Parameter outlives the detached aliases its state_dict() makes:
             # change tracking recognizes it from save to save.
