@@ -114,31 +114,23 @@ class CheckpointSession:
             if self._load_policy != "none":
                 earlier = [k for k in self._task_keys_known if k.attempt < t.attempt]
                 self._resume_point = self._newest_intact(earlier)
-        resumed_run = t.origin_run_id not in (None, t.run_id)
-        if self._resume_point is None and self._load_policy != "none" and resumed_run:
-            found = find_origin_resume_point(
-                self._store,
-                t.flow,
-                t.origin_run_id,
-                t.step,
-                t.foreach_indices,
-                lambda key, manifest: self._is_intact(key, manifest),
-            )
-            if found is not None:
-                self._resume_point = CheckpointArtifact.from_manifest(found)
-        if self._resume_point is None and self._load_policy == "eager":
-            found = find_eager_resume_point(
-                self._store,
-                t.flow,
-                t.step,
-                t.foreach_indices,
-                self._started_at,
-                t.run_id,
-                self._accept_run,
-                lambda key, manifest: self._is_intact(key, manifest),
-            )
-            if found is not None:
-                self._resume_point = CheckpointArtifact.from_manifest(found)
+        # Then, in order: the origin run's same task (Metaflow's `resume`), other runs
+        # (eager). Each returns the newest intact checkpoint's manifest, or None.
+        elsewhere = []
+        if self._load_policy != "none" and t.origin_run_id not in (None, t.run_id):
+            elsewhere.append(lambda: find_origin_resume_point(
+                self._store, t.flow, t.origin_run_id, t.step, t.foreach_indices, self._is_intact
+            ))
+        if self._load_policy == "eager":
+            elsewhere.append(lambda: find_eager_resume_point(
+                self._store, t.flow, t.step, t.foreach_indices, self._started_at, t.run_id,
+                self._accept_run, self._is_intact,
+            ))
+        for find in elsewhere:
+            if self._resume_point is None:
+                found = find()
+                if found is not None:
+                    self._resume_point = CheckpointArtifact.from_manifest(found)
         return self._resume_point
 
     def _newest_intact(self, keys: List[CheckpointKey]) -> Optional[CheckpointArtifact]:
