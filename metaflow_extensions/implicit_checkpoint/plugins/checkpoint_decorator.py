@@ -16,6 +16,7 @@ from .cards.attach import (
     wait_for_orphan_renders,
 )
 from .store_binding import store_for_datastore
+from .task_handoff import HandedTask, hand_down
 from .task_status import FAILED, attempt_statuses, client_reading, record_loaded
 
 
@@ -212,6 +213,14 @@ class CheckpointDecorator(StepDecorator):
             accept_run=_runs_in_current_namespace(flow.name),
         )
         self._session.start()
+        hand_down(
+            HandedTask(
+                task,
+                self.attributes["load_policy"],
+                self._flow_datastore.TYPE,
+                self._flow_datastore.datastore_root,
+            )
+        )
         self._session.on_load.append(
             lambda artifact: record_loaded(
                 metadata, str(run_id), step_name, str(task_id), int(retry_count), artifact.key

@@ -1,15 +1,23 @@
 """``from metaflow import Checkpoint``: list, inspect and load checkpoints of any run."""
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..engine.artifact import CheckpointArtifact, Reference, key_of
 from ..engine.errors import CheckpointException, CheckpointNotFound
+from ..engine.fields import FieldSelector
 from ..engine.keys import split_pathspec
 from ..engine.manifest import public_view
-from ..engine.session import list_artifacts, list_run_artifacts
+from ..engine.session import (
+    DEFAULT_NAME,
+    AttributeSource,
+    CheckpointSession,
+    list_artifacts,
+    list_run_artifacts,
+)
 from ..engine.snapshot import load_snapshot
 from ..engine.verify import VerifyReport, verify_checkpoints
 from ..plugins.store_binding import store_from_config
+from ..plugins.task_handoff import TASK_ENV, HandedTask, handed_task
 
 
 class Checkpoint(object):
@@ -25,6 +33,11 @@ class Checkpoint(object):
     state = cp.load(ckpts[-1], fields=["model"])
     ```
 
+    In a process started by a `@checkpoint` step (torchrun workers, a launcher's
+    children), `Checkpoint()` works for that task: `save({...}, name=...)` commits a
+    checkpoint of it, `list()` lists it, and `load()` returns the checkpoint its attempt
+    resumes from.
+
     Parameters
     ----------
     datastore : str, optional
@@ -34,7 +47,83 @@ class Checkpoint(object):
     """
 
     def __init__(self, datastore: Optional[str] = None, root: Optional[str] = None):
+        # Inside a @checkpoint step or a process it started: that task and its datastore.
+        self._handed = handed_task()
+        if self._handed is not None and datastore is None and root is None:
+            datastore, root = self._handed.datastore, self._handed.root
         self._store = store_from_config(datastore, root)
+
+    def save(
+        self,
+        fields: Mapping[str, Any],
+        name: str = DEFAULT_NAME,
+        metadata: Optional[dict] = None,
+    ) -> CheckpointArtifact:
+        """
+        Commit a checkpoint of the task this process works for (in a subprocess of a
+        `@checkpoint` step: a torchrun worker, a launcher's child).
+
+        Parameters
+        ----------
+        fields : Dict[str, Any]
+            The values to save, by field name.
+        name : str, default "checkpoint"
+            Workers that save at the same time use distinct names.
+        metadata : dict, optional
+            Plain values shown with the checkpoint (and charted on the card).
+
+        Returns
+        -------
+        CheckpointArtifact
+        """
+        handed = self._task_here("save")
+        if not isinstance(fields, Mapping) or not all(
+            isinstance(k, str) and k.isidentifier() for k in fields
+        ):
+            raise CheckpointException(
+                "Checkpoint().save(fields) takes a dict of field names to values, e.g. "
+                "save({\"model\": model, \"step\": step}); got %r." % (type(fields).__name__,)
+            )
+        values = dict(fields)
+        session = CheckpointSession(
+            self._store,
+            handed.task,
+            AttributeSource(lambda: values),
+            target=None,
+            selector=FieldSelector(include=sorted(values)),
+            rng=False,
+        )
+        try:
+            return session.save(name=name, metadata=metadata)
+        finally:
+            session.finish()
+
+    def _task_here(self, what: str) -> HandedTask:
+        if self._handed is None:
+            raise CheckpointException(
+                "Checkpoint().%s() without a checkpoint works only inside a @checkpoint step "
+                "or a process it started (which inherits the task from the environment "
+                "variable %s)." % (what, TASK_ENV)
+            )
+        return self._handed
+
+    def _resume_point(self) -> CheckpointArtifact:
+        handed = self._task_here("load")
+        session = CheckpointSession(
+            self._store,
+            handed.task,
+            AttributeSource(lambda: {}),
+            target=None,
+            load_policy=handed.load_policy,
+        )
+        found = session.start()
+        if found is None:
+            raise CheckpointNotFound(
+                "Checkpoint().load() has no checkpoint to resume from in task %s (attempt "
+                "%d). Pass a checkpoint (an artifact from list(), or its key)."
+                % (handed.task.pathspec, handed.task.attempt)
+            )
+        return found
 
     def list(
         self,
@@ -61,6 +150,8 @@ class Checkpoint(object):
         -------
         List[CheckpointArtifact]
         """
+        if task is None and run is None and self._handed is not None:
+            task = self._handed.task.pathspec  # a subprocess of a step: its task
         if (task is None) == (run is None):
             raise CheckpointException(
                 "Checkpoint().list() takes exactly one of task=\"Flow/run/step/task\" "
@@ -68,7 +159,9 @@ class Checkpoint(object):
             )
         if task is not None:
             flow, run_id, step, task_id = split_pathspec(getattr(task, "pathspec", task))
-            _require_exists("Task", "/".join((flow, run_id, step, task_id)))
+            pathspec = "/".join((flow, run_id, step, task_id))
+            if self._handed is None or pathspec != self._handed.task.pathspec:
+                _require_exists("Task", pathspec)
             return list_artifacts(self._store, flow, run_id, step, task_id, name, attempt)
         flow, run_id = _split_run(getattr(run, "pathspec", run))
         _require_exists("Run", "%s/%s" % (flow, run_id))
@@ -80,7 +173,7 @@ class Checkpoint(object):
 
     def load(
         self,
-        reference: Reference,
+        reference: Optional[Reference] = None,
         fields: Optional[Iterable[str]] = None,
         flow: Any = None,
         allow_pickle: bool = True,
@@ -90,8 +183,9 @@ class Checkpoint(object):
 
         Parameters
         ----------
-        reference : CheckpointArtifact, dict or str
-            The checkpoint: an artifact, its `to_dict()`, or its key.
+        reference : CheckpointArtifact, dict or str, optional
+            The checkpoint: an artifact, its `to_dict()`, or its key. None, in a
+            subprocess of a step: the checkpoint its attempt resumes from.
         fields : List[str], optional
             Read only these fields (only their data is read).
         flow : object, optional
@@ -110,6 +204,8 @@ class Checkpoint(object):
         """
         if isinstance(fields, str):
             fields = [fields]
+        if reference is None:
+            reference = self._resume_point()
         key = key_of(reference)
         manifest = self._store.read_manifest(key)
         values, _ = load_snapshot(
