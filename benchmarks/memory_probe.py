@@ -28,13 +28,13 @@ def _reset_peak() -> None:
 def main() -> None:
     workdir, size, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from local_io import _fresh, _session
+    from local_io import fresh_dir, new_session
     from states import nbytes, state_dict
 
-    session_root = _fresh(workdir / "memory")
+    session_root = fresh_dir(workdir / "memory")
     base = _status_kb("VmRSS") * 1024
     state = state_dict(size)
-    session = _session(session_root, state)
+    session = new_session(session_root, state)
     with_state = _status_kb("VmRSS") * 1024
     _reset_peak()
     if mode == "sync":
