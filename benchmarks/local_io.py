@@ -205,7 +205,7 @@ def run_round(
     add("safetensors load_file", timed(lambda: safetensors_load_file(st_file)))
     blob_files = stored_blob_files(work / "ours-fsync", artifact)
     read_buffer = torch.empty(sum(os.path.getsize(p) for p in blob_files), dtype=torch.uint8)
-    physical_limit.read_into(read_buffer, blob_files)  # in the page cache for sure, buffer touched
+    physical_limit.read_into(read_buffer, blob_files)  # in the page cache for sure, buffer written
     add("limit: read the stored bytes from page cache",
         timed(lambda: physical_limit.read_into(read_buffer, blob_files)))
     del read_buffer

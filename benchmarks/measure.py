@@ -81,18 +81,19 @@ class Rounds:
         return {case: self.figure(case).to_json() for case in self._samples}
 
 
-def seconds(f: Figure, digits: int = 3) -> str:
-    """``0.457 s (0.431-0.502)``: a figure's median and range, in seconds."""
-    return "%.*f s (%.*f-%.*f)" % (digits, f.median, digits, f.low, digits, f.high)
-
-
-def times(f: Figure, digits: int = 2) -> str:
-    """``0.42x (0.38-0.45)``: a ratio's median and range."""
-    return "%.*fx (%.*f-%.*f)" % (digits, f.median, digits, f.low, digits, f.high)
-
-
 def plain(f: Figure, fmt: str = "%.0f", unit: str = "") -> str:
-    return (fmt + "%s (" + fmt + "-" + fmt + ")") % (f.median, unit, f.low, f.high)
+    """``1316/s (1200 to 1400)``: a figure's median and range (min to max)."""
+    return (fmt + "%s (" + fmt + " to " + fmt + ")") % (f.median, unit, f.low, f.high)
+
+
+def seconds(f: Figure, digits: int = 3) -> str:
+    """``0.457 s (0.431 to 0.502)``: a figure's median and range, in seconds."""
+    return plain(f, "%%.%df" % digits, " s")
+
+
+def ratio(f: Figure, digits: int = 2) -> str:
+    """``0.42 (0.38 to 0.45)``: a ratio's median and range."""
+    return plain(f, "%%.%df" % digits)
 
 
 def peak_rss_bytes() -> int:
