@@ -1,6 +1,7 @@
 """Run the benchmark suite and write benchmarks/RESULTS.md (and the raw samples, RESULTS.json).
 
-    make bench                          # everything, as reported (about 35 minutes here)
+    make bench                          # everything, as reported (about 80 minutes on this
+                                        # 2-core VM while other test suites ran)
     python benchmarks/run.py --quick    # small states, 2 rounds: a smoke run of every case
 
 Every figure is the median and range (min-max) of its rounds after a warm-up round; ours
@@ -235,7 +236,8 @@ def build_report(results: dict, args, elapsed: float) -> str:
     r.add("## Against safetensors, torch.save and metaflow-checkpoint", "",
           "metaflow-checkpoint 0.2.14 runs in its own virtualenv (it also registers `@checkpoint`), on"
           " the local datastore, card off; its local save copies files without fsync. Its run (a"
-          " flow with one untimed and one timed save and load) is part of each round.", "")
+          " flow with one untimed and one timed save and load) is part of each round. safetensors `load_file`"
+          " maps the file: its tensors' bytes are read on first touch, after the timer stops.", "")
     r.table(ratio_rows(local, OTHER_PAIRS), ("", "ours", "peer", "ours / peer"))
 
     r.add("## All local cases, seconds", "")
