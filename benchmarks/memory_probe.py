@@ -2,6 +2,8 @@
 
     python memory_probe.py WORKDIR SIZE_BYTES sync|background
 
+(A third mode, the peak of a resume into a live model, is the lead engineer's to add.)
+
 Prints JSON: the state's bytes, and the process's resident memory with the state built
 ("with_state") and at its peak during the save ("peak"), both above what the process
 used before building the state ("base": Python, torch, metaflow).
@@ -28,13 +30,13 @@ def _reset_peak() -> None:
 def main() -> None:
     workdir, size, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from local_io import _fresh, _session
+    from local_io import fresh_dir, new_session
     from states import nbytes, state_dict
 
-    session_root = _fresh(workdir / "memory")
+    session_root = fresh_dir(workdir / "memory")
     base = _status_kb("VmRSS") * 1024
     state = state_dict(size)
-    session = _session(session_root, state)
+    session = new_session(session_root, state)
     with_state = _status_kb("VmRSS") * 1024
     _reset_peak()
     if mode == "sync":

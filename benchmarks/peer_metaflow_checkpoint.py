@@ -4,19 +4,20 @@ metaflow-checkpoint registers a step decorator named ``checkpoint`` and ``curren
 as our package does, so the two cannot be installed together: its flow
 (peer_flows/metaflow_checkpoint_flow.py) runs with the python of benchmarks/.venv-peer, which
 ``make bench`` builds. The flow times save and load inside its step; this module runs it in an
-isolated Metaflow home and datastore and reduces the samples to medians.
+isolated Metaflow home and datastore. run.py calls it once per round (one warm-up save and
+load, then one timed), between our cases of that round.
 
-    measure(workdir, 100 * 1024 * 1024, repeats=5)                        # local datastore
-    measure(workdir, 100 * 1024 * 1024, repeats=5, env_overrides=s3_env)  # S3, see METAFLOW_NOTES.md
+    measure(workdir, 100 * 1024 * 1024, repeats=1)                        # local datastore
+    measure(workdir, 100 * 1024 * 1024, repeats=1, env_overrides=s3_env)  # S3, see METAFLOW_NOTES.md
 """
 
 import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
-from measure import isolated_metaflow_env, median_of
+from measure import isolated_metaflow_env
 
 HERE = Path(__file__).resolve().parent
 PEER_VENV = HERE / ".venv-peer"
@@ -36,8 +37,8 @@ def _peer_python() -> Path:
 
 def measure(
     workdir: Path, size_bytes: int, repeats: int, env_overrides: Optional[Dict[str, str]] = None
-) -> Dict[str, float]:
-    """Median seconds of metaflow-checkpoint saving and loading a ``states.state_dict(size_bytes)``.
+) -> Dict[str, List[float]]:
+    """Seconds of metaflow-checkpoint saving and loading a ``states.state_dict(size_bytes)``.
 
     One flow run makes ``repeats`` timed saves and then ``repeats`` timed loads, after one
     warm-up save and load that are dropped. ``env_overrides`` is applied on top of the isolated
@@ -46,10 +47,10 @@ def measure(
     Returns
     -------
     dict
-        ``bytes`` of the state; ``save`` (torch.save into the checkpoint directory plus
-        ``current.checkpoint.save()``, what a user waits for) with its parts ``torch_save`` and
-        ``their_save``; ``load`` (``current.checkpoint.load(reference)`` plus ``torch.load``)
-        with its parts ``their_load`` and ``torch_load``.
+        Samples (one per timed run, warm-up dropped): ``save`` (torch.save into the checkpoint
+        directory plus ``current.checkpoint.save()``, what a user waits for) with its parts
+        ``torch_save`` and ``their_save``; ``load`` (``current.checkpoint.load(reference)``
+        plus ``torch.load``) with its parts ``their_load`` and ``torch_load``.
     """
     if repeats < 1:
         raise ValueError("repeats must be at least 1, got %d" % repeats)
@@ -82,6 +83,4 @@ def measure(
     samples = {part: runs[1:] for part, runs in measured["samples"].items()}  # [0] is the warm-up
     saves = [a + b for a, b in zip(samples["torch_save"], samples["their_save"])]
     loads = [a + b for a, b in zip(samples["their_load"], samples["torch_load"])]
-    result = {"bytes": measured["bytes"], "save": median_of(saves), "load": median_of(loads)}
-    result.update({part: median_of(runs) for part, runs in samples.items()})
-    return result
+    return dict(samples, save=saves, load=loads)

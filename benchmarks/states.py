@@ -25,10 +25,12 @@ def nbytes(state: dict) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
 
-def change_share(state: dict, share: float, seed: int = 1) -> None:
-    """Overwrite ``share`` of the tensors (by count, large and small alike) in place."""
+def change_share(state: dict, share: float, seed: int = 1) -> list:
+    """Overwrite ``share`` of the tensors (by count, large and small alike) in place;
+    return the names of those changed."""
     generator = torch.Generator().manual_seed(seed)
     names = list(state)
     step = max(1, round(1 / share))
     for name in names[::step]:
         state[name].copy_(torch.randn(state[name].shape, generator=generator))
+    return names[::step]

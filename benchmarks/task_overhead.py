@@ -1,4 +1,8 @@
-"""What @checkpoint adds to a task that saves nothing, and how fast tiny states save."""
+"""What @checkpoint adds to a task that saves nothing, and how fast tiny states save.
+
+Both run their variants interleaved within each round (round 0 is the warm-up), so machine
+noise hits the variants alike, and each per-round difference or rate is one sample.
+"""
 
 import shutil
 import subprocess
@@ -6,11 +10,18 @@ import sys
 import time
 from pathlib import Path
 
-from measure import isolated_metaflow_env, median_of
+from measure import Rounds, isolated_metaflow_env
 
 HERE = Path(__file__).resolve().parent
 FLOW = HERE / "flows" / "overhead_flow.py"
 TASKS_PER_RUN = 2
+
+#: Flow runs compared: no decorator, @checkpoint with defaults (card on), card off.
+VARIANTS = {
+    "plain": [],
+    "checkpoint (defaults: card on)": ["--with", "checkpoint"],
+    "checkpoint, card=False": ["--with", "checkpoint:card=False"],
+}
 
 
 def _run_seconds(root: Path, extra: list) -> float:
@@ -26,47 +37,44 @@ def _run_seconds(root: Path, extra: list) -> float:
     return time.perf_counter() - start
 
 
-def decorator_overhead(workdir: Path, rounds: int) -> dict:
-    """Median seconds per task added by @checkpoint, without and with its card.
-
-    The three variants run interleaved, so machine noise hits them alike.
-    """
+def decorator_overhead(workdir: Path, rounds: int) -> Rounds:
+    """Per round: wall seconds of a two-step flow run per variant, and seconds per task
+    each @checkpoint variant adds over the plain run of the same round
+    (cases ``added per task: <variant>``)."""
     root = workdir / "overhead"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    variants = {
-        "plain": [],
-        "checkpoint, card off": ["--with", "checkpoint:card=False"],
-        "checkpoint": ["--with", "checkpoint"],
-    }
-    samples = {name: [] for name in variants}
-    _run_seconds(root, [])  # warm-up: creates the datastore, warms the page cache
-    for _ in range(rounds):
-        for name, extra in variants.items():
-            samples[name].append(_run_seconds(root, extra))
+    samples = Rounds()
+    for _ in range(rounds + 1):
+        wall = {name: _run_seconds(root, extra) for name, extra in VARIANTS.items()}
+        for name, seconds in wall.items():
+            samples.add("flow run: %s" % name, seconds)
+            if name != "plain":
+                samples.add("added per task: %s" % name, (seconds - wall["plain"]) / TASKS_PER_RUN)
+        samples.next_round()
     shutil.rmtree(root, ignore_errors=True)
-    runs = {name: median_of(values) for name, values in samples.items()}
-    return {
-        "runs": runs,
-        "per_task": {
-            name: (runs[name] - runs["plain"]) / TASKS_PER_RUN for name in variants if name != "plain"
-        },
-    }
+    return samples
 
 
-def tiny_saves_per_second(workdir: Path, saves: int) -> float:
+def tiny_saves_per_second(workdir: Path, saves: int, rounds: int) -> Rounds:
+    """Saves per second of a three-field state, defaults (rng=True) and rng=False, fsync on."""
     sys.path.insert(0, str(HERE.parent / "tests"))
     from engine_helpers import State, local_store, make_session
 
-    root = workdir / "tiny"
-    shutil.rmtree(root, ignore_errors=True)
-    state = State()
-    state.epoch, state.loss, state.history = 0, 1.0, [0.5, 0.25]
-    session = make_session(local_store(root), state, rng=False)
-    start = time.perf_counter()
-    for i in range(saves):
-        state.epoch = i
-        session.save(metadata={"step": i})
-    rate = saves / (time.perf_counter() - start)
-    shutil.rmtree(root, ignore_errors=True)
-    return rate
+    samples = Rounds()
+    for _ in range(rounds + 1):
+        for case, kwargs in (("tiny saves per second (defaults: rng=True)", {}),
+                             ("tiny saves per second, rng=False", {"rng": False})):
+            root = workdir / "tiny"
+            shutil.rmtree(root, ignore_errors=True)
+            state = State()
+            state.epoch, state.loss, state.history = 0, 1.0, [0.5, 0.25]
+            session = make_session(local_store(root), state, **kwargs)
+            start = time.perf_counter()
+            for i in range(saves):
+                state.epoch = i
+                session.save(metadata={"step": i})
+            samples.add(case, saves / (time.perf_counter() - start))
+            shutil.rmtree(root, ignore_errors=True)
+        samples.next_round()
+    return samples

@@ -17,20 +17,25 @@ class State:
 
 
 class CountingBackend(LocalDirBackend):
-    """A local backend that counts blob reads."""
+    """A local backend that records every read, through either read path: ``reads``
+    lists the paths read (``read`` and ``read_into``), ``blob_reads`` counts blob reads."""
 
     def __init__(self, root):
         super().__init__(root)
         self.blob_reads = 0
+        self.reads = []
 
-    def read_into(self, path, buffer):
+    def _count(self, path):
+        self.reads.append(path)
         if "/blobs/" in path:
             self.blob_reads += 1
+
+    def read_into(self, path, buffer):
+        self._count(path)
         return super().read_into(path, buffer)
 
     def read(self, path):
-        if "/blobs/" in path:
-            self.blob_reads += 1
+        self._count(path)
         return super().read(path)
 
 

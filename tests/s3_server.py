@@ -87,6 +87,11 @@ class S3Server:
         go to S3Backend (retry, part_bytes, ...)."""
         return S3Backend(self.client(endpoint), root, **options)
 
+    def logged_backend(self, root: str, endpoint: Optional[str] = None, **options):
+        """Like ``backend``, and the RequestLog of the client it uses: ``(backend, log)``."""
+        client = self.client(endpoint)
+        return S3Backend(client, root, **options), RequestLog(client)
+
     def keys(self, root: str) -> list:
         """Every object key under ``root``, relative to it."""
         prefix = root[len("s3://%s/" % self.bucket) :].rstrip("/") + "/"

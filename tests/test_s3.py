@@ -15,9 +15,9 @@ import torch
 
 from conftest import REPO, TEST_FLOWS
 from engine_helpers import State, make_session
+from resume_flow_helpers import task_state
 from s3_fault_proxy import FAULTS, FaultProxy
-from s3_server import RequestLog, S3World, s3_server, s3_world  # noqa: F401  (fixtures)
-from test_resume_flows import task_state
+from s3_server import S3World, s3_server, s3_world  # noqa: F401  (fixtures)
 from metaflow_extensions.implicit_checkpoint.engine.errors import (
     CheckpointNotFound,
     CheckpointStorageError,
@@ -48,8 +48,7 @@ def blob_keys(keys):
 
 def test_large_multi_chunk_state_round_trips_bit_exact(s3_server):
     root = s3_server.new_root()
-    writer_backend = s3_server.backend(root, part_bytes=SMALL_PARTS)
-    writes = RequestLog(writer_backend._client)
+    writer_backend, writes = s3_server.logged_backend(root, part_bytes=SMALL_PARTS)
     state = State()
     state.big = random_array(80 * MiB, seed=1)  # two chunks: 64 MiB and 16 MiB
     state.model_state = {"w": torch.randn(300, 1000), "b": torch.randn(7).to(torch.bfloat16)}
@@ -63,8 +62,7 @@ def test_large_multi_chunk_state_round_trips_bit_exact(s3_server):
     assert any(k.startswith("UnitFlow/_implicit_checkpoints/tasks/") for k in keys)
     assert len(blob_keys(keys)) >= 3
 
-    reader_backend = s3_server.backend(root, part_bytes=SMALL_PARTS)
-    reads = RequestLog(reader_backend._client)
+    reader_backend, reads = s3_server.logged_backend(root, part_bytes=SMALL_PARTS)
     loaded = State()
     reader = make_session(CheckpointStore(reader_backend), loaded, attempt=1)
     assert reader.loaded.key == artifact.key
@@ -87,8 +85,7 @@ def test_existence_checks_are_batched_and_remembered(s3_server):
 
     # A new process saving the same state (a sibling task, a resumed attempt): every
     # blob is checked once (a HEAD: present, right size), none is uploaded again.
-    backend = s3_server.backend(root)
-    log = RequestLog(backend._client)
+    backend, log = s3_server.logged_backend(root)
     session = make_session(CheckpointStore(backend), state, task_id="2")
     log.reset()
     session.save()
@@ -273,15 +270,16 @@ def notebook_view(world, run_id):
         """
         import json
         from metaflow import Checkpoint, namespace
+        from metaflow_extensions.implicit_checkpoint.plugins.store_binding import store_from_config
         namespace(None)
-        cp = Checkpoint()
+        cp = Checkpoint()  # built on store_from_config(), like the store below
         newest = cp.list(task="ResumeFlow/%s/train/2")[-1]
         manifest = cp.inspect(newest)
         class Holder: pass
         holder = Holder()
         artifact = cp.load(newest.key, flow=holder)
         print(json.dumps({
-            "store": type(cp._store.backend).__name__,
+            "store": type(store_from_config().backend).__name__,
             "fields": {k: v["size"] for k, v in manifest["fields"].items()},
             "weights_sum": float(cp.load(newest, fields=["weights"])["weights"].sum()),
             "holder_count": holder.count,

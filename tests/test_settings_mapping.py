@@ -1,0 +1,107 @@
+"""Metaflow settings the checkpoint store follows, observed through real flows:
+METAFLOW_CHECKPOINT_FSYNC=0 (no fsync of checkpoint files), METAFLOW_S3_RETRY_COUNT
+(how many times a failing S3 request is retried) and METAFLOW_S3_SERVER_SIDE_ENCRYPTION
+(every checkpoint object encrypted at rest, on the moto server)."""
+
+from s3_fault_proxy import FaultProxy
+from s3_server import S3World, s3_server, s3_world  # noqa: F401  (fixtures)
+
+#: The flow counts the fsync / fdatasync calls made on checkpoint files in its task
+#: process: the counters are installed before Metaflow (and so the store) is imported.
+FSYNC_FLOW = '''
+import os
+
+SYNCED = []
+
+
+def _counting(real):
+    def sync(fd):
+        try:
+            path = os.readlink("/proc/self/fd/%d" % fd)
+        except OSError:
+            path = ""
+        if "_implicit_checkpoints" in path:
+            SYNCED.append(path)
+        return real(fd)
+    return sync
+
+
+os.fsync = _counting(os.fsync)
+os.fdatasync = _counting(os.fdatasync)
+
+from metaflow import FlowSpec, checkpoint, current, step  # noqa: E402
+
+
+class SettingsFlow(FlowSpec):
+    @checkpoint(card=False)
+    @step
+    def start(self):
+        self.weights = list(range(5000))
+        current.checkpoint.save()
+        self.synced = len(SYNCED)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    SettingsFlow()
+'''
+
+NEWEST = """
+import json
+from metaflow import Checkpoint, Flow, namespace
+namespace(None)
+task = Flow("SettingsFlow").latest_run["start"].task
+newest = Checkpoint().list(task=task)[-1]
+print(json.dumps({"synced": task.data.synced, "key": newest.key,
+                  "weights": Checkpoint().load(newest, fields=["weights"])["weights"][-1]}))
+"""
+
+
+def test_fsync_zero_turns_off_every_fsync_of_checkpoint_files(world, write_flow):
+    flow = write_flow(FSYNC_FLOW, "settings_flow.py")
+    world.run_flow(flow)
+    durable = world.python(NEWEST)
+    assert durable["synced"] > 0 and durable["weights"] == 4999
+
+    world.env["METAFLOW_CHECKPOINT_FSYNC"] = "0"
+    world.run_flow(flow)
+    fast = world.python(NEWEST)
+    assert fast["key"] != durable["key"]
+    assert fast["synced"] == 0 and fast["weights"] == 4999
+
+
+def test_server_side_encryption_setting_encrypts_every_checkpoint_object(s3_world, write_flow):
+    s3_world.env["METAFLOW_S3_SERVER_SIDE_ENCRYPTION"] = "AES256"
+    s3_world.run_flow(write_flow(FSYNC_FLOW, "settings_flow.py"))
+    keys = s3_world.checkpoint_keys()
+    assert any("/blobs/" in k for k in keys) and any(k.endswith(".manifest") for k in keys)
+    client = s3_world.server.client()
+    prefix = s3_world.s3_root[len("s3://%s/" % s3_world.server.bucket):]
+    encryption = {
+        k: client.head_object(Bucket=s3_world.server.bucket, Key="%s/%s" % (prefix, k)).get("ServerSideEncryption")
+        for k in keys
+    }
+    assert set(encryption.values()) == {"AES256"}, encryption
+
+
+def test_s3_retry_count_is_how_often_a_failing_request_is_retried(s3_server, tmp_path, write_flow):
+    flow = write_flow(FSYNC_FLOW, "settings_flow.py")
+    host = s3_server.endpoint.split("://")[1]
+    # Every checkpoint request fails twice in a row, then goes through: it takes 3 tries.
+    with FaultProxy(host, share=1.0, faults=("503",), max_consecutive=2, only="_implicit_checkpoints") as proxy:
+        outcomes = {}
+        for retries in ("1", "2"):
+            root = tmp_path / ("retries-" + retries)
+            root.mkdir()
+            world = S3World(root, s3_server, endpoint=proxy.endpoint)
+            world.env["METAFLOW_S3_RETRY_COUNT"] = retries
+            outcomes[retries] = world.run_flow(flow, check=False)
+    too_few = outcomes["1"]
+    assert too_few.returncode != 0
+    assert "SlowDown" in too_few.stdout or "503" in too_few.stdout, too_few.stdout[-3000:]
+    assert outcomes["2"].returncode == 0, outcomes["2"].stdout[-3000:]
+    assert proxy.failures["503"] > 0
