@@ -2,8 +2,6 @@
 
     python memory_probe.py WORKDIR SIZE_BYTES sync|background
 
-(A third mode, the peak of a resume into a live model, is the lead engineer's to add.)
-
 Prints JSON: the state's bytes, and the process's resident memory with the state built
 ("with_state") and at its peak during the save ("peak"), both above what the process
 used before building the state ("base": Python, torch, metaflow).

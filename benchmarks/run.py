@@ -57,14 +57,15 @@ def load_average() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def memory(work: Path, size: int, mode: str) -> dict:
+def probe(script: str, *args) -> dict:
+    """Run a measuring script of this folder in a fresh process; its JSON output."""
     out = subprocess.run(
-        [sys.executable, str(HERE / "memory_probe.py"), str(work), str(size), mode],
+        [sys.executable, str(HERE / script), *map(str, args)],
         check=True,
         stdout=subprocess.PIPE,
         text=True,
     ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(out[out.index("{"):])
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -89,7 +90,12 @@ def measure_all(args, work: Path, log: Callable[[str], None]) -> dict:
     del state
 
     log("memory ...")
-    results["memory"] = {mode: memory(work, args.size, mode) for mode in ("sync", "background")}
+    results["memory"] = {
+        mode: probe("memory_probe.py", work, args.size, mode) for mode in ("sync", "background")
+    }
+    results["memory"]["resume"] = probe("resume_memory_probe.py", work / "resume", args.resume_size)
+    log("what sound change detection costs ...")
+    results["soundness"] = probe("soundness_cost.py", args.size // MB, args.rounds)
 
     s3 = Rounds()
     s3_state = state_dict(args.s3_size)
@@ -285,9 +291,19 @@ def build_report(results: dict, args, elapsed: float) -> str:
 
     mem = results["memory"]
     ms, mb = mem["sync"]["peak"] / mem["sync"]["bytes"], mem["background"]["peak"] / mem["background"]["bytes"]
+    resume = mem["resume"]
+    mr = resume["peak"] / resume["bytes"]
     r.add("## Memory (%s state, fresh process, one run each)" % size_label, "",
           "- sync save: peak resident memory %.2f x the state size (the state itself included)" % ms,
-          "- background save: %.2f x (the state plus its staging copy)" % mb, "")
+          "- background save: %.2f x (the state plus its staging copy)" % mb,
+          "- resume into a live model of %s (a retry that built its model, then load()): peak %.3f x"
+          " the model (benchmarks/resume_memory_probe.py)" % ("%d MB" % round(resume["bytes"] / MB), mr), "")
+    r.add("## What sound change detection costs (%s state, %d rounds)" % (size_label, args.rounds), "",
+          "Default: every save hashes (sync) or copies (background) every tensor, so a checkpoint"
+          " holds the bytes live at save(). Opt-in METAFLOW_CHECKPOINT_TRACK_CHANGES=1 trusts torch's"
+          " version counters (unsound for writes through .data). benchmarks/soundness_cost.py.", "")
+    r.table([(case, "%.4g (%.4g to %.4g)" % (f["median"], f["min"], f["max"]))
+             for case, f in results["soundness"].items()], ("case (seconds, bytes or ratio)", "median (min to max)"))
 
     o, tiny = results["overhead"], results["tiny"]
     r.add("## Per task and tiny states", "",
@@ -328,6 +344,7 @@ def build_report(results: dict, args, elapsed: float) -> str:
              % seconds(o.figure("added per task: checkpoint, card=False")), f, seconds(f), lambda v: v < 0.05)
     r.target("peak memory, sync save <= state size + 10 %", Figure([ms]), "%.2fx" % ms, lambda v: v <= 1.10)
     r.target("peak memory, background save <= 2x state size + 10 %", Figure([mb]), "%.2fx" % mb, lambda v: v <= 2.10)
+    r.target("peak memory, resume into a live model <= 1.1x the model", Figure([mr]), "%.3fx" % mr, lambda v: v <= 1.10)
 
     return "\n".join(
         r.lines[:header_end]
@@ -351,6 +368,7 @@ def main() -> None:
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.size = (100 if args.quick else 1024) * MB
     args.s3_size = (50 if args.quick else 128) * MB
+    args.resume_size = (256 if args.quick else 2048) * MB
     args.train_window, args.train_interval = (6.0, 2.0) if args.quick else (20.0, 4.0)
     args.overhead_rounds = args.rounds
     args.tiny_saves = 300 if args.quick else 2000
