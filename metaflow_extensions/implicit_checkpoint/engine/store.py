@@ -5,7 +5,7 @@ Layout under the backend root (the flow datastore root)::
     <Flow>/_implicit_checkpoints/blobs/<h[:2]>/<h>              one blob, named by its hash
     <Flow>/_implicit_checkpoints/tasks/<run>/<step>/<task>/<attempt>/<version>.<name>.manifest
     <Flow>/_implicit_checkpoints/locks/...                      save leases, gc (locks.py)
-    <Flow>/_implicit_checkpoints/tmp/<lease>/...                temp files of a save in progress
+    <Flow>/_implicit_checkpoints/tmp/<lease>.<random>           temp files of a save in progress
 
 Blobs are shared by every checkpoint of a flow, so unchanged data is stored once across
 saves, attempts, foreach siblings and runs. A checkpoint exists exactly when its
@@ -152,9 +152,12 @@ class CheckpointStore:
                 if marker.deleted:  # processes drop what they checked before this
                     self.locks.new_epoch(self._locks_dir(flow))
 
-    def _temp_dir(self) -> Optional[str]:
+    def _temp_prefix(self, flow: str) -> str:
+        """How this save's temp files are named: after its lease, when it holds one."""
         lease = getattr(self._lease, "current", None)
-        return lease.temp_dir if lease is not None else None
+        if lease is not None:
+            return lease.temp_prefix
+        return "%s/%s" % (self._temp_root(flow), TEMP_PREFIX)
 
     def _checked(self, flow: str) -> set:
         with self._lock:
@@ -173,7 +176,7 @@ class CheckpointStore:
         """
         blobs = list(blobs)
         checked_set = self._checked(flow)
-        temp_dir = self._temp_dir() or self._blob_dir(flow)
+        temp_prefix = self._temp_prefix(flow)
         one_pass = [self._probably_changed(blob) for blob in blobs]
         checked = [i for i, fast in enumerate(one_pass) if not fast]
         digests: List[Optional[str]] = [None] * len(blobs)
@@ -187,7 +190,7 @@ class CheckpointStore:
             blob = blobs[i]
             if one_pass[i]:
                 digest, written = self.backend.write_hashed(
-                    blob.parts, self.durable, lambda d: self.blob_path(flow, d), temp_dir
+                    blob.parts, self.durable, lambda d: self.blob_path(flow, d), temp_prefix
                 )
             else:
                 digest = digests[i]
@@ -195,7 +198,7 @@ class CheckpointStore:
                     if digest in checked_set or digest in claimed:
                         return digest, False
                     claimed.add(digest)  # a twin blob of this save is written once
-                self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable, temp_dir)
+                self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable, temp_prefix)
                 written = True
             with self._lock:
                 checked_set.add(digest)
@@ -361,7 +364,7 @@ class CheckpointStore:
             lease.marker.check("Saving checkpoint %s" % key)
         path = self.manifest_path(key)
         try:
-            self.backend.write(path, [pack_manifest(manifest)], self.durable, self._temp_dir())
+            self.backend.write(path, [pack_manifest(manifest)], self.durable, self._temp_prefix(key.flow))
         except Exception as ex:
             raise CheckpointStorageError(
                 "Could not commit checkpoint %s to %s: %s"
