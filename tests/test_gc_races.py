@@ -266,3 +266,19 @@ def test_listing_and_eager_resume_tolerate_manifests_removed_meanwhile(tmp_path)
         target=State(), load_policy="eager",
     )
     assert eager.start().key == saved[0].key
+
+
+def test_gc_removes_old_temp_files_but_not_a_lease_being_written(tmp_path):
+    root = tmp_path / "UnitFlow" / "_implicit_checkpoints"
+    for folder in ("blobs/ab", "tmp", "locks/saves"):
+        (root / folder).mkdir(parents=True)
+    old_blob_temp = root / "blobs" / "ab" / ".tmp-killed"
+    old_save_temp = root / "tmp" / "1+train+1+0+7+abc.def"
+    lease_being_written = root / "locks" / "saves" / ".tmp-lease"
+    for path in (old_blob_temp, old_save_temp, lease_being_written):
+        path.write_bytes(b"x")
+    age_files(root, 60)  # older than the grace, younger than a dead lease
+    report = collect_garbage(local_store(tmp_path), "UnitFlow", grace=1)
+    assert report.deleted_temp_files == 2
+    assert not old_blob_temp.exists() and not old_save_temp.exists()
+    assert lease_being_written.exists()

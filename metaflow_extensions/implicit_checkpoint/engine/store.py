@@ -14,6 +14,7 @@ verified against its hash when read.
 """
 
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -28,7 +29,7 @@ from .errors import (
 from .hashing import content_hash
 from .keys import CheckpointKey, is_valid_name
 from .layout import PlannedBlob
-from .locks import Locks, Marker
+from .locks import STALE, Locks, Marker
 from .manifest import STORAGE, pack_manifest, unpack_manifest
 from .parallel import LazyPool
 
@@ -448,13 +449,33 @@ class CheckpointStore:
             if not entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
                 yield entry
 
-    def iter_temp_files(self, flow: str) -> Iterator[StoredFile]:
-        """Temp files of unfinished writes anywhere in ``flow``'s checkpoint store."""
-        for top in (self._blob_dir(flow), self._tasks_dir(flow), self._locks_dir(flow)):
-            for entry in self.backend.walk_files(top):
-                if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
-                    yield entry
-        yield from self.backend.walk_files(self._temp_root(flow))
+    def stale_temp_files(self, flow: str, cutoff: float) -> List[str]:
+        """Temp files of unfinished writes in ``flow``'s store modified before ``cutoff``
+        (epoch seconds). A save writes its lease without holding one, so temp files
+        among the locks count only once as old as a dead lease."""
+        found = []
+        locks_cutoff = min(cutoff, time.time() - STALE)
+        for top, before in (
+            (self._blob_dir(flow), cutoff),
+            (self._tasks_dir(flow), cutoff),
+            (self._locks_dir(flow), locks_cutoff),
+        ):
+            found.extend(
+                entry.path
+                for entry in self.backend.walk_files(top)
+                if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX) and entry.mtime < before
+            )
+        # tmp/ holds only the temp files of saves, each under its lease.
+        found.extend(e.path for e in self.backend.walk_files(self._temp_root(flow)) if e.mtime < cutoff)
+        return found
+
+    def delete_temp_files(self, flow: str, paths: Sequence[str]) -> None:
+        """Delete temp files found by ``stale_temp_files``; only under ``deleting(flow)``."""
+        if flow not in self._deleters:
+            raise CheckpointException(
+                "Temp files of %s can only be deleted under CheckpointStore.deleting()." % flow
+            )
+        self.backend.delete(paths)
 
     def delete_blobs(self, flow: str, digests: Sequence[str]) -> None:
         """Delete blobs; only under ``deleting(flow)``, since a save may be about to use them."""
