@@ -178,7 +178,7 @@ def test_a_dead_save_lease_does_not_block_gc_forever(tmp_path, monkeypatch):
     lease_dir.mkdir(parents=True)
     dead = lease_dir / "7+train+1+0+4242+abc"
     dead.write_text("killed")
-    temp = tmp_path / "UnitFlow" / "_implicit_checkpoints" / "tmp" / (dead.name + ".half-written")
+    temp = tmp_path / "UnitFlow" / "_implicit_checkpoints" / "tmp" / (".tmp-%s.half-written" % dead.name)
     temp.parent.mkdir(parents=True)
     temp.write_bytes(b"x" * 1000)
     past = time.time() - locks.STALE - 60
@@ -196,7 +196,7 @@ def test_a_new_attempt_removes_the_temp_files_of_the_one_before(tmp_path):
     killed = "1+train+1+0+4242+abc"
     (root / "locks" / "saves" / killed).write_text("killed")
     (root / "tmp").mkdir(parents=True)
-    (root / "tmp" / (killed + ".partial")).write_bytes(b"x" * 4096)
+    (root / "tmp" / (".tmp-%s.partial" % killed)).write_bytes(b"x" * 4096)
     other_task = "1+train+2+0+4343+def"  # another task's save, maybe still running
     (root / "locks" / "saves" / other_task).write_text("running")
 
@@ -273,7 +273,7 @@ def test_gc_removes_old_temp_files_but_not_a_lease_being_written(tmp_path):
     for folder in ("blobs/ab", "tmp", "locks/saves"):
         (root / folder).mkdir(parents=True)
     old_blob_temp = root / "blobs" / "ab" / ".tmp-killed"
-    old_save_temp = root / "tmp" / "1+train+1+0+7+abc.def"
+    old_save_temp = root / "tmp" / ".tmp-1+train+1+0+7+abc.def"
     lease_being_written = root / "locks" / "saves" / ".tmp-lease"
     for path in (old_blob_temp, old_save_temp, lease_being_written):
         path.write_bytes(b"x")

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Iterator, List, Optional
 
-from .backends import StorageBackend, StoredFile
+from .backends import TEMP_PREFIX, StorageBackend, StoredFile
 from .errors import CheckpointStorageError
 
 RENEW = 15.0
@@ -129,7 +129,7 @@ class Locks:
             self._wait_gone(locks_dir, now)
         try:
             self._forget_dead_leases(locks_dir, temp_root, listing[SAVES], task, attempt)
-            yield Lease(marker, frozenset(listing[EPOCH]), "%s/%s." % (temp_root, name))
+            yield Lease(marker, frozenset(listing[EPOCH]), _temp_prefix(temp_root, name))
         finally:
             self._release(marker)
 
@@ -148,7 +148,7 @@ class Locks:
 
     def _remove_temp_files(self, temp_root: str, leases: List[str]) -> None:
         """Remove the temp files the saves holding ``leases`` left (they are dead)."""
-        prefixes = tuple("%s/%s." % (temp_root, name) for name in leases)
+        prefixes = tuple(_temp_prefix(temp_root, name) for name in leases)
         self.backend.delete(
             [f.path for f in self.backend.walk_files(temp_root) if f.path.startswith(prefixes)]
         )
@@ -249,6 +249,11 @@ class Locks:
     def held(self) -> List[Marker]:
         with self._lock:
             return list(self._held.values())
+
+
+def _temp_prefix(temp_root: str, lease: str) -> str:
+    """How the temp files of the save holding ``lease`` are named (+ a random part)."""
+    return "%s/%s%s." % (temp_root, TEMP_PREFIX, lease)
 
 
 def _renew_forever(locks_ref) -> None:

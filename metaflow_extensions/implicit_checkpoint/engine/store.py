@@ -5,7 +5,7 @@ Layout under the backend root (the flow datastore root)::
     <Flow>/_implicit_checkpoints/blobs/<h[:2]>/<h>              one blob, named by its hash
     <Flow>/_implicit_checkpoints/tasks/<run>/<step>/<task>/<attempt>/<version>.<name>.manifest
     <Flow>/_implicit_checkpoints/locks/...                      save leases, gc (locks.py)
-    <Flow>/_implicit_checkpoints/tmp/<lease>.<random>           temp files of a save in progress
+    <Flow>/_implicit_checkpoints/tmp/.tmp-<lease>.<random>      temp files of a save in progress
 
 Blobs are shared by every checkpoint of a flow, so unchanged data is stored once across
 saves, attempts, foreach siblings and runs. A checkpoint exists exactly when its
