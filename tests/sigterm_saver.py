@@ -27,11 +27,10 @@ class SlowBlobBackend(LocalDirBackend):
         super().__init__(root)
         self.delay = delay
 
-    def _write_temp(self, directory, parts, durable, hasher=None):
-        tmp = LocalDirBackend._write_temp(directory, parts, durable, hasher)
-        if "/_implicit_checkpoints/tmp/" in directory:  # a blob (not a lease or manifest)
+    def _publish(self, tmp, full, durable):
+        if "/blobs/" in full:
             time.sleep(self.delay)  # written as a temp file, not yet renamed to its blob
-        return tmp
+        super()._publish(tmp, full, durable)
 
 
 def main():

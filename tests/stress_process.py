@@ -8,8 +8,10 @@ ROOT is a directory, or s3://bucket/prefix with ENDPOINT the S3 server. A saver 
 checkpoints of task INDEX with keep_last=2 until SECONDS have passed: a frozen tensor
 shared by every saver, a frozen one of its own (both reused through change tracking),
 values that recur (deduplicated against older, possibly collected blobs), and a tensor
-that changes every save; some saves are background ones. The collector runs gc with a
-2 s grace in a loop. Each prints one JSON line of counts at the end.
+that changes every save; some saves are background ones. Now and then it loads its newest
+committed checkpoint through another store and checks it bit for bit (failing loudly if
+not). The collector runs gc with a 2 s grace in a loop. Each prints one JSON line of
+counts at the end.
 """
 
 import json
@@ -56,8 +58,10 @@ def store_for(root: str, endpoint: str = None) -> CheckpointStore:
     return CheckpointStore(LocalDirBackend(root))
 
 
-def save_loop(store: CheckpointStore, seconds: float, index: int) -> dict:
+def save_loop(store_args: tuple, seconds: float, index: int) -> dict:
+    store = store_for(*store_args)
     pause = random.Random(index)
+    read_back = 0
     state = State()
     state.shared = shared_frozen()
     state.own = own_frozen(index)
@@ -70,9 +74,17 @@ def save_loop(store: CheckpointStore, seconds: float, index: int) -> dict:
         state.recurring = recurring(i)
         state.changing = changing(index, i)
         session.save(metadata={"i": i}, blocking=pause.random() < 0.5)
+        if pause.random() < 0.2:  # now and then, read back the newest committed one
+            session.wait()
+            newest = session.list()[-1]
+            loaded = State()
+            make_session(store_for(*store_args), loaded, attempt=1, task_id=str(index)).load(newest)
+            if not check_loaded(loaded, index, newest.metadata["i"]):
+                raise AssertionError("checkpoint %s did not load bit-exact" % newest.key)
+            read_back += 1
         time.sleep(pause.uniform(0, 0.05))
     session.finish()
-    return {"saves": i}
+    return {"saves": i, "read_back": read_back}
 
 
 def gc_loop(store: CheckpointStore, seconds: float) -> dict:
@@ -99,8 +111,11 @@ def check_loaded(state: State, index: int, i: int) -> bool:
 def main():
     os.environ[TRACK_CHANGES_ENV] = "1"  # frozen tensors are reused without being written
     role, root, seconds, index = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-    store = store_for(root, sys.argv[5] if len(sys.argv) > 5 else None)
-    result = save_loop(store, seconds, index) if role == "save" else gc_loop(store, seconds)
+    store_args = (root, sys.argv[5] if len(sys.argv) > 5 else None)
+    if role == "save":
+        result = save_loop(store_args, seconds, index)
+    else:
+        result = gc_loop(store_for(*store_args), seconds)
     print(json.dumps(result), flush=True)
 
 

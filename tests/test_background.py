@@ -28,14 +28,14 @@ class GatedBackend(LocalDirBackend):
         if self.fail:
             raise OSError("disk on fire")
 
-    def write(self, path, parts, durable, temp_dir=None):
+    def write(self, path, parts, durable, temp_prefix=None):
         if "/blobs/" in path:
             self._hold()
-        return super().write(path, parts, durable, temp_dir)
+        return super().write(path, parts, durable, temp_prefix)
 
-    def write_hashed(self, parts, durable, path_for_digest, temp_dir):
+    def write_hashed(self, parts, durable, path_for_digest, temp_prefix):
         self._hold()
-        return super().write_hashed(parts, durable, path_for_digest, temp_dir)
+        return super().write_hashed(parts, durable, path_for_digest, temp_prefix)
 
 
 def test_background_saves_commit_in_order_and_only_then_are_listed(tmp_path):

@@ -122,11 +122,11 @@ class PausingBackend(LocalDirBackend):
         self.reached_commit = threading.Event()
         self.release = threading.Event()
 
-    def write(self, path, parts, durable, temp_dir=None):
+    def write(self, path, parts, durable, temp_prefix=None):
         if path.endswith(".manifest"):
             self.reached_commit.set()
             assert self.release.wait(timeout=60)
-        return super().write(path, parts, durable, temp_dir)
+        return super().write(path, parts, durable, temp_prefix)
 
 
 def _paused_save_of_an_old_blob(tmp_path):
@@ -178,9 +178,9 @@ def test_a_dead_save_lease_does_not_block_gc_forever(tmp_path, monkeypatch):
     lease_dir.mkdir(parents=True)
     dead = lease_dir / "7+train+1+0+4242+abc"
     dead.write_text("killed")
-    temp = tmp_path / "UnitFlow" / "_implicit_checkpoints" / "tmp" / dead.name
-    temp.mkdir(parents=True)
-    (temp / ".tmp-half-written").write_bytes(b"x" * 1000)
+    temp = tmp_path / "UnitFlow" / "_implicit_checkpoints" / "tmp" / (".tmp-%s.half-written" % dead.name)
+    temp.parent.mkdir(parents=True)
+    temp.write_bytes(b"x" * 1000)
     past = time.time() - locks.STALE - 60
     os.utime(dead, (past, past))
     report = collect_garbage(store, "UnitFlow", grace=1, wait=0)
@@ -195,20 +195,20 @@ def test_a_new_attempt_removes_the_temp_files_of_the_one_before(tmp_path):
     (root / "locks" / "saves").mkdir(parents=True)
     killed = "1+train+1+0+4242+abc"
     (root / "locks" / "saves" / killed).write_text("killed")
-    (root / "tmp" / killed).mkdir(parents=True)
-    (root / "tmp" / killed / ".tmp-partial").write_bytes(b"x" * 4096)
+    (root / "tmp").mkdir(parents=True)
+    (root / "tmp" / (".tmp-%s.partial" % killed)).write_bytes(b"x" * 4096)
     other_task = "1+train+2+0+4343+def"  # another task's save, maybe still running
     (root / "locks" / "saves" / other_task).write_text("running")
 
     state = State()
     state.weights = np.arange(1000.0)
     make_session(local_store(tmp_path), state, attempt=1).save()
-    assert not (root / "tmp" / killed).exists()
+    assert os.listdir(root / "tmp") == []
     assert sorted(os.listdir(root / "locks" / "saves")) == [other_task]
 
 
 @pytest.mark.parametrize("repeat", range(3))
-def test_saves_never_leave_leases_or_temp_dirs(tmp_path, repeat):
+def test_saves_never_leave_leases_or_temp_files(tmp_path, repeat):
     state = State()
     state.weights = np.random.default_rng(repeat).random(200_000)
     session = make_session(local_store(tmp_path), state, retention=RetentionPolicy(keep_last=1))
@@ -217,7 +217,7 @@ def test_saves_never_leave_leases_or_temp_dirs(tmp_path, repeat):
         session.save()
     root = tmp_path / "UnitFlow" / "_implicit_checkpoints"
     assert os.listdir(root / "locks" / "saves") == []
-    assert not (root / "tmp").exists() or os.listdir(root / "tmp") == []
+    assert os.listdir(root / "tmp") == []
 
 
 class VanishingBackend(LocalDirBackend):
@@ -266,3 +266,19 @@ def test_listing_and_eager_resume_tolerate_manifests_removed_meanwhile(tmp_path)
         target=State(), load_policy="eager",
     )
     assert eager.start().key == saved[0].key
+
+
+def test_gc_removes_old_temp_files_but_not_a_lease_being_written(tmp_path):
+    root = tmp_path / "UnitFlow" / "_implicit_checkpoints"
+    for folder in ("blobs/ab", "tmp", "locks/saves"):
+        (root / folder).mkdir(parents=True)
+    old_blob_temp = root / "blobs" / "ab" / ".tmp-killed"
+    old_save_temp = root / "tmp" / ".tmp-1+train+1+0+7+abc.def"
+    lease_being_written = root / "locks" / "saves" / ".tmp-lease"
+    for path in (old_blob_temp, old_save_temp, lease_being_written):
+        path.write_bytes(b"x")
+    age_files(root, 60)  # older than the grace, younger than a dead lease
+    report = collect_garbage(local_store(tmp_path), "UnitFlow", grace=1)
+    assert report.deleted_temp_files == 2
+    assert not old_blob_temp.exists() and not old_save_temp.exists()
+    assert lease_being_written.exists()

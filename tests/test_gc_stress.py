@@ -1,6 +1,7 @@
 """Randomized stress: several processes saving (change tracking, frozen tensors, recurring
 values, background saves, keep_last=2) while another runs gc with a 2 s grace in a loop.
-Afterwards every committed checkpoint loads bit-exact.
+The savers load their newest checkpoint now and then while it runs; afterwards every
+committed checkpoint loads bit-exact, and again after a last gc with no grace.
 
 METAFLOW_CHECKPOINT_STRESS_SECONDS sets how long the processes run (default 20 s per
 backend); run longer by hand, e.g. 120.
@@ -49,6 +50,7 @@ def run_stress(root: str, endpoint: str = None) -> None:
         results.append(json.loads(out.strip().splitlines()[-1]))
     gc_result = results[-1]
     assert gc_result["deleted"] > 0, "gc deleted nothing: the race was not exercised"
+    assert all(saver["read_back"] > 0 for saver in results[:-1])  # checked while running too
 
     assert check_every_checkpoint(root, endpoint) == 2 * SAVERS  # keep_last=2
     # A last gc with no grace at all, now that nothing saves, leaves them loadable too.

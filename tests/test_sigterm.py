@@ -57,7 +57,7 @@ def test_a_save_the_grace_cuts_short_is_never_listed_and_its_temp_files_go(tmp_p
     assert versions_listed(tmp_path) == [1]  # never a partial checkpoint 2
     root = tmp_path / "UnitFlow" / "_implicit_checkpoints"
     (killed,) = os.listdir(root / "locks" / "saves")  # the killed save's lease
-    assert os.listdir(root / "tmp" / killed)  # and its temp files
+    assert [f for f in os.listdir(root / "tmp") if f.startswith(".tmp-%s." % killed)]  # its temp files
 
     # The task's next attempt resumes from checkpoint 1 and, at its first save, removes
     # what the killed save left behind.
@@ -67,5 +67,5 @@ def test_a_save_the_grace_cuts_short_is_never_listed_and_its_temp_files_go(tmp_p
     assert all(np.array_equal(a, b) for a, b in zip(state.arrays, arrays_for(1)))
     retry.save(metadata={"version": 3})
     assert os.listdir(root / "locks" / "saves") == []
-    assert not (root / "tmp").exists() or os.listdir(root / "tmp") == []
+    assert os.listdir(root / "tmp") == []
     assert versions_listed(tmp_path) == [1, 3]

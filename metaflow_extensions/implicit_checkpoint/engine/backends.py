@@ -13,7 +13,6 @@ paths from validated parts (see keys.py), never from raw user input.
 import ctypes
 import io
 import os
-import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
@@ -80,12 +79,13 @@ class StorageBackend(ABC):
 
     @abstractmethod
     def write(
-        self, path: str, parts: Sequence, durable: bool, temp_dir: Optional[str] = None
+        self, path: str, parts: Sequence, durable: bool, temp_prefix: Optional[str] = None
     ) -> None:
         """Store the concatenation of ``parts`` (bytes-like) at ``path``, all or nothing.
 
-        Backends that write through a temp file put it in ``temp_dir`` when given (so
-        the temp files of an abandoned save can be found and removed), else next to ``path``.
+        Backends that write through a temp file name it ``temp_prefix`` + a random part
+        when given (so the temp files of an abandoned save can be found and removed),
+        else put it next to ``path``.
         """
 
     def write_hashed(
@@ -93,7 +93,7 @@ class StorageBackend(ABC):
         parts: Sequence,
         durable: bool,
         path_for_digest: Callable[[str], str],
-        temp_dir: str,
+        temp_prefix: str,
     ) -> Tuple[str, bool]:
         """Store ``parts`` under the path named by their content hash; return ``(digest, written)``.
 
@@ -106,7 +106,7 @@ class StorageBackend(ABC):
         size = sum(memoryview(p).nbytes for p in parts)
         if self.stat_many([path])[0] in (size, UNKNOWN_SIZE):
             return digest, False
-        self.write(path, parts, durable, temp_dir)
+        self.write(path, parts, durable, temp_prefix)
         return digest, True
 
     @abstractmethod
@@ -141,10 +141,6 @@ class StorageBackend(ABC):
     def walk_files(self, prefix: str) -> Iterator[StoredFile]:
         """Every file under ``prefix``, at any depth (temp files included)."""
 
-    def delete_tree(self, prefix: str) -> None:
-        """Remove every file under ``prefix`` (and, where directories exist, them too)."""
-        self.delete([entry.path for entry in self.walk_files(prefix)])
-
     @abstractmethod
     def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
         """Renew the modification time of each file last modified more than
@@ -177,28 +173,24 @@ class LocalDirBackend(StorageBackend):
         return self._full(path)
 
     def write(
-        self, path: str, parts: Sequence, durable: bool, temp_dir: Optional[str] = None
+        self, path: str, parts: Sequence, durable: bool, temp_prefix: Optional[str] = None
     ) -> None:
         full = self._full(path)
         self._ensure_dir(os.path.dirname(full))
-        directory = self._full(temp_dir) if temp_dir else os.path.dirname(full)
-        if temp_dir:
-            self._ensure_dir(directory)
-        self._publish(self._write_temp(directory, parts, durable), full, durable)
+        temp = self._full(temp_prefix) if temp_prefix else os.path.join(os.path.dirname(full), TEMP_PREFIX)
+        self._publish(self._write_temp(temp, parts, durable), full, durable)
 
     def write_hashed(
         self,
         parts: Sequence,
         durable: bool,
         path_for_digest: Callable[[str], str],
-        temp_dir: str,
+        temp_prefix: str,
     ) -> Tuple[str, bool]:
         # One pass over the data: each block is hashed and written while it is still
         # in the CPU cache; the content-addressed name is known only at the end.
         hasher = new_hasher()
-        directory = self._full(temp_dir)
-        self._ensure_dir(directory)
-        tmp = self._write_temp(directory, parts, durable, hasher)
+        tmp = self._write_temp(self._full(temp_prefix), parts, durable, hasher)
         digest = hasher.hexdigest()
         path = path_for_digest(digest)
         if self.stat_many([path])[0] == os.path.getsize(tmp):
@@ -210,13 +202,14 @@ class LocalDirBackend(StorageBackend):
         self._publish(tmp, full, durable)
         return digest, True
 
-    @staticmethod
-    def _write_temp(directory: str, parts: Sequence, durable: bool, hasher=None) -> str:
-        tmp = os.path.join(directory, TEMP_PREFIX + uuid.uuid4().hex)
+    def _write_temp(self, prefix: str, parts: Sequence, durable: bool, hasher=None) -> str:
+        """Write ``parts`` to a new file named ``prefix`` + a random part; return its path."""
+        tmp = prefix + uuid.uuid4().hex
+        self._ensure_dir(os.path.dirname(tmp))
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileNotFoundError:  # the directory was removed since it was made
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             offset = 0
@@ -279,9 +272,6 @@ class LocalDirBackend(StorageBackend):
             except (FileNotFoundError, NotADirectoryError):
                 sizes.append(None)
         return sizes
-
-    def delete_tree(self, prefix: str) -> None:
-        shutil.rmtree(self._full(prefix), ignore_errors=True)
 
     def list_dir(self, path: str) -> List[Tuple[str, bool]]:
         try:
@@ -389,7 +379,7 @@ class MetaflowStorageBackend(StorageBackend):
         return self.TYPE == "local"
 
     def write(
-        self, path: str, parts: Sequence, durable: bool, temp_dir: Optional[str] = None
+        self, path: str, parts: Sequence, durable: bool, temp_prefix: Optional[str] = None
     ) -> None:
         # Metaflow's storages write whole objects atomically (temp file + rename
         # locally, a single PUT on object stores).

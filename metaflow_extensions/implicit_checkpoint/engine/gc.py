@@ -69,7 +69,7 @@ def collect_garbage(
     candidates = {entry.path.rsplit("/", 1)[-1]: entry for entry in store.iter_blobs(flow)}
     references: Dict[str, Set[str]] = {}  # manifest key -> the blobs it references
     _read_references(store, flow, references, report, on_phase)
-    temp_files = [entry.path for entry in store.iter_temp_files(flow) if entry.mtime < cutoff]
+    temp_files = store.stale_temp_files(flow, cutoff)
     on_phase("candidates-listed")
     if dry_run:
         _choose(candidates, references, cutoff, report)
@@ -83,7 +83,7 @@ def collect_garbage(
             on_phase("deleting")
             if doomed:
                 store.delete_blobs(flow, doomed)
-            store.backend.delete(temp_files)
+            store.delete_temp_files(flow, temp_files)
             report.deleted_temp_files = len(temp_files)
     except StoreBusy as ex:
         report.busy = ex.leases

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, FrozenSet, Iterator, List, Optional
 
-from .backends import StorageBackend, StoredFile
+from .backends import TEMP_PREFIX, StorageBackend, StoredFile
 from .errors import CheckpointStorageError
 
 RENEW = 15.0
@@ -81,7 +81,7 @@ class Marker:
 class Lease:
     marker: Marker
     epoch: FrozenSet[str]  # the deletion epoch seen when the lease was taken
-    temp_dir: str  # where this save's temp files go
+    temp_prefix: str  # this save's temp files are named this + a random part
 
 
 class Locks:
@@ -113,7 +113,6 @@ class Locks:
         owner = "%s%s%d" % (task, _SEP, attempt)
         name = _SEP.join((owner, str(os.getpid()), uuid.uuid4().hex[:12]))
         path = "%s/%s/%s" % (locks_dir, SAVES, name)
-        temp_dir = "%s/%s" % (temp_root, name)
         while True:
             marker = self._write(path, name, owner)
             try:
@@ -130,10 +129,9 @@ class Locks:
             self._wait_gone(locks_dir, now)
         try:
             self._forget_dead_leases(locks_dir, temp_root, listing[SAVES], task, attempt)
-            yield Lease(marker, frozenset(listing[EPOCH]), temp_dir)
+            yield Lease(marker, frozenset(listing[EPOCH]), _temp_prefix(temp_root, name))
         finally:
             self._release(marker)
-            self.backend.delete_tree(temp_dir)
 
     def _forget_dead_leases(self, locks_dir, temp_root, leases, task, attempt) -> None:
         """Remove the leases (and temp files) of this task's earlier attempts: attempts
@@ -144,10 +142,16 @@ class Locks:
             if len(parts) == 6 and _SEP.join(parts[:3]) == task and parts[3].isdigit():
                 if int(parts[3]) < attempt:
                     dead.append(name)
-        for name in dead:
-            self.backend.delete_tree("%s/%s" % (temp_root, name))
         if dead:
+            self._remove_temp_files(temp_root, dead)
             self.backend.delete(["%s/%s/%s" % (locks_dir, SAVES, name) for name in dead])
+
+    def _remove_temp_files(self, temp_root: str, leases: List[str]) -> None:
+        """Remove the temp files the saves holding ``leases`` left (they are dead)."""
+        prefixes = tuple(_temp_prefix(temp_root, name) for name in leases)
+        self.backend.delete(
+            [f.path for f in self.backend.walk_files(temp_root) if f.path.startswith(prefixes)]
+        )
 
     # -- deleters --------------------------------------------------------------------
 
@@ -182,9 +186,9 @@ class Locks:
                 time.sleep(self.poll)
                 self._renew(marker)
             dead = [n for n, f in listing[SAVES].items() if now - f.mtime >= STALE]
-            for lease_name in dead:
-                self.backend.delete_tree("%s/%s" % (temp_root, lease_name))
-            self.backend.delete(["%s/%s/%s" % (locks_dir, SAVES, n) for n in dead])
+            if dead:
+                self._remove_temp_files(temp_root, dead)
+                self.backend.delete(["%s/%s/%s" % (locks_dir, SAVES, n) for n in dead])
             yield marker
         finally:
             self._release(marker)
@@ -245,6 +249,11 @@ class Locks:
     def held(self) -> List[Marker]:
         with self._lock:
             return list(self._held.values())
+
+
+def _temp_prefix(temp_root: str, lease: str) -> str:
+    """How the temp files of the save holding ``lease`` are named (+ a random part)."""
+    return "%s/%s%s." % (temp_root, TEMP_PREFIX, lease)
 
 
 def _renew_forever(locks_ref) -> None:

@@ -215,7 +215,7 @@ class S3Backend(StorageBackend):
     # -- writing ---------------------------------------------------------------------
 
     def write(
-        self, path: str, parts: Sequence, durable: bool, temp_dir: Optional[str] = None
+        self, path: str, parts: Sequence, durable: bool, temp_prefix: Optional[str] = None
     ) -> None:
         # No temp files here: S3 stores a whole object or nothing (an interrupted
         # multipart upload is no object), and a completed PUT is durable.

@@ -5,7 +5,7 @@ Layout under the backend root (the flow datastore root)::
     <Flow>/_implicit_checkpoints/blobs/<h[:2]>/<h>              one blob, named by its hash
     <Flow>/_implicit_checkpoints/tasks/<run>/<step>/<task>/<attempt>/<version>.<name>.manifest
     <Flow>/_implicit_checkpoints/locks/...                      save leases, gc (locks.py)
-    <Flow>/_implicit_checkpoints/tmp/<lease>/...                temp files of a save in progress
+    <Flow>/_implicit_checkpoints/tmp/.tmp-<lease>.<random>      temp files of a save in progress
 
 Blobs are shared by every checkpoint of a flow, so unchanged data is stored once across
 saves, attempts, foreach siblings and runs. A checkpoint exists exactly when its
@@ -14,6 +14,7 @@ verified against its hash when read.
 """
 
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -28,7 +29,7 @@ from .errors import (
 from .hashing import content_hash
 from .keys import CheckpointKey, is_valid_name
 from .layout import PlannedBlob
-from .locks import Locks, Marker
+from .locks import STALE, Locks, Marker
 from .manifest import STORAGE, pack_manifest, unpack_manifest
 from .parallel import LazyPool
 
@@ -152,9 +153,12 @@ class CheckpointStore:
                 if marker.deleted:  # processes drop what they checked before this
                     self.locks.new_epoch(self._locks_dir(flow))
 
-    def _temp_dir(self) -> Optional[str]:
+    def _temp_prefix(self, flow: str) -> str:
+        """How this save's temp files are named: after its lease, when it holds one."""
         lease = getattr(self._lease, "current", None)
-        return lease.temp_dir if lease is not None else None
+        if lease is not None:
+            return lease.temp_prefix
+        return "%s/%s" % (self._temp_root(flow), TEMP_PREFIX)
 
     def _checked(self, flow: str) -> set:
         with self._lock:
@@ -173,7 +177,7 @@ class CheckpointStore:
         """
         blobs = list(blobs)
         checked_set = self._checked(flow)
-        temp_dir = self._temp_dir() or self._blob_dir(flow)
+        temp_prefix = self._temp_prefix(flow)
         one_pass = [self._probably_changed(blob) for blob in blobs]
         checked = [i for i, fast in enumerate(one_pass) if not fast]
         digests: List[Optional[str]] = [None] * len(blobs)
@@ -187,7 +191,7 @@ class CheckpointStore:
             blob = blobs[i]
             if one_pass[i]:
                 digest, written = self.backend.write_hashed(
-                    blob.parts, self.durable, lambda d: self.blob_path(flow, d), temp_dir
+                    blob.parts, self.durable, lambda d: self.blob_path(flow, d), temp_prefix
                 )
             else:
                 digest = digests[i]
@@ -195,7 +199,7 @@ class CheckpointStore:
                     if digest in checked_set or digest in claimed:
                         return digest, False
                     claimed.add(digest)  # a twin blob of this save is written once
-                self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable, temp_dir)
+                self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable, temp_prefix)
                 written = True
             with self._lock:
                 checked_set.add(digest)
@@ -361,7 +365,7 @@ class CheckpointStore:
             lease.marker.check("Saving checkpoint %s" % key)
         path = self.manifest_path(key)
         try:
-            self.backend.write(path, [pack_manifest(manifest)], self.durable, self._temp_dir())
+            self.backend.write(path, [pack_manifest(manifest)], self.durable, self._temp_prefix(key.flow))
         except Exception as ex:
             raise CheckpointStorageError(
                 "Could not commit checkpoint %s to %s: %s"
@@ -445,13 +449,33 @@ class CheckpointStore:
             if not entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
                 yield entry
 
-    def iter_temp_files(self, flow: str) -> Iterator[StoredFile]:
-        """Temp files of unfinished writes anywhere in ``flow``'s checkpoint store."""
-        for top in (self._blob_dir(flow), self._tasks_dir(flow), self._locks_dir(flow)):
-            for entry in self.backend.walk_files(top):
-                if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
-                    yield entry
-        yield from self.backend.walk_files(self._temp_root(flow))
+    def stale_temp_files(self, flow: str, cutoff: float) -> List[str]:
+        """Temp files of unfinished writes in ``flow``'s store modified before ``cutoff``
+        (epoch seconds). A save writes its lease without holding one, so temp files
+        among the locks count only once as old as a dead lease."""
+        found = []
+        locks_cutoff = min(cutoff, time.time() - STALE)
+        for top, before in (
+            (self._blob_dir(flow), cutoff),
+            (self._tasks_dir(flow), cutoff),
+            (self._locks_dir(flow), locks_cutoff),
+        ):
+            found.extend(
+                entry.path
+                for entry in self.backend.walk_files(top)
+                if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX) and entry.mtime < before
+            )
+        # tmp/ holds only the temp files of saves, each under its lease.
+        found.extend(e.path for e in self.backend.walk_files(self._temp_root(flow)) if e.mtime < cutoff)
+        return found
+
+    def delete_temp_files(self, flow: str, paths: Sequence[str]) -> None:
+        """Delete temp files found by ``stale_temp_files``; only under ``deleting(flow)``."""
+        if flow not in self._deleters:
+            raise CheckpointException(
+                "Temp files of %s can only be deleted under CheckpointStore.deleting()." % flow
+            )
+        self.backend.delete(paths)
 
     def delete_blobs(self, flow: str, digests: Sequence[str]) -> None:
         """Delete blobs; only under ``deleting(flow)``, since a save may be about to use them."""
