@@ -31,8 +31,9 @@ $(CHROMIUM):
 
 chromium: $(CHROMIUM)
 
+# Two workers: most of the suite waits on flow subprocesses, so the two cores stay busy.
 test: setup $(CHROMIUM)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n 2 tests
 	$(MAKE) test-oldest
 
 # The oldest Metaflow setup.py accepts gets the end-to-end example and quick start too, in a

@@ -1,14 +1,12 @@
 """Metaflow's `resume`: a step that failed on every attempt continues from the origin run."""
 
-import pytest
-
 from conftest import TEST_FLOWS
 
 RESULT = """
 import json
 from metaflow import Checkpoint, Flow, namespace
 namespace(None)
-run = Flow("ResumeCommandFlow")[%r]
+run = Flow(%r)[%r]
 task = run["train"].task
 newest = Checkpoint().list(task=task)[-1]
 print(json.dumps({
@@ -20,31 +18,40 @@ print(json.dumps({
 """
 
 
-@pytest.mark.parametrize("policy", ["fresh", "eager"])
-def test_resume_continues_a_step_that_failed_on_every_attempt(world, write_flow, policy):
+def _variant(write_flow, flow_name, decorator):
     source = (TEST_FLOWS / "resume_command_flow.py").read_text()
-    flow = write_flow(source.replace("@checkpoint\n", "@checkpoint(load_policy=%r)\n" % policy))
-    failing = dict(world.env, FAIL_AT_EPOCH="3")
-    world.env, clean_env = failing, world.env
-    failed = world.run_flow(flow, check=False)
-    world.env = clean_env
-    assert failed.returncode != 0 and "a bug at epoch 3" in failed.stdout
-    origin = world.latest_run_id("ResumeCommandFlow")
+    source = source.replace("ResumeCommandFlow", flow_name).replace("@checkpoint\n", decorator + "\n")
+    return write_flow(source, "%s.py" % flow_name.lower())
 
-    world.command(flow, "resume")
-    resumed = world.latest_run_id("ResumeCommandFlow")
-    assert resumed != origin
-    world.run_flow(flow)
-    clean = world.latest_run_id("ResumeCommandFlow")
 
-    after_resume = world.python(RESULT % resumed)
-    uninterrupted = world.python(RESULT % clean)
-    # The re-executed step went on from epoch 3 of the origin run's task...
-    assert after_resume["started_at"] == 3
-    assert after_resume["resumed_from"].startswith("ResumeCommandFlow/%s/train/" % origin)
-    assert after_resume["resumed_from"].endswith("/checkpoint/3")
-    # ...the lineage records the cross-run parent...
-    assert after_resume["parent"] == after_resume["resumed_from"]
-    # ...and ended where a run that never failed ends.
+def test_resume_continues_a_step_that_failed_on_every_attempt(world, write_flow):
+    # The reference: the same training, never failing, never resuming.
+    reference = _variant(write_flow, "ReferenceFlow", '@checkpoint(load_policy="none")')
+    world.run_flow(reference)
+    uninterrupted = world.python(RESULT % ("ReferenceFlow", world.latest_run_id("ReferenceFlow")))
     assert uninterrupted["started_at"] == 0
-    assert after_resume["digest"] == uninterrupted["digest"]
+
+    # The default policy and eager (a flow of its own, so eager sees only its own runs).
+    for flow_name, decorator in (
+        ("FreshResumeFlow", "@checkpoint"),
+        ("EagerResumeFlow", '@checkpoint(load_policy="eager")'),
+    ):
+        flow = _variant(write_flow, flow_name, decorator)
+        clean_env, world.env = world.env, dict(world.env, FAIL_AT_EPOCH="3")
+        failed = world.run_flow(flow, check=False)
+        world.env = clean_env
+        assert failed.returncode != 0 and "a bug at epoch 3" in failed.stdout
+        origin = world.latest_run_id(flow_name)
+
+        world.command(flow, "resume")  # the bug is fixed: FAIL_AT_EPOCH is gone
+        resumed = world.latest_run_id(flow_name)
+        assert resumed != origin
+        after_resume = world.python(RESULT % (flow_name, resumed))
+        # The re-executed step went on from epoch 3 of the origin run's task...
+        assert after_resume["started_at"] == 3, flow_name
+        assert after_resume["resumed_from"].startswith("%s/%s/train/" % (flow_name, origin))
+        assert after_resume["resumed_from"].endswith("/checkpoint/3")
+        # ...the lineage records the cross-run parent...
+        assert after_resume["parent"] == after_resume["resumed_from"]
+        # ...and it ended where a run that never failed ends.
+        assert after_resume["digest"] == uninterrupted["digest"], flow_name
