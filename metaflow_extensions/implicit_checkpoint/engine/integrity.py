@@ -38,6 +38,8 @@ def fields_by_blob(manifest: dict) -> Dict[str, List[str]]:
     a blob of the shared object graph (when the graph is not inline) holds every field.
     """
     storage = manifest[STORAGE]
+    if "blob_fields" in storage:  # a gang checkpoint: gathered from its parts (gang.py)
+        return {digest: list(names) for digest, names in storage["blob_fields"].items()}
     users: Dict[str, List[str]] = {digest: [] for digest in storage["blobs"]}
 
     def note(name: str, extents) -> None:

@@ -29,6 +29,7 @@ that could not renew for ``STALE / 2`` stops before acting (``Marker.check``).
 """
 
 import os
+import re
 import socket
 import threading
 import time
@@ -36,7 +37,7 @@ import uuid
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Iterator, List, Optional
+from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 from .backends import TEMP_PREFIX, StorageBackend, StoredFile
 from .errors import CheckpointStorageError
@@ -201,6 +202,14 @@ class Locks:
 
     # -- markers ---------------------------------------------------------------------
 
+    def hold(self, path: str, owner: str) -> Marker:
+        """Write a marker at ``path`` naming ``owner`` (and this process and host), renewed
+        every ``RENEW`` seconds until ``release``: others tell from it that we are alive."""
+        return self._write(path, path.rsplit("/", 1)[-1], owner)
+
+    def release(self, marker: Marker) -> None:
+        self._release(marker)
+
     def _list(self, locks_dir: str) -> Dict[str, Dict[str, StoredFile]]:
         listing: Dict[str, Dict[str, StoredFile]] = {SAVES: {}, DELETERS: {}, EPOCH: {}}
         for entry in self.backend.walk_files(locks_dir):
@@ -249,6 +258,12 @@ class Locks:
     def held(self) -> List[Marker]:
         with self._lock:
             return list(self._held.values())
+
+
+def marker_owner(text: str) -> Optional[Tuple[str, int]]:
+    """``(host, pid)`` of the process a marker's content names, or None."""
+    found = re.search(r" pid=(\d+) host=(\S+)", text)
+    return (found.group(2), int(found.group(1))) if found else None
 
 
 def _temp_prefix(temp_root: str, lease: str) -> str:

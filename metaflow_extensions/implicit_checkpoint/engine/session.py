@@ -17,6 +17,7 @@ from .artifact import CheckpointArtifact, Reference, key_of
 from .change_tracking import ChangeTracker
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
+from .gang import Gang, GangMember, part_to_load
 from .integrity import check_blobs, describe as describe_damage
 from .keys import CheckpointKey, split_pathspec, validate_name
 from .lineage import find_eager_resume_point, find_origin_resume_point
@@ -44,10 +45,16 @@ class TaskIdentity:
     attempt: int
     foreach_indices: Tuple[int, ...] = ()
     origin_run_id: Optional[str] = None  # the run Metaflow's `resume` re-executes
+    gang: Optional[Gang] = None  # a node of a multi-node (@parallel) step
 
     @property
     def pathspec(self) -> str:
         return "/".join((self.flow, self.run_id, self.step, self.task_id))
+
+    @property
+    def checkpoint_task_id(self) -> str:
+        """The task whose checkpoints these are: the gang's control task for a node."""
+        return self.gang.control_task_id if self.gang is not None else self.task_id
 
 
 @dataclass
@@ -73,7 +80,11 @@ class CheckpointSession:
         load_policy: str = "fresh",
         retention: Optional[RetentionPolicy] = None,
         accept_run: Callable[[str], bool] = lambda run_id: True,
+        gang_saves: bool = True,
     ):
+        """``gang_saves``: for a node of a gang, whether its saves are its part of the
+        gang's global checkpoints (the step's own session) or checkpoints of their own
+        (a worker process of the node)."""
         self._store = store
         self._task = task
         self._source = source
@@ -94,6 +105,11 @@ class CheckpointSession:
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
         self._sigterm_guard = SigtermGuard(self._commit_before_exit)
+        self._gang: Optional[GangMember] = None
+        if task.gang is not None and gang_saves:
+            self._gang = GangMember(
+                store, task.gang, task.flow, task.run_id, task.step, task.task_id, task.attempt
+            )
         self.on_commit: List[Callable[[CheckpointArtifact, dict], None]] = []
         self.on_load: List[Callable[[CheckpointArtifact], None]] = []
 
@@ -106,6 +122,8 @@ class CheckpointSession:
         one is passed over with a warning naming what is damaged.
         """
         t = self._task
+        if self._gang is not None:
+            self._gang.join()
         if t.attempt == 0:
             self._next_version = 1
         else:
@@ -153,7 +171,7 @@ class CheckpointSession:
 
     def _task_keys(self) -> List[CheckpointKey]:
         t = self._task
-        return self._store.list_keys(t.flow, t.run_id, t.step, t.task_id)
+        return self._store.list_keys(t.flow, t.run_id, t.step, t.checkpoint_task_id)
 
     # -- public surface --------------------------------------------------------------
 
@@ -189,7 +207,9 @@ class CheckpointSession:
         )
         if self._next_version is None:
             self._next_version = max((k.version for k in self._task_keys()), default=0) + 1
-        key = CheckpointKey(t.flow, t.run_id, t.step, t.task_id, t.attempt, name, self._next_version)
+        key = CheckpointKey(
+            t.flow, t.run_id, t.step, t.checkpoint_task_id, t.attempt, name, self._next_version
+        )
         if not blocking and self._staging is None:
             self._staging = StagingArea()
         rng_state = capture_rng_state() if self._rng else None
@@ -229,8 +249,9 @@ class CheckpointSession:
 
     def _commit(self, prepared) -> CheckpointArtifact:
         try:
+            commit = self._gang.commit if self._gang is not None else None
             with self._store.save_lease(prepared.key):
-                manifest = commit_save(self._store, prepared, self._tracker)
+                manifest = commit_save(self._store, prepared, self._tracker, commit)
         except ReusedBlobDamaged:
             # A reused blob is gone or damaged: the next save stores every tensor anew.
             if self._tracker is not None:
@@ -239,7 +260,8 @@ class CheckpointSession:
         artifact = CheckpointArtifact.from_manifest(manifest)
         self._saved.append(artifact)
         self._task_keys_known.append(prepared.key)
-        self._after_commit(prepared.key)
+        if self._gang is None or self._gang.commits:
+            self._after_commit(prepared.key)
         for listener in self.on_commit:
             listener(artifact, manifest)
         return artifact
@@ -310,6 +332,8 @@ class CheckpointSession:
                 self._background.shutdown(wait=True)
                 self._background = None
             self._sigterm_guard.uninstall()
+            if self._gang is not None:
+                self._gang.leave()
 
     def load(
         self, reference: Optional[Reference] = None, allow_pickle: bool = True
@@ -322,8 +346,12 @@ class CheckpointSession:
         """
         key = self._resolve(reference, for_what="load")
         manifest = self._store.read_manifest(key)
+        gang = self._task.gang
         _, rng_state = load_snapshot(
-            self._store, manifest, target=self._target, allow_pickle=allow_pickle,
+            self._store,
+            part_to_load(self._store, manifest, gang.node_index if gang is not None else None),
+            target=self._target,
+            allow_pickle=allow_pickle,
             with_rng=self._rng,
         )
         if rng_state:
@@ -358,7 +386,7 @@ class CheckpointSession:
                 self._task.flow,
                 self._task.run_id,
                 self._task.step,
-                self._task.task_id,
+                self._task.checkpoint_task_id,
             )
         else:
             flow, run_id, step, task_id = split_pathspec(getattr(task, "pathspec", task))

@@ -13,7 +13,7 @@ straight into live tensors → apply. Nothing live changes before every value is
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .change_tracking import ChangeTracker, Location, Observation, fingerprint, observe
 from .codecs import EncodedGraph, GraphBuilder, GraphEncoder, GraphReader, Ref, plain_preview
@@ -112,9 +112,16 @@ def prepare_save(
 
 
 def commit_save(
-    store: CheckpointStore, prepared: PreparedSave, tracker: Optional[ChangeTracker] = None
+    store: CheckpointStore,
+    prepared: PreparedSave,
+    tracker: Optional[ChangeTracker] = None,
+    commit: Optional[Callable[[CheckpointKey, dict], dict]] = None,
 ) -> dict:
-    """Hash and write what is not stored yet, commit the manifest, update the tracker."""
+    """Hash and write what is not stored yet, commit the manifest, update the tracker.
+
+    ``commit`` writes the finished manifest and returns the committed one; the default
+    is ``store.commit``. A node of a gang commits its part and gets the global manifest.
+    """
     graph, table = prepared.graph, prepared.graph.table
     changed, reused = dict(prepared.changed), dict(prepared.reused)
     _verify_reused(prepared, changed, reused, tracker)
@@ -164,14 +171,18 @@ def commit_save(
     manifest["bytes_referenced"] = sum(
         length for location in locations.values() for _, _, length in location.extents
     ) + (0 if graph_inline else len(graph.document))
-    store.commit(prepared.key, manifest)
+    if commit is None:
+        store.commit(prepared.key, manifest)
+        committed = manifest
+    else:
+        committed = commit(prepared.key, manifest)
 
     if tracker is not None and tracker.enabled:
         for index, seen in prepared.observations.items():
             verified = index not in prepared.reused or index in prepared.verify
             tracker.remember(table.sources[index], seen, locations[index], verified)
         tracker.keep_only(table.sources)
-    return manifest
+    return committed
 
 
 def _verify_reused(prepared: PreparedSave, changed: dict, reused: dict, tracker) -> None:

@@ -29,7 +29,7 @@ from .errors import (
 from .hashing import content_hash
 from .keys import CheckpointKey, is_valid_name
 from .layout import PlannedBlob
-from .locks import STALE, Locks, Marker
+from .locks import STALE, Locks, Marker, marker_owner
 from .manifest import STORAGE, pack_manifest, unpack_manifest
 from .parallel import LazyPool
 
@@ -37,6 +37,10 @@ ROOT = "_implicit_checkpoints"
 #: Above this many blobs to check, one listing of every blob beats a check per blob.
 LISTING_THRESHOLD = 256
 _MANIFEST_SUFFIX = ".manifest"
+_GANG_SUFFIX = ".gang"
+_ENDED_SUFFIX = ".ended"
+#: A node's part of a gang checkpoint, and the file a node that gave up leaves beside them.
+PART_SUFFIX, ABORT = ".part", "abort"
 
 
 class ReusedBlobDamaged(CheckpointCorrupted):
@@ -344,6 +348,15 @@ class CheckpointStore:
         lease; those that were not (blobs reused from an earlier save without a look)
         are checked now, and a missing or damaged one fails the save.
         """
+        self._write_manifest(key, manifest, self.manifest_path(key))
+        self._manifest_cache[str(key)] = manifest
+
+    def commit_part(self, key: CheckpointKey, node: int, manifest: dict) -> None:
+        """Write one node's part of gang checkpoint ``key`` (gang.py), checked as a commit
+        is; the checkpoint exists only once node 0 commits the global manifest."""
+        self._write_manifest(key, manifest, "%s/%d%s" % (self.parts_dir(key), node, PART_SUFFIX))
+
+    def _write_manifest(self, key: CheckpointKey, manifest: dict, path: str) -> None:
         lease = getattr(self._lease, "current", None)
         problems = self._check_sizes(key.flow, manifest[STORAGE]["blobs"])
         if problems:
@@ -363,7 +376,6 @@ class CheckpointStore:
             )
         if lease is not None:
             lease.marker.check("Saving checkpoint %s" % key)
-        path = self.manifest_path(key)
         try:
             self.backend.write(path, [pack_manifest(manifest)], self.durable, self._temp_prefix(key.flow))
         except Exception as ex:
@@ -371,7 +383,9 @@ class CheckpointStore:
                 "Could not commit checkpoint %s to %s: %s"
                 % (key, self.backend.describe(path), ex)
             ) from ex
-        self._manifest_cache[str(key)] = manifest
+
+    def manifest_exists(self, key: CheckpointKey) -> bool:
+        return str(key) in self._manifest_cache or self.backend.stat_many([self.manifest_path(key)])[0] is not None
 
     def read_manifest(self, key: CheckpointKey) -> dict:
         text = str(key)
@@ -393,13 +407,16 @@ class CheckpointStore:
     def list_keys(
         self, flow: str, run_id: str, step: str, task_id: str, attempt: Optional[int] = None
     ) -> List[CheckpointKey]:
-        """Committed checkpoint keys of one task, oldest (lowest version) first."""
+        """Committed checkpoint keys of one task, oldest (lowest version) first. A node
+        of a gang (other than node 0) has the gang's: those of its control task."""
         task_dir = self.task_dir(flow, run_id, step, task_id)
+        entries = self.backend.list_dir(task_dir)
+        if not entries:
+            control = self.gang_pointer(flow, run_id, step, task_id)
+            if control is not None:  # a gang node: its checkpoints are the gang's
+                return self.list_keys(flow, run_id, step, control, attempt)
         if attempt is None:
-            attempts = sorted(
-                int(name) for name, is_dir in self.backend.list_dir(task_dir)
-                if is_dir and name.isdigit()
-            )
+            attempts = sorted(int(name) for name, is_dir in entries if is_dir and name.isdigit())
         else:
             attempts = [attempt]
         keys = []
@@ -492,8 +509,125 @@ class CheckpointStore:
             checked.difference_update(digests)
 
     def delete_manifest(self, key: CheckpointKey) -> None:
+        """Remove a checkpoint: its manifest first (that uncommits it), then any gang parts."""
         self.backend.delete([self.manifest_path(key)])
         self._manifest_cache.pop(str(key), None)
+        parts = self.parts_dir(key)
+        self.backend.delete(["%s/%s" % (parts, name) for name, is_dir in self.backend.list_dir(parts) if not is_dir])
+
+    # -- gangs (gang.py) ---------------------------------------------------------------
+
+    @classmethod
+    def parts_dir(cls, key: CheckpointKey) -> str:
+        """Where the nodes of a gang write their parts of checkpoint ``key``."""
+        return "%s/%d/parts/%08d.%s" % (
+            cls.task_dir(key.flow, key.run_id, key.step, key.task_id), key.attempt, key.version, key.name
+        )
+
+    @classmethod
+    def _nodes_dir(cls, flow: str, run_id: str, step: str, control_task_id: str, attempt: int) -> str:
+        return "%s/%d/nodes" % (cls.task_dir(flow, run_id, step, control_task_id), attempt)
+
+    @classmethod
+    def _gang_pointer_path(cls, flow: str, run_id: str, step: str, task_id: str) -> str:
+        # Beside the task directories, not one of them: a run's listing skips it.
+        return cls.task_dir(flow, run_id, step, task_id) + _GANG_SUFFIX
+
+    def read_part(self, key: CheckpointKey, node: int) -> dict:
+        path = "%s/%d%s" % (self.parts_dir(key), node, PART_SUFFIX)
+        label = "%s (node %d's part)" % (key, node)
+        cached = self._manifest_cache.get(label)
+        if cached is not None:
+            return cached
+        try:
+            part = unpack_manifest(self.backend.read(path), label)
+        except FileNotFoundError:
+            raise CheckpointNotFound(
+                "Checkpoint %s has no part of node %d (looked for %s)."
+                % (key, node, self.backend.describe(path))
+            )
+        self._manifest_cache[label] = part
+        return part
+
+    def gang_parts(self, key: CheckpointKey) -> set:
+        """The nodes whose part of ``key`` is written, and ``ABORT`` if a node gave up."""
+        found = set()
+        for name, is_dir in self.backend.list_dir(self.parts_dir(key)):
+            if is_dir:
+                continue
+            if name.startswith(ABORT):
+                found.add(ABORT)
+            elif name.endswith(PART_SUFFIX) and name[: -len(PART_SUFFIX)].isdigit():
+                found.add(int(name[: -len(PART_SUFFIX)]))
+        return found
+
+    def abort_gang_save(self, key: CheckpointKey, node: int, reason: str) -> None:
+        """Tell the other nodes that ``node`` gave up on checkpoint ``key``."""
+        try:
+            self.backend.write(
+                "%s/%s.%d" % (self.parts_dir(key), ABORT, node), [reason.encode()], durable=False
+            )
+        except Exception:
+            pass  # the others find out from this node's marker, or their timeout
+
+    def abort_reason(self, key: CheckpointKey) -> str:
+        parts = self.parts_dir(key)
+        for name, is_dir in sorted(self.backend.list_dir(parts)):
+            if not is_dir and name.startswith(ABORT):
+                try:
+                    return self.backend.read("%s/%s" % (parts, name)).decode(errors="replace")
+                except FileNotFoundError:
+                    continue
+        return "no reason given"
+
+    def hold_node_marker(
+        self, flow: str, run_id: str, step: str, control_task_id: str, attempt: int, node: int
+    ) -> Marker:
+        """The marker that tells a gang's other nodes this node's task is alive."""
+        path = "%s/%d" % (self._nodes_dir(flow, run_id, step, control_task_id, attempt), node)
+        return self.locks.hold(path, "node %d" % node)
+
+    def end_node_marker(self, marker: Marker) -> None:
+        """At the end of a node's task: its marker is replaced by one saying it ended."""
+        self.backend.write(marker.path + _ENDED_SUFFIX, [b""], durable=False)
+        self.locks.release(marker)
+
+    def node_markers(self, key: CheckpointKey, num_nodes: int) -> Tuple[Dict[int, StoredFile], set]:
+        """The markers of the gang saving ``key``: those of live nodes, by node, and the
+        nodes whose task ended."""
+        top = self._nodes_dir(key.flow, key.run_id, key.step, key.task_id, key.attempt)
+        live, ended = {}, set()
+        for entry in self.backend.walk_files(top):
+            name = entry.path.rsplit("/", 1)[-1]
+            node, _, suffix = name.partition(".")
+            if node.isdigit() and int(node) < num_nodes:
+                if not suffix:
+                    live[int(node)] = entry
+                elif "." + suffix == _ENDED_SUFFIX:
+                    ended.add(int(node))
+        return live, ended
+
+    def node_marker_owner(self, path: str) -> Optional[Tuple[str, int]]:
+        """``(host, pid)`` of the process holding a node marker, or None."""
+        try:
+            return marker_owner(self.backend.read(path).decode(errors="replace"))
+        except FileNotFoundError:
+            return None
+
+    def write_gang_pointer(self, flow: str, run_id: str, step: str, task_id: str, gang) -> None:
+        """Note that task ``task_id`` is node ``gang.node_index`` of the gang whose
+        checkpoints are kept under its control task."""
+        text = "%s %d %d" % (gang.control_task_id, gang.node_index, gang.num_nodes)
+        self.backend.write(self._gang_pointer_path(flow, run_id, step, task_id), [text.encode()], durable=False)
+
+    def gang_pointer(self, flow: str, run_id: str, step: str, task_id: str) -> Optional[str]:
+        """The control task of the gang ``task_id`` is a node of, or None."""
+        try:
+            text = self.backend.read(self._gang_pointer_path(flow, run_id, step, task_id)).decode()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        control = text.split()[0] if text.split() else None
+        return control if control != task_id else None
 
     # -- across runs -----------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from .cards.attach import (
     remove_cards_of_earlier_attempts,
     wait_for_orphan_renders,
 )
+from .gang_identity import gang_of_task
 from .store_binding import store_for_datastore
 from .task_handoff import HandedTask, hand_down
 from .task_status import FAILED, attempt_statuses, client_reading, record_loaded
@@ -138,6 +139,7 @@ class CheckpointDecorator(StepDecorator):
                 "(saving, resuming after a retry and loading work on every datastore)."
                 % (step_name, flow_datastore.TYPE)
             )
+        self._parallel = bool(getattr(graph[step_name], "parallel_step", False))
         self._rng = self._flag(attrs["rng"], "rng")
         self._card = self._flag(attrs["card"], "card")
         self._card_id = attach_card(flow, step_name, decorators, wanted=self._card)
@@ -194,6 +196,7 @@ class CheckpointDecorator(StepDecorator):
             attempt=int(retry_count),
             foreach_indices=tuple(frame.index for frame in getattr(flow, "_foreach_stack", []) or []),
             origin_run_id=current.origin_run_id,
+            gang=gang_of_task(flow, ubf_context, str(task_id), step_name) if self._parallel else None,
         )
         source = AttributeSource(
             assigned=lambda: log.assigned_values(flow),

@@ -10,6 +10,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+from ..engine.gang import Gang
 from ..engine.session import TaskIdentity
 
 TASK_ENV = "METAFLOW_CHECKPOINT_TASK"
@@ -37,4 +38,6 @@ def handed_task() -> Optional[HandedTask]:
     wire = json.loads(text)
     task = dict(wire.pop("task"))
     task["foreach_indices"] = tuple(task["foreach_indices"])
+    if task.get("gang") is not None:
+        task["gang"] = Gang(**task["gang"])
     return HandedTask(task=TaskIdentity(**task), **wire)

@@ -5,6 +5,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 from ..engine.artifact import CheckpointArtifact, Reference, key_of
 from ..engine.errors import CheckpointException, CheckpointNotFound
 from ..engine.fields import FieldSelector
+from ..engine.gang import part_to_load
 from ..engine.keys import split_pathspec
 from ..engine.manifest import public_view
 from ..engine.session import (
@@ -92,6 +93,7 @@ class Checkpoint(object):
             target=None,
             selector=FieldSelector(include=sorted(values)),
             rng=False,
+            gang_saves=False,
         )
         try:
             return session.save(name=name, metadata=metadata)
@@ -115,6 +117,7 @@ class Checkpoint(object):
             AttributeSource(lambda: {}),
             target=None,
             load_policy=handed.load_policy,
+            gang_saves=False,
         )
         found = session.start()
         if found is None:
@@ -177,6 +180,7 @@ class Checkpoint(object):
         fields: Optional[Iterable[str]] = None,
         flow: Any = None,
         allow_pickle: bool = True,
+        node: Optional[int] = None,
     ):
         """
         Load a checkpoint's fields.
@@ -197,6 +201,9 @@ class Checkpoint(object):
             dicts, dataclasses and plain data load; a field that needs unpickling
             raises an error naming it. Stateful objects (models, optimizers) then load
             into live objects held by `flow`.
+        node : int, optional
+            For a checkpoint of a multi-node (`@parallel`) step: whose part to load.
+            Default: node 0's, or, in a process started by a gang node, that node's.
 
         Returns
         -------
@@ -208,8 +215,14 @@ class Checkpoint(object):
             reference = self._resume_point()
         key = key_of(reference)
         manifest = self._store.read_manifest(key)
+        if node is None and self._handed is not None and self._handed.task.gang is not None:
+            node = self._handed.task.gang.node_index
         values, _ = load_snapshot(
-            self._store, manifest, fields, target=flow, allow_pickle=allow_pickle
+            self._store,
+            part_to_load(self._store, manifest, node),
+            fields,
+            target=flow,
+            allow_pickle=allow_pickle,
         )
         if flow is None:
             return values
