@@ -100,7 +100,7 @@ class GangFlow(FlowSpec):
             dying = attempt == 0 and rank == self.kill_node
             if dying and self.epoch == self.kill_during:
                 temp_dir = os.path.join(
-                    os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"], "GangFlow",
+                    os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"], ".metaflow", "GangFlow",
                     "_implicit_checkpoints", "tmp",
                 )
                 kill_when_saving("+%d+" % os.getpid(), temp_dir)
