@@ -188,3 +188,9 @@ def moto_server_process(bucket: str = BUCKET) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_world(request):
+    """The test runs twice: on the local datastore, and on the S3 server's."""
+    return request.getfixturevalue("world" if request.param == "local" else "s3_world")

@@ -1,6 +1,7 @@
 """Metaflow's `resume`: a step that failed on every attempt continues from the origin run."""
 
 from conftest import TEST_FLOWS
+from s3_server import any_world, s3_server, s3_world  # noqa: F401  (fixtures)
 
 RESULT = """
 import json
@@ -24,7 +25,8 @@ def _variant(write_flow, flow_name, decorator):
     return write_flow(source, "%s.py" % flow_name.lower())
 
 
-def test_resume_continues_a_step_that_failed_on_every_attempt(world, write_flow):
+def test_resume_continues_a_step_that_failed_on_every_attempt(any_world, write_flow):
+    world = any_world  # local disk, then S3
     # The reference: the same training, never failing, never resuming.
     reference = _variant(write_flow, "ReferenceFlow", '@checkpoint(load_policy="none")')
     world.run_flow(reference)

@@ -12,7 +12,7 @@ from ..engine.keys import CheckpointKey
 from ..engine.manifest import public_view
 from ..engine.session import list_run_artifacts
 from ..engine.verify import verify_checkpoints
-from .formatting import human_bytes, reuse_note, stored_bytes
+from .formatting import gang_note, human_bytes, reuse_note, stored_bytes
 from .store_binding import store_for_datastore
 from .task_status import FAILED, RUNNING, SUCCEEDED, attempt_statuses
 
@@ -197,25 +197,26 @@ def inspect_checkpoint(obj, key, as_json):
     echo("Field data  %s (the fields below; tensors they share counted once)" % human_bytes(manifest["size"]))
     echo("Metadata    %s" % json.dumps(manifest["metadata"]))
     echo("RNG state   %s" % (", ".join(manifest["rng"]) if manifest["rng"] else "not captured"))
+    gang = manifest.get("gang")
+    parts = gang["parts"] if gang else [{"node": None, "fields": manifest["fields"]}]
+    if gang:
+        echo("Gang        %d nodes, each its own part (`Checkpoint().load(key, node=N)`)" % gang["num_nodes"])
     echo("")
     _table(
         echo,
-        ["FIELD", "TYPE", "CODEC", "SIZE", "DETAIL"],
+        (["NODE"] if gang else []) + ["FIELD", "TYPE", "CODEC", "SIZE", "DETAIL"],
         [
-            [
-                name,
-                info["type"],
-                info["codec"],
-                human_bytes(info["size"]),
-                _field_detail(info),
-            ]
-            for name, info in sorted(manifest["fields"].items())
+            ([str(part["node"])] if gang else [])
+            + [name, info["type"], info["codec"], human_bytes(info["size"]), _field_detail(info)]
+            for part in parts
+            for name, info in sorted(part["fields"].items())
         ],
     )
 
 
 def _key_cell(artifact: CheckpointArtifact) -> str:
-    return artifact.key if artifact.intact else "%s (DAMAGED: verify)" % artifact.key
+    cell = artifact.key + gang_note(artifact.implicit_manifest)
+    return cell if artifact.intact else "%s (DAMAGED: verify)" % cell
 
 
 def _field_detail(info: dict) -> str:

@@ -110,6 +110,12 @@ def metadata_entries(metadata: Dict[str, Any]) -> List[Dict[str, str]]:
     return entries
 
 
+def gang_note(manifest: Dict[str, Any]) -> str:
+    """' (2 nodes)' for the checkpoint of a multi-node gang, '' otherwise."""
+    gang = manifest.get("gang")
+    return " (%d nodes)" % gang["num_nodes"] if gang else ""
+
+
 def field_names(fields: Dict[str, Any]) -> str:
     """'model, optimizer, epoch +3 more'."""
     names = list(fields or {})

@@ -16,6 +16,7 @@ from ...task_status import RUNNING
 from .chart import attempt_class, metric_charts
 from ...formatting import (
     field_names,
+    gang_note,
     human_bytes,
     key_segments,
     metadata_entries,
@@ -190,7 +191,7 @@ def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, A
         "version": manifest["version"],
         "name": manifest["name"],
         "created": utc_time(manifest.get("created_on", "")),
-        "fields": field_names(manifest.get("fields")),
+        "fields": field_names(manifest.get("fields")) + gang_note(manifest),
         "fields_title": truncate(", ".join(manifest.get("fields") or {}), 400),
         "field_count": len(manifest.get("fields") or {}),
         "size": human_bytes(stored),

@@ -1,0 +1,45 @@
+"""torch's own launcher inside a @checkpoint step: its workers checkpoint through
+Checkpoint() (the task is handed down through the environment), rank 0 saves a DDP model
+and its optimizer, and after a crash every rank resumes from it, bit-identical."""
+
+from conftest import TEST_FLOWS
+from s3_server import any_world, s3_server, s3_world  # noqa: F401  (fixtures)
+
+FLOW = TEST_FLOWS / "torchrun_flow.py"
+
+COMPARE = """
+import json, torch
+from metaflow import Flow, namespace
+namespace(None)
+runs = {r.id: r for r in Flow("TorchrunFlow")}
+crashed, clean = runs[%r]["train"].task.data, runs[%r]["train"].task.data
+
+def same(a, b):
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+print(json.dumps({
+    "model": same(crashed.final["model"], clean.final["model"]),
+    "optimizer": same(crashed.final["optimizer"], clean.final["optimizer"]),
+    "saved": crashed.saved,
+}))
+"""
+
+
+def test_torchrun_workers_resume_after_a_crash_bit_identical(any_world):
+    world = any_world
+    world.run_flow(FLOW)
+    clean = world.latest_run_id("TorchrunFlow")
+    proc = world.run_flow(FLOW, "--crash-after", "2")
+    assert "rank 1 dies after epoch 2" in proc.stdout
+    assert "rank 0 resumed after epoch 2" in proc.stdout
+    assert "rank 1 resumed after epoch 2" in proc.stdout
+    crashed = world.latest_run_id("TorchrunFlow")
+    result = world.python(COMPARE % (crashed, clean))
+    assert result["model"] and result["optimizer"]
+    assert result["saved"] == [[1, 0], [2, 0], [3, 1], [4, 1]]
