@@ -197,6 +197,19 @@ OTHER_PAIRS = [
 ]
 
 
+def gang_section(r: Report, gang: dict) -> None:
+    r.add("## A 2-node gang's global commit (%d MB of per-rank state per node, %d rounds)"
+          % (gang["mb_per_node"], gang["rounds"]), "",
+          "Two processes stand for the nodes of a @parallel gang on this machine, sharing one local"
+          " store; every tensor changed before each save, fsync on. Each round both start together and"
+          " save as the gang's nodes (their parts, then node 0's global commit) and, in alternating"
+          " order, each as a task of its own. The gang figure is the slower node's time; the overhead"
+          " is that minus the slower node's solo save of the same round. benchmarks/gang_commit.py.", "")
+    r.table([("%s: %s" % (case, label), "%.3f (%.3f to %.3f)" % (f["median"], f["min"], f["max"]))
+             for case, figures in gang["cases"].items() for label, f in figures.items()],
+            ("case (seconds, or ratio)", "median (min to max)"))
+
+
 def build_report(results: dict, args, elapsed: float) -> str:
     r = Report()
     local, s3 = results["local"], results["s3"]
@@ -307,17 +320,7 @@ def build_report(results: dict, args, elapsed: float) -> str:
     r.table([(case, "%.4g (%.4g to %.4g)" % (f["median"], f["min"], f["max"]))
              for case, f in results["soundness"].items()], ("case (seconds, bytes or ratio)", "median (min to max)"))
 
-    gang = results["gang"]
-    r.add("## A 2-node gang's global commit (%d MB of per-rank state per node, %d rounds)"
-          % (gang["mb_per_node"], gang["rounds"]), "",
-          "Two processes stand for the nodes of a @parallel gang on this machine, sharing one local"
-          " store; every tensor changed before each save, fsync on. Each round both start together and"
-          " save as the gang's nodes (their parts, then node 0's global commit) and, in alternating"
-          " order, each as a task of its own. The gang figure is the slower node's time; the overhead"
-          " is that minus the slower node's solo save of the same round. benchmarks/gang_commit.py.", "")
-    r.table([("%s: %s" % (case, label), "%.3f (%.3f to %.3f)" % (f["median"], f["min"], f["max"]))
-             for case, figures in gang["cases"].items() for label, f in figures.items()],
-            ("case (seconds, or ratio)", "median (min to max)"))
+    gang_section(r, results["gang"])
 
     o, tiny = results["overhead"], results["tiny"]
     r.add("## Per task and tiny states", "",
