@@ -16,7 +16,7 @@ from engine_helpers import (
     local_store,
     make_session,
 )
-from metaflow_extensions.implicit_checkpoint.engine.backends import MetaflowStorageBackend
+from metaflow_extensions.implicit_checkpoint.plugins.metaflow_storage import MetaflowStorageBackend
 from metaflow_extensions.implicit_checkpoint.engine.errors import (
     CheckpointCorrupted,
     CheckpointException,

@@ -343,7 +343,7 @@ def test_datastores_without_their_own_backend_save_resume_and_touch(tmp_path):
     same code runs on Metaflow's local storage, posing as a datastore it has no shortcut for."""
     from metaflow.plugins.datastores.local_storage import LocalStorage
 
-    from metaflow_extensions.implicit_checkpoint.engine.backends import MetaflowStorageBackend
+    from metaflow_extensions.implicit_checkpoint.plugins.metaflow_storage import MetaflowStorageBackend
     from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointException
 
     class OtherStorage(LocalStorage):

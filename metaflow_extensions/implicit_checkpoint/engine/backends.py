@@ -5,9 +5,9 @@ paths from validated parts (see keys.py), never from raw user input.
 
 - ``LocalDirBackend``: a plain directory. Atomic writes (temp file + rename), optional
   fsync, reads straight into the caller's buffer.
-- ``MetaflowStorageBackend``: Metaflow's own datastore storage (``flow_datastore._storage_impl``),
-  for the datastores without a backend of their own (Azure, GCS), so they run the same
-  store code. S3 has its own: s3_backend.py.
+
+S3 has its own (s3_backend.py); Azure and GCS go through Metaflow's storage layer
+(plugins/metaflow_storage.py), so the engine itself never imports Metaflow.
 """
 
 import ctypes
@@ -19,7 +19,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import CheckpointException
 from .hashing import content_hash, new_hasher
 
 #: Local writes go in blocks of this size: hashed while cache-hot, written back early.
@@ -358,108 +357,3 @@ class PartsReader(io.RawIOBase):
                 self._offset = 0
         self._position += filled
         return filled
-
-
-class MetaflowStorageBackend(StorageBackend):
-    """Metaflow's datastore storage (``flow_datastore._storage_impl``), wrapped.
-
-    That object is private Metaflow API; this class is the only place that touches it.
-    Paths are relative to its ``datastore_root``.
-    """
-
-    def __init__(self, storage_impl):
-        self._storage = storage_impl
-        self.TYPE = storage_impl.TYPE
-
-    def describe(self, path: str = "") -> str:
-        return self._storage.full_uri(path) if path else self._storage.datastore_root
-
-    @property
-    def can_delete(self) -> bool:
-        return self.TYPE == "local"
-
-    def write(
-        self, path: str, parts: Sequence, durable: bool, temp_prefix: Optional[str] = None
-    ) -> None:
-        # Metaflow's storages write whole objects atomically (temp file + rename
-        # locally, a single PUT on object stores).
-        self._storage.save_bytes([(path, PartsReader(parts))], overwrite=True, len_hint=1)
-
-    def read_into(self, path: str, buffer: memoryview) -> int:
-        with self._storage.load_bytes([path]) as loaded:
-            for _, local_path, _ in loaded:
-                if local_path is None:
-                    raise FileNotFoundError(self.describe(path))
-                return LocalDirBackend(os.path.dirname(local_path)).read_into(
-                    os.path.basename(local_path), buffer
-                )
-        raise FileNotFoundError(self.describe(path))
-
-    def read(self, path: str) -> bytes:
-        with self._storage.load_bytes([path]) as loaded:
-            for _, local_path, _ in loaded:
-                if local_path is None:
-                    raise FileNotFoundError(self.describe(path))
-                with open(local_path, "rb") as f:
-                    return f.read()
-        raise FileNotFoundError(self.describe(path))
-
-    def exists_many(self, paths: Sequence[str]) -> List[bool]:
-        if not paths:
-            return []
-        return [bool(x) for x in self._storage.is_file(list(paths))]
-
-    def stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
-        if self.TYPE == "local":
-            return self._local().stat_many(paths)
-        # Metaflow's storage layer tells existence, not size, without a download.
-        return [UNKNOWN_SIZE if found else None for found in self.exists_many(paths)]
-
-    def list_dir(self, path: str) -> List[Tuple[str, bool]]:
-        prefix = path.rstrip("/")
-        entries = []
-        for result in self._storage.list_content([prefix]):
-            name = result.path.rstrip("/").rsplit("/", 1)[-1]
-            if not name.startswith(TEMP_PREFIX):
-                entries.append((name, not result.is_file))
-        return entries
-
-    def _local(self) -> LocalDirBackend:
-        """The same files through the local-directory backend (local datastore only)."""
-        return LocalDirBackend(self._storage.datastore_root)
-
-    def _unsupported(self, operation: str) -> CheckpointException:
-        return CheckpointException(
-            "%s checkpoint files is not supported on the %r datastore yet: Metaflow's "
-            "storage layer offers no delete and no modification times there. Saving, "
-            "resuming, listing and loading work; gc, retention and load_policy='eager' "
-            "need the local or the s3 datastore." % (operation, self.TYPE)
-        )
-
-    def delete(self, paths: Iterable[str]) -> None:
-        if self.TYPE != "local":
-            raise self._unsupported("Deleting")
-        self._local().delete(paths)
-
-    def walk_files(self, prefix: str) -> Iterator[StoredFile]:
-        if self.TYPE != "local":
-            raise self._unsupported("Listing the modification times of")
-        return self._local().walk_files(prefix)
-
-    def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
-        if self.TYPE == "local":
-            return self._local().touch(paths, older_than)
-        # Metaflow's storage layer cannot set a modification time: writing the object
-        # again renews it (a download and an upload, through temp files).
-        found = self.exists_many(paths)
-        for i, path in enumerate(paths):
-            if not found[i]:
-                continue
-            with self._storage.load_bytes([path]) as loaded:
-                for _, local_path, _ in loaded:
-                    if local_path is None:  # deleted meanwhile
-                        found[i] = False
-                        continue
-                    with open(local_path, "rb") as f:
-                        self._storage.save_bytes([(path, f)], overwrite=True, len_hint=1)
-        return found

@@ -3,8 +3,9 @@
 import os
 from typing import Optional
 
-from ..engine.backends import LocalDirBackend, MetaflowStorageBackend, StorageBackend
+from ..engine.backends import LocalDirBackend, StorageBackend
 from ..engine.store import CheckpointStore
+from .metaflow_storage import MetaflowStorageBackend
 
 #: Set to 0 to skip fsync on the local datastore (faster; a machine crash, not a
 #: process crash, may then lose the newest checkpoints).
