@@ -16,6 +16,7 @@ from .cards.attach import (
     wait_for_orphan_renders,
 )
 from .gang_identity import gang_of_task
+from .metaflow_internals import foreach_indices, parent_artifact_names, publish_on_current
 from .run_visibility import runs_in_current_namespace
 from .store_binding import store_for_datastore
 from .task_handoff import HandedTask, hand_down
@@ -189,20 +190,19 @@ class CheckpointDecorator(StepDecorator):
         self._flow = flow
         self._pathspec = "/".join((flow.name, str(run_id), step_name, str(task_id)))
         log = track_assignments(flow)
-        parents = flow._datastore
         task = TaskIdentity(
             flow=flow.name,
             run_id=str(run_id),
             step=step_name,
             task_id=str(task_id),
             attempt=int(retry_count),
-            foreach_indices=tuple(frame.index for frame in getattr(flow, "_foreach_stack", []) or []),
+            foreach_indices=foreach_indices(flow),
             origin_run_id=current.origin_run_id,
             gang=gang_of_task(flow, ubf_context, str(task_id), step_name) if self._parallel else None,
         )
         source = AttributeSource(
             assigned=lambda: log.assigned_values(flow),
-            available_names=lambda: [name for name, _ in parents.items()] if parents else [],
+            available_names=lambda: parent_artifact_names(flow),
             lookup=lambda name: getattr(flow, name),
         )
         store = store_for_datastore(self._flow_datastore)
@@ -248,7 +248,7 @@ class CheckpointDecorator(StepDecorator):
                 attempt=int(retry_count),
                 metadata_provider=metadata,
             )
-        current._update_env({"checkpoint": self._session})
+        publish_on_current("checkpoint", self._session)
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
         # A background save still in flight is committed before the task ends; if it

@@ -10,6 +10,7 @@ from metaflow.unbounded_foreach import UBF_CONTROL, UBF_TASK
 
 from ..engine.errors import CheckpointException
 from ..engine.gang import DEFAULT_TIMEOUT, Gang
+from .metaflow_internals import num_parallel
 
 #: How long a node waits for the rest of its gang in one save (seconds).
 GANG_TIMEOUT_ENV = "METAFLOW_CHECKPOINT_GANG_TIMEOUT"
@@ -17,8 +18,7 @@ GANG_TIMEOUT_ENV = "METAFLOW_CHECKPOINT_GANG_TIMEOUT"
 
 def gang_of_task(flow, ubf_context, task_id: str, step_name: str) -> Optional[Gang]:
     """The gang of this task of a ``@parallel`` step, or None for a gang of one."""
-    parallel = getattr(flow, "_parallel_ubf_iter", None)
-    num_nodes = int(getattr(parallel, "num_parallel", 0) or os.environ.get("MF_PARALLEL_NUM_NODES", 1))
+    num_nodes = num_parallel(flow) or int(os.environ.get("MF_PARALLEL_NUM_NODES", 1))
     if ubf_context == UBF_CONTROL:
         node_index, control_task_id = 0, str(task_id)
     elif ubf_context == UBF_TASK:

@@ -5,6 +5,7 @@ from typing import Optional
 
 from ..engine.backends import LocalDirBackend, StorageBackend
 from ..engine.store import CheckpointStore
+from .metaflow_internals import s3_client, storage_of
 from .metaflow_storage import MetaflowStorageBackend
 
 #: Set to 0 to skip fsync on the local datastore (faster; a machine crash, not a
@@ -14,7 +15,7 @@ FSYNC_ENV = "METAFLOW_CHECKPOINT_FSYNC"
 
 def store_for_datastore(flow_datastore) -> CheckpointStore:
     """The checkpoint store living under a run's ``flow_datastore`` root."""
-    return _store_for_storage(flow_datastore._storage_impl)
+    return _store_for_storage(storage_of(flow_datastore))
 
 
 #: Blobs a store on S3 reads or writes at once (each may fan out into parallel parts).
@@ -56,15 +57,12 @@ def s3_backend(datastore_root: str, client_params: Optional[dict] = None):
         S3_RETRY_COUNT,
         S3_SERVER_SIDE_ENCRYPTION,
     )
-    from metaflow.plugins.datatools.s3.s3util import get_s3_client
-
     from ..engine.s3_backend import RetryPolicy, S3Backend, client_config
 
     params = dict(DATATOOLS_CLIENT_PARAMS, **(client_params or {}))
     params["config"] = client_config(params.get("config"))
-    client, _ = get_s3_client(s3_client_params=params)
     return S3Backend(
-        client,
+        s3_client(params),
         datastore_root,
         retry=RetryPolicy(attempts=int(S3_RETRY_COUNT) + 1),
         encryption=S3_SERVER_SIDE_ENCRYPTION,

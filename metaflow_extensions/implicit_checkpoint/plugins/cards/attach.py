@@ -9,11 +9,9 @@ card discovery only imports subpackages of ``plugins/cards``, so it skips this f
 import os
 import sys
 import time
-from types import SimpleNamespace
 from typing import List, Optional
 
-from metaflow import current
-from metaflow.decorators import _attach_decorators_to_step
+from ..metaflow_internals import attach_step_decorators, card_of_this_task, datastore_shell, storage_of
 
 CARD_TYPE = "implicit_checkpoint"
 #: The id the card gets when @checkpoint attaches it (or when a user's own
@@ -36,9 +34,7 @@ def attach_card(flow, step_name: str, decorators: list, wanted: bool) -> Optiona
             return deco.attributes["id"]
     if not wanted:
         return None
-    _attach_decorators_to_step(
-        getattr(flow, step_name), ["card:type=%s,id=%s" % (CARD_TYPE, CARD_ID)]
-    )
+    attach_step_decorators(getattr(flow, step_name), ["card:type=%s,id=%s" % (CARD_TYPE, CARD_ID)])
     return CARD_ID
 
 
@@ -75,27 +71,15 @@ class LiveCardRefresh:
 
 def _own_card_uuid(card_id: str) -> Optional[str]:
     """The id Metaflow gave this process's checkpoint card (it names the card's files)."""
-    try:
-        for uuid, meta in current.card._cards_meta.items():
-            if meta["type"] == CARD_TYPE and meta["card_id"] == card_id:
-                return uuid
-    except AttributeError:  # no card collector in this task
-        pass
-    return None
+    return card_of_this_task(CARD_TYPE, card_id)[0]
 
 
 def _runtime_card(card_id: str):
-    """The task's handle on the checkpoint card (what ``current.card[card_id]`` returns).
-
-    ``current.card[id]`` only knows cards by id when the step has a card that accepts
-    user components, which this one does not; so the handle is looked up by type and id
-    in ``current.card``'s own registry.
-    """
-    collector = current.card
-    for uuid, meta in collector._cards_meta.items():
-        if meta["type"] == CARD_TYPE and meta["card_id"] == card_id:
-            return collector._card_component_store[uuid]
-    raise LookupError("no %s card with id %r on this step" % (CARD_TYPE, card_id))
+    """The task's handle on the checkpoint card (what ``current.card[card_id]`` returns)."""
+    handle = card_of_this_task(CARD_TYPE, card_id)[1]
+    if handle is None:
+        raise LookupError("no %s card with id %r on this step" % (CARD_TYPE, card_id))
+    return handle
 
 
 def card_datastore(flow_datastore, pathspec: str):
@@ -107,11 +91,7 @@ def card_datastore(flow_datastore, pathspec: str):
     from metaflow.plugins.cards.card_datastore import CardDatastore
 
     card_root = CardDatastore.get_storage_root(flow_datastore.TYPE)
-    card_storage = SimpleNamespace(
-        _storage_impl=type(flow_datastore._storage_impl)(card_root),
-        flow_name=flow_datastore.flow_name,
-    )
-    return CardDatastore(card_storage, pathspec)
+    return CardDatastore(datastore_shell(flow_datastore, card_root), pathspec)
 
 
 #: Longest wait for an earlier attempt's card render to finish (Metaflow's own limit for
@@ -180,7 +160,7 @@ def remove_cards_of_earlier_attempts(flow_datastore, pathspec: str, card_id: str
         found += cards.extract_data_paths(card_type=CARD_TYPE, card_id=card_id)
         stale = [path for path in found if own is None or own not in path.rsplit("/", 1)[-1]]
         if stale:
-            backend_for_storage(cards._backend).delete(stale)
+            backend_for_storage(storage_of(cards)).delete(stale)
     except Exception as ex:  # a leftover card is untidy, not a reason to fail the task
         print(
             "@checkpoint: could not remove the checkpoint card of an earlier attempt: %s: %s"

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any, Optional
 
+from ..metaflow_internals import card_info_to_register, stop_card_render
 from ..task_status import client_reading
 from .attach import CARD_TYPE, card_datastore
 
@@ -80,7 +81,8 @@ class InProcessFinalCard:
     def _write_final(self, mode: str, card_uuid: str, card_id: Optional[str]) -> None:
         from .checkpoint.page import page_html, render_body
 
-        _stop_live_render(card_uuid)
+        # A live render still in flight could overwrite the final card after it is written.
+        stop_card_render(card_uuid)
         if self._body is None:
             from .checkpoint.card import task_report
 
@@ -98,11 +100,8 @@ class InProcessFinalCard:
 
     def _register_card_info(self, card_uuid: str) -> None:
         """The card's ``card-info`` metadata, once per card, as ``card create`` writes it."""
-        should_save = getattr(self._metaflow_creator, "_should_save_metadata", None)
-        if should_save is None:
-            return
-        save, info = should_save(card_uuid)
-        if not save:
+        info = card_info_to_register(self._metaflow_creator, card_uuid)
+        if info is None:
             return
         import json
 
@@ -122,20 +121,6 @@ class InProcessFinalCard:
                 )
             ],
         )
-
-
-def _stop_live_render(card_uuid: str) -> None:
-    """End a live render of this card still in flight, so that it cannot overwrite the
-    final card after it is written (Metaflow waits for it instead; the final card
-    supersedes it anyway)."""
-    try:
-        from metaflow.plugins.cards.card_creator import CardProcessManager
-    except ImportError:
-        return
-    entry = CardProcessManager.async_card_processes.pop(card_uuid, None)
-    if entry is not None and entry["proc"].poll() is None:
-        entry["proc"].kill()
-        entry["proc"].wait()
 
 
 def install(decorators, card_id: str, **creator_args) -> bool:

@@ -1,0 +1,105 @@
+"""Every private Metaflow API this extension touches, in one place.
+
+Metaflow offers no public way to do these. Each is used as Metaflow 2.15.21 to 2.19
+define it (``make test`` runs the example flow and the quick start on both ends); when
+Metaflow changes one of them, this is the module to change.
+"""
+
+from types import SimpleNamespace
+from typing import Any, Optional, Tuple
+
+from metaflow import current
+
+
+def parent_artifact_names(flow: Any) -> list:
+    """Names of the artifacts the task's parent steps left (readable on ``self``)."""
+    parents = flow._datastore
+    return [name for name, _ in parents.items()] if parents else []
+
+
+def foreach_indices(flow: Any) -> Tuple[int, ...]:
+    """The task's position in every enclosing foreach, outermost first."""
+    return tuple(frame.index for frame in getattr(flow, "_foreach_stack", []) or [])
+
+
+def num_parallel(flow: Any) -> int:
+    """The size of a ``@parallel`` step's gang, as ``self.next(..., num_parallel=N)`` set it
+    (0 when the flow object does not know it)."""
+    return int(getattr(getattr(flow, "_parallel_ubf_iter", None), "num_parallel", 0) or 0)
+
+
+def publish_on_current(name: str, value: Any) -> None:
+    """Make ``current.<name>`` return ``value`` for the rest of the task."""
+    current._update_env({name: value})
+
+
+def storage_of(datastore: Any) -> Any:
+    """The storage object behind a flow or card datastore (``save_bytes``, ``load_bytes``,
+    ``list_content``, ... relative to its ``datastore_root``)."""
+    if hasattr(datastore, "_storage_impl"):
+        return datastore._storage_impl
+    return datastore._backend  # a CardDatastore
+
+
+def storage_like(flow_datastore: Any, root: str) -> Any:
+    """A storage of the same kind as the flow datastore's, on another root."""
+    return type(flow_datastore._storage_impl)(root)
+
+
+def datastore_shell(flow_datastore: Any, root: str) -> Any:
+    """What Metaflow's card datastore takes as a flow datastore: a storage on ``root``
+    and the flow's name (its card CLI builds the same)."""
+    return SimpleNamespace(_storage_impl=storage_like(flow_datastore, root), flow_name=flow_datastore.flow_name)
+
+
+def attach_step_decorators(step_function: Any, specs: list) -> None:
+    """Add decorators to a step as ``--with`` does (``["card:type=...,id=..."]``)."""
+    from metaflow.decorators import _attach_decorators_to_step
+
+    _attach_decorators_to_step(step_function, specs)
+
+
+def card_of_this_task(card_type: str, card_id: str) -> Tuple[Optional[str], Optional[Any]]:
+    """``(uuid, runtime handle)`` of this task's card of ``card_type`` and ``card_id``, or
+    ``(None, None)``. ``current.card[id]`` only finds cards that take user components,
+    which the checkpoint card does not, so its registry is searched."""
+    try:
+        collector = current.card
+        for uuid, meta in collector._cards_meta.items():
+            if meta["type"] == card_type and meta["card_id"] == card_id:
+                return uuid, collector._card_component_store.get(uuid)
+    except AttributeError:  # no card collector in this task
+        pass
+    return None, None
+
+
+def s3_client(params: dict):
+    """A boto3 S3 client as Metaflow's S3 datastore builds its own (its AWS client
+    provider, credentials and session settings), with ``params`` for the client."""
+    from metaflow.plugins.datatools.s3.s3util import get_s3_client
+
+    client, _ = get_s3_client(s3_client_params=params)
+    return client
+
+
+def stop_card_render(card_uuid: str) -> None:
+    """End the background render of card ``card_uuid`` that Metaflow started from this
+    process, if one is still running."""
+    try:
+        from metaflow.plugins.cards.card_creator import CardProcessManager
+    except ImportError:
+        return
+    entry = CardProcessManager.async_card_processes.pop(card_uuid, None)
+    if entry is not None and entry["proc"].poll() is None:
+        entry["proc"].kill()
+        entry["proc"].wait()
+
+
+def card_info_to_register(card_creator: Any, card_uuid: str) -> Optional[dict]:
+    """The ``card-info`` metadata ``card create`` would register for this card now, or None
+    when it is registered already (Metaflow's card creator keeps track)."""
+    should_save = getattr(card_creator, "_should_save_metadata", None)
+    if should_save is None:
+        return None
+    save, info = should_save(card_uuid)
+    return info if save else None
