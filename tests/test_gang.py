@@ -186,3 +186,25 @@ def _first_key():
     from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 
     return CheckpointKey("UnitFlow", "1", "train", "7", 0, "checkpoint", 1)
+
+
+def test_gc_removes_the_parts_of_a_gang_save_that_never_committed(tmp_path):
+    states = node_states()
+    node0 = node_session(tmp_path, 0, states[0], timeout=600)
+    node1 = node_session(tmp_path, 1, states[1], timeout=1.0)
+    joins = [in_thread(node0.save), in_thread(node1.save)]  # the global checkpoint 1
+    for join in joins:
+        join()
+    node1.finish()  # node 1's task ends; node 0 saves once more, alone
+    with pytest.raises(GangSaveFailed):
+        in_thread(node0.save)(timeout=30)
+    store = CheckpointStore(LocalDirBackend(str(tmp_path)))
+    parts = [p for p in tmp_path.rglob("*.part")]
+    assert len(parts) == 3  # two of checkpoint 1, node 0's of the one that failed
+    report = collect_garbage(store, "UnitFlow", grace=0)
+    assert sorted(p.name for p in tmp_path.rglob("*.part")) == ["0.part", "1.part"]
+    assert report.deleted_temp_files >= 1
+    fresh = State()
+    resumed = node_session(tmp_path, 0, fresh, attempt=1)
+    resumed.load()
+    assert torch.equal(fresh.shard, states[0].shard)

@@ -83,6 +83,8 @@ def collect_garbage(
             on_phase("deleting")
             if doomed:
                 store.delete_blobs(flow, doomed)
+            # Parts of gang saves that never committed: no manifest references them.
+            temp_files += store.gang_files_without_commit(flow, set(references), cutoff)
             store.delete_temp_files(flow, temp_files)
             report.deleted_temp_files = len(temp_files)
     except StoreBusy as ex:

@@ -533,6 +533,27 @@ class CheckpointStore:
         # Beside the task directories, not one of them: a run's listing skips it.
         return cls.task_dir(flow, run_id, step, task_id) + _GANG_SUFFIX
 
+    def gang_files_without_commit(self, flow: str, committed: set, cutoff: float) -> List[str]:
+        """Parts (and abort notes) of gang saves that never committed (a node died), last
+        modified before ``cutoff``: ``committed`` holds the keys of the committed
+        checkpoints (text), read under the deleter's lock."""
+        tasks = self._tasks_dir(flow)
+        found = []
+        for entry in self.backend.walk_files(tasks):
+            parts = entry.path[len(tasks) + 1 :].split("/")
+            if len(parts) != 7 or parts[4] != "parts" or not parts[3].isdigit():
+                continue
+            version, _, name = parts[5].partition(".")
+            if not version.isdigit() or not is_valid_name(name) or entry.mtime >= cutoff:
+                continue
+            try:
+                key = CheckpointKey(flow, parts[0], parts[1], parts[2], int(parts[3]), name, int(version))
+            except CheckpointException:
+                continue
+            if str(key) not in committed:
+                found.append(entry.path)
+        return found
+
     def read_part(self, key: CheckpointKey, node: int) -> dict:
         path = "%s/%d%s" % (self.parts_dir(key), node, PART_SUFFIX)
         label = "%s (node %d's part)" % (key, node)
