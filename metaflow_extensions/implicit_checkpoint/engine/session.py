@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .artifact import CheckpointArtifact, Reference, key_of
 from .change_tracking import ChangeTracker
+from .directory import scan_folder
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
 from .gang import Gang, GangMember, part_to_load
@@ -24,7 +25,7 @@ from .lineage import find_eager_resume_point, find_origin_resume_point
 from .manifest import normalize_metadata, public_view
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
-from .snapshot import commit_save, load_snapshot, prepare_save
+from .snapshot import commit_save, load_snapshot, prepare_save, stage_folder_restore
 from .staging import STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
 from .termination import SIGTERM_WAIT_ENV, SigtermGuard
@@ -81,10 +82,12 @@ class CheckpointSession:
         retention: Optional[RetentionPolicy] = None,
         accept_run: Callable[[str], bool] = lambda run_id: True,
         gang_saves: bool = True,
+        directory: Optional[str] = None,
     ):
         """``gang_saves``: for a node of a gang, whether its saves are its part of the
         gang's global checkpoints (the step's own session) or checkpoints of their own
-        (a worker process of the node)."""
+        (a worker process of the node). ``directory``: the task's folder, whose files
+        every save snapshots and every load restores (None: saves have no folder)."""
         self._store = store
         self._task = task
         self._source = source
@@ -105,6 +108,7 @@ class CheckpointSession:
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
         self._sigterm_guard = SigtermGuard(self._commit_before_exit)
+        self._directory = directory
         self._gang: Optional[GangMember] = None
         if task.gang is not None and gang_saves:
             self._gang = GangMember(
@@ -185,6 +189,19 @@ class CheckpointSession:
         """The checkpoint found at task start, or None."""
         return self._resume_point
 
+    @property
+    def directory(self) -> str:
+        """The task's folder: every ``save()`` snapshots the files in it, ``load()``
+        puts the checkpoint's files back (the same path on every attempt; empty when
+        the task starts). Point a framework's output at it, e.g. a Hugging Face
+        ``TrainingArguments(output_dir=current.checkpoint.directory)``."""
+        if self._directory is None:
+            raise CheckpointException(
+                "This checkpoint session has no folder: current.checkpoint.directory exists "
+                "in a @checkpoint step; Checkpoint().directory in a notebook."
+            )
+        return self._directory
+
     def save(
         self, name: str = DEFAULT_NAME, metadata: Optional[dict] = None, blocking: bool = True
     ) -> CheckpointArtifact:
@@ -224,6 +241,7 @@ class CheckpointSession:
                 extra={"foreach_indices": list(t.foreach_indices)},
                 tracker=self._tracker,
                 staging=None if blocking else self._staging,
+                folder=scan_folder(self._directory) if self._directory is not None else None,
             )
 
         prepared = prepare()
@@ -338,7 +356,8 @@ class CheckpointSession:
     def load(
         self, reference: Optional[Reference] = None, allow_pickle: bool = True
     ) -> CheckpointArtifact:
-        """Restore a checkpoint's fields onto the step (and RNG state, when captured).
+        """Restore a checkpoint's fields onto the step (and RNG state, when captured),
+        and its files into ``directory``, exactly as saved.
 
         Stateful objects the step already built are restored in place; everything is
         read, verified and built before anything is changed. ``allow_pickle=False``
@@ -347,13 +366,20 @@ class CheckpointSession:
         key = self._resolve(reference, for_what="load")
         manifest = self._store.read_manifest(key)
         gang = self._task.gang
-        _, rng_state = load_snapshot(
-            self._store,
-            part_to_load(self._store, manifest, gang.node_index if gang is not None else None),
-            target=self._target,
-            allow_pickle=allow_pickle,
-            with_rng=self._rng,
-        )
+        part = part_to_load(self._store, manifest, gang.node_index if gang is not None else None)
+        folder = None
+        if self._directory is not None:
+            folder = stage_folder_restore(self._store, part, self._directory)
+        try:
+            _, rng_state = load_snapshot(
+                self._store, part, target=self._target, allow_pickle=allow_pickle, with_rng=self._rng
+            )
+        except BaseException:
+            if folder is not None:
+                folder.discard()
+            raise
+        if folder is not None:
+            folder.apply()
         if rng_state:
             restore_rng_state(rng_state)
         self._parent = str(key)

@@ -1,18 +1,20 @@
-"""Host memory that holds a snapshot of the changed tensors while a background save writes.
+"""Host memory that holds a snapshot of the changed tensors (and the files of the task's
+folder) while a background save writes.
 
 One buffer, reused from save to save and grown only when more bytes changed than it
 holds, so steady-state background saves allocate (and page-fault) nothing. On Linux it
 is mapped with MAP_POPULATE: the kernel fills in all its pages at once, several times
 faster than faulting them in one by one during the copy. With CUDA available the buffer
 is pinned instead, so device-to-host copies run at full speed. Copies of large tensors
-are split across two threads (numpy's copy releases the GIL).
+are split across two threads (numpy's copy releases the GIL), and so are file reads.
 """
 
 import mmap
 import os
 import sys
-from typing import Any, List
+from typing import Any, List, Optional
 
+from .directory import FileEntry
 from .parallel import LazyPool
 
 STAGING_BUDGET_ENV = "METAFLOW_CHECKPOINT_STAGING_BYTES"
@@ -59,12 +61,16 @@ class StagingArea:
             self._array = np.frombuffer(self._mapping, dtype=np.uint8)
         self.capacity = nbytes
 
-    def stage(self, objects: List[Any], sizes: List[int]) -> List[memoryview]:
-        """Copy each tensor/array's bytes into the buffer; return a view per object."""
+    def stage(self, objects: List[Any], sizes: List[int]) -> List[Optional[memoryview]]:
+        """Copy each tensor/array's bytes (or read each file's: a ``FileEntry``) into the
+        buffer; return a view per object (for a file, of what was read: None if it is
+        gone)."""
         self._reserve(sum(sizes))
-        views, pieces, offset, gpu = [], [], 0, False
+        views, pieces, files, offset, gpu = [], [], [], 0, False
         for obj, size in zip(objects, sizes):
-            if size:
+            if isinstance(obj, FileEntry):
+                files.append((len(views), obj, offset, size))
+            elif size:
                 if _on_gpu(obj):
                     self._copy_from_gpu(obj, offset, size)
                     gpu = True
@@ -76,6 +82,11 @@ class StagingArea:
             views.append(memoryview(self._array[offset : offset + size]))
             offset += size
         self._copy_pieces(pieces)
+        read = self._pool.map(
+            lambda file: file[1].capture(memoryview(self._array[file[2] : file[2] + file[3]])), files
+        )
+        for (position, _, _, _), view in zip(files, read):
+            views[position] = view
         if gpu:
             sys.modules["torch"].cuda.synchronize()
         return views
