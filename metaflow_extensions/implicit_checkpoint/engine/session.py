@@ -25,7 +25,7 @@ from .lineage import find_eager_resume_point, find_origin_resume_point
 from .manifest import normalize_metadata, public_view
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
-from .snapshot import commit_save, load_snapshot, prepare_save, stage_folder_restore
+from .snapshot import commit_save, load_snapshot, prepare_save
 from .staging import STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
 from .termination import SIGTERM_WAIT_ENV, SigtermGuard
@@ -366,20 +366,14 @@ class CheckpointSession:
         key = self._resolve(reference, for_what="load")
         manifest = self._store.read_manifest(key)
         gang = self._task.gang
-        part = part_to_load(self._store, manifest, gang.node_index if gang is not None else None)
-        folder = None
-        if self._directory is not None:
-            folder = stage_folder_restore(self._store, part, self._directory)
-        try:
-            _, rng_state = load_snapshot(
-                self._store, part, target=self._target, allow_pickle=allow_pickle, with_rng=self._rng
-            )
-        except BaseException:
-            if folder is not None:
-                folder.discard()
-            raise
-        if folder is not None:
-            folder.apply()
+        _, rng_state = load_snapshot(
+            self._store,
+            part_to_load(self._store, manifest, gang.node_index if gang is not None else None),
+            target=self._target,
+            allow_pickle=allow_pickle,
+            with_rng=self._rng,
+            folder=self._directory,
+        )
         if rng_state:
             restore_rng_state(rng_state)
         self._parent = str(key)

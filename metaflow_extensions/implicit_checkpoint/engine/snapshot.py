@@ -11,7 +11,7 @@ point at blobs already stored.
 Load: read the manifest and the graph → match it to the live objects (restore) → read
 and verify the bytes of new storages → build every value → read the bytes that go
 straight into live tensors → apply. Nothing live changes before every value is built.
-A checkpoint's folder is staged (read and verified) by ``stage_folder_restore`` before
+A checkpoint's folder is staged (read and verified) before
 the fields are loaded, and put in place after.
 """
 
@@ -277,12 +277,28 @@ def load_snapshot(
     target: Any = None,
     allow_pickle: bool = True,
     with_rng: bool = False,
+    folder: Optional[str] = None,
 ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """Load a committed checkpoint (all fields, or only ``fields``), verified.
 
     With ``target``, live objects it holds are restored in place and the fields are
-    set on it, all or nothing. Returns the values and, with ``with_rng``, the RNG state.
+    set on it, all or nothing. With ``folder``, the checkpoint's files are put there
+    (staged and verified before any field is loaded, moved in place after). Returns the
+    values and, with ``with_rng``, the RNG state.
     """
+    restore = _stage_folder_restore(store, manifest, folder) if folder is not None else None
+    try:
+        loaded = _load_fields(store, manifest, fields, target, allow_pickle, with_rng)
+    except BaseException:
+        if restore is not None:
+            restore.discard()
+        raise
+    if restore is not None:
+        restore.apply()
+    return loaded
+
+
+def _load_fields(store, manifest, fields, target, allow_pickle, with_rng):
     key = manifest["key"]
     storage = manifest[STORAGE]
     stored = storage["fields"]
@@ -338,7 +354,7 @@ def load_snapshot(
     return values, rng_state
 
 
-def stage_folder_restore(store: CheckpointStore, manifest: dict, root: str) -> Optional[FolderRestore]:
+def _stage_folder_restore(store: CheckpointStore, manifest: dict, root: str) -> Optional[FolderRestore]:
     """Read and verify the files of a checkpoint's folder into a staging folder beside
     ``root``; ``apply()`` the result to make ``root`` that folder. None for a checkpoint
     saved without a folder (it leaves ``root`` alone)."""
