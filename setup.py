@@ -29,6 +29,17 @@ setup(
         "torch": ["torch>=2.1", "numpy>=1.24"],
         # 1.36: botocore's request_checksum_calculation (engine/s3_backend.py sets it).
         "s3": ["boto3>=1.36"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "numpy>=1.24", "boto3>=1.36", "moto[server]>=5.0"],
+        # transformers, accelerate and lightning only test the framework callbacks
+        # (metaflow.checkpoint_callbacks): the package itself never needs them.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "numpy>=1.24",
+            "boto3>=1.36",
+            "moto[server]>=5.0",
+            "transformers>=5.24",
+            "accelerate>=1.15",
+            "lightning>=2.6",
+        ],
     },
 )
