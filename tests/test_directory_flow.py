@@ -22,6 +22,13 @@ cp.load(arts[0])                        # an older one over it: the deleted file
 out["oldest"] = listing(cp.directory)
 cp.load(arts[-1], fields=["epoch"])     # only a field: the folder is left alone
 out["after_field_load"] = listing(cp.directory)
+occupied = os.path.join(%(folder)r, "..", "occupied")
+os.makedirs(occupied)
+open(os.path.join(occupied, "mine.txt"), "w").close()
+try:
+    Checkpoint(directory=occupied).load(arts[-1])
+except Exception as ex:
+    out["refused"] = [type(ex).__name__, str(ex), os.listdir(occupied)]
 out["restored"] = task.data.restored
 out["empty_at_start"] = task.data.empty_at_start
 out["resumed_from"] = task.data.resumed_from
@@ -58,6 +65,9 @@ def test_folder_round_trips_through_a_kill_the_retry_and_a_notebook(world):
     assert result["newest"] == seen["save2"]
     assert result["oldest"] == seen["save1"]
     assert result["after_field_load"] == seen["save1"]
+    # A folder with files the client did not put there is never replaced.
+    name, message, left = result["refused"]
+    assert name == "CheckpointException" and "not empty" in message and left == ["mine.txt"]
 
     # Re-saving the unchanged folder writes (almost) nothing: the 50 MB are not written again.
     assert seen["resave"]["bytes_referenced"] > 50 * 1024 * 1024

@@ -196,6 +196,12 @@ class FolderRestore:
         os.makedirs(parent, exist_ok=True)
         self._staging = tempfile.mkdtemp(prefix="." + os.path.basename(self.root) + RESTORING_MARK, dir=parent)
         try:
+            if os.path.isdir(self.root) and os.stat(self.root).st_dev != os.stat(self._staging).st_dev:
+                raise CheckpointException(
+                    "Cannot restore checkpoint %s into %s: it is a mount point, and its files "
+                    "are staged beside it (on another file system) before they are moved in. "
+                    "Restore into a folder inside it." % (self._key, self.root)
+                )
             batch, batch_bytes = [], 0
             for number, (rel, spec) in enumerate(sorted(self._files.items())):
                 staged = os.path.join(self._staging, str(number))

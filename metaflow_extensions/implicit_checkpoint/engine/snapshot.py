@@ -354,11 +354,16 @@ def _load_fields(store, manifest, fields, target, allow_pickle, with_rng):
     return values, rng_state
 
 
+def has_folder(manifest: dict) -> bool:
+    """Whether a checkpoint (or a gang node's part) holds a snapshot of a task's folder."""
+    return "files" in manifest
+
+
 def _stage_folder_restore(store: CheckpointStore, manifest: dict, root: str) -> Optional[FolderRestore]:
     """Read and verify the files of a checkpoint's folder into a staging folder beside
     ``root``; ``apply()`` the result to make ``root`` that folder. None for a checkpoint
     saved without a folder (it leaves ``root`` alone)."""
-    if "files" not in manifest:
+    if not has_folder(manifest):
         return None
     restore = FolderRestore(
         root, manifest["files"], manifest["directories"], manifest[STORAGE]["files"], manifest["key"]

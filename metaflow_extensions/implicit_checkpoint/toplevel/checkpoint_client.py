@@ -17,7 +17,7 @@ from ..engine.session import (
     list_artifacts,
     list_run_artifacts,
 )
-from ..engine.snapshot import load_snapshot
+from ..engine.snapshot import has_folder, load_snapshot
 from ..engine.verify import VerifyReport, verify_checkpoints
 from ..plugins.store_binding import store_from_config
 from ..plugins.task_handoff import TASK_ENV, HandedTask, handed_task
@@ -51,8 +51,10 @@ class Checkpoint(object):
         Datastore root; default: the configured root for that datastore.
     directory : str, optional
         The folder `load()` puts a checkpoint's files in (what the step had in
-        `current.checkpoint.directory`); created if missing. Default: a new temporary
-        folder, made on first use (see `directory`), never removed by this client.
+        `current.checkpoint.directory`): a new or empty folder (it is created if
+        missing; one with files in it is refused, since a load removes what the
+        checkpoint does not have). Default: a new temporary folder, made on first use
+        (see `directory`), never removed by this client.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Checkpoint(object):
                 "Checkpoint(directory=...) is the path of a folder; got %r." % (directory,)
             )
         self._directory = os.path.abspath(os.fspath(directory)) if directory is not None else None
+        self._filled = False  # whether load() has put a checkpoint's files in the folder
 
     @property
     def directory(self) -> str:
@@ -264,19 +267,35 @@ class Checkpoint(object):
         manifest = self._store.read_manifest(key)
         if node is None and self._handed is not None and self._handed.task.gang is not None:
             node = self._handed.task.gang.node_index
-        with_files = files if files is not None else fields is None
+        part = part_to_load(self._store, manifest, node)
+        with_files = (files if files is not None else fields is None) and has_folder(part)
+        if with_files:
+            self._check_folder_is_ours(key)
         values, _ = load_snapshot(
             self._store,
-            part_to_load(self._store, manifest, node),
+            part,
             fields,
             target=flow,
             allow_pickle=allow_pickle,
             folder=self.directory if with_files else None,
         )
+        self._filled = self._filled or with_files
         if flow is None:
             return values
         return CheckpointArtifact.from_manifest(manifest)
 
+
+    def _check_folder_is_ours(self, key) -> None:
+        """A load makes the folder exactly the checkpoint's: never over files that this
+        client did not put there itself."""
+        folder = self.directory
+        if not self._filled and os.path.isdir(folder) and os.listdir(folder):
+            raise CheckpointException(
+                "Checkpoint(directory=%r).load(%s) would replace what is in that folder (a "
+                "load makes it exactly the checkpoint's folder, removing everything else), "
+                "and it is not empty. Pass a new or empty folder, or load(..., files=False) "
+                "for the fields only." % (folder, key)
+            )
 
     def verify(self, task: Any = None, run: Any = None, repair: bool = False) -> Dict[str, Any]:
         """
