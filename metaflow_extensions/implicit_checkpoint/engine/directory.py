@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import CheckpointCorrupted, CheckpointException
+from .host_memory import populated_buffer
 
 #: Staging folders of a restore in progress sit beside the target: ``.<name>.restoring-*``.
 RESTORING_MARK = ".restoring-"
 #: A restore writes at most this many bytes of files per batch of reads.
 _RESTORE_BATCH_BYTES = 1024**3
+#: Files at least this large are read into a populated mapping rather than a bytearray.
+_POPULATE_BYTES = 1024 * 1024
 #: A file that changes while it is read is read again, at most this many times.
 _READ_ATTEMPTS = 3
 
@@ -81,6 +84,8 @@ class FileEntry:
                     )
                 if into is not None:
                     view = memoryview(into).cast("B")
+                elif before.st_size >= _POPULATE_BYTES:
+                    view = memoryview(populated_buffer(before.st_size))[: before.st_size]
                 else:
                     view = memoryview(bytearray(before.st_size))
                 n = _read_fully(fd, view)

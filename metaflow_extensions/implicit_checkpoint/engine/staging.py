@@ -2,25 +2,23 @@
 folder) while a background save writes.
 
 One buffer, reused from save to save and grown only when more bytes changed than it
-holds, so steady-state background saves allocate (and page-fault) nothing. On Linux it
-is mapped with MAP_POPULATE: the kernel fills in all its pages at once, several times
-faster than faulting them in one by one during the copy. With CUDA available the buffer
+holds, so steady-state background saves allocate (and page-fault) nothing. It is mapped
+with all its pages present (host_memory.py). With CUDA available the buffer
 is pinned instead, so device-to-host copies run at full speed. Copies of large tensors
 are split across two threads (numpy's copy releases the GIL), and so are file reads.
 """
 
-import mmap
 import os
 import sys
 from typing import Any, List, Optional
 
 from .directory import FileEntry
+from .host_memory import populated_buffer
 from .parallel import LazyPool
 
 STAGING_BUDGET_ENV = "METAFLOW_CHECKPOINT_STAGING_BYTES"
 DEFAULT_BUDGET = 8 * 1024**3
 
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if sys.platform.startswith("linux") else 0)
 _PIECE = 16 * 1024 * 1024  # copies are split into pieces of this size
 _COPY_THREADS = 2
 
@@ -56,9 +54,8 @@ class StagingArea:
             self._pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
             self._array = self._pinned.numpy()
         else:
-            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_POPULATE
-            self._mapping = mmap.mmap(-1, nbytes, flags=flags)
-            self._array = np.frombuffer(self._mapping, dtype=np.uint8)
+            self._mapping = populated_buffer(nbytes)
+            self._array = np.frombuffer(self._mapping, dtype=np.uint8)[:nbytes]
         self.capacity = nbytes
 
     def stage(self, objects: List[Any], sizes: List[int]) -> List[Optional[memoryview]]:
