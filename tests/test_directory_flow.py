@@ -69,6 +69,11 @@ def test_folder_round_trips_through_a_kill_the_retry_and_a_notebook(world):
     name, message, left = result["refused"]
     assert name == "CheckpointException" and "not empty" in message and left == ["mine.txt"]
 
+    # The terminal shows the files too.
+    shown = world.command(FLOW, "checkpoint", "inspect", result["newest_key"]).stdout
+    assert "Files       4 in current.checkpoint.directory, 50.0 MiB" in shown
+    assert "weights.bin" in shown and "50.0 MiB" in shown and "-> notes/a.txt" in shown
+
     # Re-saving the unchanged folder writes (almost) nothing: the 50 MB are not written again.
     assert seen["resave"]["bytes_referenced"] > 50 * 1024 * 1024
     assert seen["resave"]["bytes_written"] < 4096, seen["resave"]
