@@ -96,6 +96,8 @@ def measure_all(args, work: Path, log: Callable[[str], None]) -> dict:
     results["memory"]["resume"] = probe("resume_memory_probe.py", work / "resume", args.resume_size)
     log("what sound change detection costs ...")
     results["soundness"] = probe("soundness_cost.py", args.size // MB, args.rounds)
+    log("a 2-node gang's global commit ...")
+    results["gang"] = probe("gang_commit.py", args.gang_mb, args.rounds)
 
     s3 = Rounds()
     s3_state = state_dict(args.s3_size)
@@ -193,6 +195,19 @@ OTHER_PAIRS = [
     ("load", "ours load", "safetensors load_file"),
     ("load", "ours load", "metaflow-checkpoint: its load() + torch.load"),
 ]
+
+
+def gang_section(r: Report, gang: dict) -> None:
+    r.add("## A 2-node gang's global commit (%d MB of per-rank state per node, %d rounds)"
+          % (gang["mb_per_node"], gang["rounds"]), "",
+          "Two processes stand for the nodes of a @parallel gang on this machine, sharing one local"
+          " store; every tensor changed before each save, fsync on. Each round both start together and"
+          " save as the gang's nodes (their parts, then node 0's global commit) and, in alternating"
+          " order, each as a task of its own. The gang figure is the slower node's time; the overhead"
+          " is that minus the slower node's solo save of the same round. benchmarks/gang_commit.py.", "")
+    r.table([("%s: %s" % (case, label), "%.3f (%.3f to %.3f)" % (f["median"], f["min"], f["max"]))
+             for case, figures in gang["cases"].items() for label, f in figures.items()],
+            ("case (seconds, or ratio)", "median (min to max)"))
 
 
 def build_report(results: dict, args, elapsed: float) -> str:
@@ -305,6 +320,8 @@ def build_report(results: dict, args, elapsed: float) -> str:
     r.table([(case, "%.4g (%.4g to %.4g)" % (f["median"], f["min"], f["max"]))
              for case, f in results["soundness"].items()], ("case (seconds, bytes or ratio)", "median (min to max)"))
 
+    gang_section(r, results["gang"])
+
     o, tiny = results["overhead"], results["tiny"]
     r.add("## Per task and tiny states", "",
           "Two-step flow (start -> end) saving nothing; each round runs the three variants one after the"
@@ -372,6 +389,7 @@ def main() -> None:
     args.train_window, args.train_interval = (6.0, 2.0) if args.quick else (20.0, 4.0)
     args.overhead_rounds = args.rounds
     args.tiny_saves = 300 if args.quick else 2000
+    args.gang_mb = 50 if args.quick else 500
     os.environ.setdefault("USERNAME", "bench")
 
     started = time.perf_counter()

@@ -1,6 +1,11 @@
 """torch's own launcher inside a @checkpoint step: its workers checkpoint through
 Checkpoint() (the task is handed down through the environment), rank 0 saves a DDP model
-and its optimizer, and after a crash every rank resumes from it, bit-identical."""
+and its optimizer, and after a crash every rank resumes from it, bit-identical. Also under
+metaflow-torchrun's @torchrun: a 2-node gang running torchrun on each node."""
+
+import os
+import socket
+import sys
 
 from conftest import TEST_FLOWS
 from s3_server import any_world, s3_server, s3_world  # noqa: F401  (fixtures)
@@ -43,3 +48,31 @@ def test_torchrun_workers_resume_after_a_crash_bit_identical(any_world):
     result = world.python(COMPARE % (crashed, clean))
     assert result["model"] and result["optimizer"]
     assert result["saved"] == [[1, 0], [2, 0], [3, 1], [4, 1]]
+
+
+DECORATOR_FLOW = TEST_FLOWS / "torchrun_decorator_flow.py"
+
+DECORATOR_RESULT = """
+import json, torch
+from metaflow import Flow, namespace
+namespace(None)
+join = Flow("TorchrunDecoratorFlow")[%r]["join"].task.data
+print(json.dumps({"saved": join.saved, "final_keys": sorted(join.final["model"])}))
+"""
+
+
+def test_metaflow_torchrun_gang_ranks_resume_from_rank_0s_checkpoint(s3_world):
+    """metaflow-torchrun 0.2.2 runs locally only with one patch and on S3 (see the flow's
+    docstring); where it runs, its ranks checkpoint like any worker of a step."""
+    world = s3_world
+    world.env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + world.env.get("PATH", "")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        world.env["TORCHRUN_TEST_PORT"] = str(probe.getsockname()[1])
+    proc = world.run_flow(DECORATOR_FLOW, "--crash-after", "2")
+    assert "rank 1 dies after epoch 2" in proc.stdout
+    assert "rank 0 resumed after epoch 2" in proc.stdout and "rank 1 resumed after epoch 2" in proc.stdout
+    result = world.python(DECORATOR_RESULT % world.latest_run_id("TorchrunDecoratorFlow"))
+    # Both nodes see rank 0's checkpoints: two by attempt 0, two by the retry.
+    assert result["saved"] == {"0": [[1, 0], [2, 0], [3, 1], [4, 1]], "1": [[1, 0], [2, 0], [3, 1], [4, 1]]}
+    assert result["final_keys"] == ["layers.0.bias", "layers.0.weight", "layers.2.bias", "layers.2.weight"]

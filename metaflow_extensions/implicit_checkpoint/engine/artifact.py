@@ -35,6 +35,9 @@ class CheckpointArtifact:
     damage : str or None
         Set by ``list()`` when the checkpoint's stored data is missing or damaged (its
         blobs are checked by size): what is wrong, by field and blob. None otherwise.
+
+    It also reads as a mapping (``artifact["key"]``, ``artifact["metadata"]``,
+    ``artifact.get("version_id")``), as metaflow-checkpoint's references do.
     """
 
     key: str
@@ -47,6 +50,7 @@ class CheckpointArtifact:
     _metadata: Dict[str, Any] = field(repr=False, compare=False)
     _manifest: Dict[str, Any] = field(repr=False, compare=False)
     damage: Optional[str] = field(default=None, compare=False)
+    type = "checkpoint"  # metaflow-checkpoint's reference dicts carry it
 
     @property
     def intact(self) -> bool:
@@ -62,6 +66,36 @@ class CheckpointArtifact:
     def implicit_manifest(self) -> Dict[str, Any]:
         """The manifest, as ``inspect()`` returns it (a copy)."""
         return copy.deepcopy(self._manifest)
+
+    @property
+    def version_id(self) -> int:
+        """The version (metaflow-checkpoint's name for it)."""
+        return self.version
+
+    @property
+    def latest(self) -> bool:
+        """False when saved with ``latest=False``: never chosen as a resume point."""
+        return self._manifest.get("latest", True) is not False
+
+    @property
+    def storage_format(self) -> str:
+        return self._manifest.get("storage_format", "files")
+
+    # -- read as a mapping, as metaflow-checkpoint's dict references are ----------------
+
+    def __getitem__(self, item: str) -> Any:
+        if item not in MAPPING_KEYS:
+            raise KeyError(item)
+        return getattr(self, item)
+
+    def get(self, item: str, default: Any = None) -> Any:
+        return self[item] if item in MAPPING_KEYS else default
+
+    def keys(self):
+        return list(MAPPING_KEYS)
+
+    def __contains__(self, item: object) -> bool:
+        return item in MAPPING_KEYS
 
     @property
     def flow_name(self) -> str:
@@ -146,6 +180,12 @@ class CheckpointArtifact:
             "" if self.damage is None else ", damaged",
         )
 
+
+#: What ``artifact["..."]`` reads: our fields, and metaflow-checkpoint's names for them.
+MAPPING_KEYS = (
+    "key", "name", "pathspec", "attempt", "version", "version_id", "created_on", "size",
+    "metadata", "implicit_manifest", "damage", "latest", "storage_format", "type",
+)
 
 Reference = Union[CheckpointArtifact, Dict[str, Any], str]
 

@@ -9,8 +9,10 @@ class CheckpointException(MetaflowException):
     headline = "Checkpoint error"
 
 
-class CheckpointConfigError(CheckpointException):
-    """A @checkpoint argument is invalid (raised from step_init, before any task runs)."""
+class CheckpointConfigError(CheckpointException, ValueError):
+    """A @checkpoint argument is invalid (raised from step_init, before any task runs).
+
+    Also a ValueError, as metaflow-checkpoint's configuration errors are."""
 
     headline = "Invalid @checkpoint argument"
 

@@ -5,6 +5,8 @@ identity, its attributes (an ``AttributeSource``) and the object to restore onto
 handed in, so it runs the same in a flow and in a unit test.
 """
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -31,6 +33,8 @@ from .store import CheckpointStore, ReusedBlobDamaged
 from .termination import SIGTERM_WAIT_ENV, SigtermGuard
 
 LOAD_POLICIES = ("fresh", "eager", "none")
+#: What save(storage_format=...) accepts: metaflow-checkpoint's formats, recorded only.
+STORAGE_FORMATS = ("files", "tar")
 #: Set to 1 to skip hashing storages whose torch version counter did not move (opt-in:
 #: see change_tracking.py for its hazard).
 TRACK_CHANGES_ENV = "METAFLOW_CHECKPOINT_TRACK_CHANGES"
@@ -141,12 +145,12 @@ class CheckpointSession:
         elsewhere = []
         if self._load_policy != "none" and t.origin_run_id not in (None, t.run_id):
             elsewhere.append(lambda: find_origin_resume_point(
-                self._store, t.flow, t.origin_run_id, t.step, t.foreach_indices, self._is_intact
+                self._store, t.flow, t.origin_run_id, t.step, t.foreach_indices, self._resumable
             ))
         if self._load_policy == "eager":
             elsewhere.append(lambda: find_eager_resume_point(
                 self._store, t.flow, t.step, t.foreach_indices, self._started_at, t.run_id,
-                self._accept_run, self._is_intact,
+                self._accept_run, self._resumable,
             ))
         for find in elsewhere:
             if self._resume_point is None:
@@ -158,9 +162,14 @@ class CheckpointSession:
     def _newest_intact(self, keys: List[CheckpointKey]) -> Optional[CheckpointArtifact]:
         for key in reversed(keys):
             manifest = _read_manifest(self._store, key)
-            if manifest is not None and self._is_intact(key, manifest):
+            if manifest is not None and self._resumable(key, manifest):
                 return CheckpointArtifact.from_manifest(manifest)
         return None
+
+    def _resumable(self, key: CheckpointKey, manifest: dict) -> bool:
+        """May a task resume from this checkpoint? Not when saved with ``latest=False``,
+        nor when its data is damaged."""
+        return manifest.get("latest", True) is not False and self._is_intact(key, manifest)
 
     def _is_intact(self, key: CheckpointKey, manifest: dict) -> bool:
         (damages,) = check_blobs(self._store, key.flow, [manifest])
@@ -202,20 +211,66 @@ class CheckpointSession:
             )
         return self._directory
 
+    @property
+    def info(self) -> Optional[CheckpointArtifact]:
+        """The checkpoint found at task start, or None (metaflow-checkpoint's name for
+        ``loaded``)."""
+        return self._resume_point
+
+    @property
+    def task_identifier(self) -> str:
+        """Identifies this step and foreach position across runs: what eager resume and
+        ``list(full_namespace=True)`` match on (12 hex digits)."""
+        t = self._task
+        position = json.dumps([t.step, list(t.foreach_indices)])
+        return hashlib.sha256(position.encode()).hexdigest()[:12]
+
     def save(
-        self, name: str = DEFAULT_NAME, metadata: Optional[dict] = None, blocking: bool = True
+        self,
+        name: str = DEFAULT_NAME,
+        metadata: Optional[dict] = None,
+        blocking: bool = True,
+        latest: bool = True,
+        storage_format: str = "files",
     ) -> CheckpointArtifact:
         """Snapshot the step's attributes.
 
-        ``blocking=True`` returns once the checkpoint is committed. ``blocking=False``
-        returns once the state is captured in memory (changed tensors copied) and commits
-        in the background; a failure there is raised by the next save(), wait(), or at
-        task end. One save is in flight at most: a new one first waits for it.
+        Parameters
+        ----------
+        name : str, default "checkpoint"
+            Checkpoints of one name form a series (``list(name=...)``, retention).
+        metadata : dict, optional
+            Plain values shown with the checkpoint and charted on the card.
+        blocking : bool, default True
+            True returns once the checkpoint is committed. False returns once the state
+            is captured in memory (changed tensors copied) and commits in the background;
+            a failure there is raised by the next save(), wait(), or at task end. One
+            save is in flight at most: a new one first waits for it.
+        latest : bool, default True
+            False: this checkpoint is never chosen as the one to resume from (it is
+            listed and loadable by reference), as in metaflow-checkpoint.
+        storage_format : str, default "files"
+            Accepted for metaflow-checkpoint's flows ("files" or "tar") and recorded;
+            storage is content-addressed blobs either way.
+
+        Returns
+        -------
+        CheckpointArtifact
         """
         self.wait()
         t = self._task
         validate_name(name, t.step)
         metadata = normalize_metadata(metadata, t.step)
+        if not isinstance(latest, bool):
+            raise CheckpointException(
+                "save(latest=%r) in step *%s*: latest is True or False." % (latest, t.step)
+            )
+        if storage_format not in STORAGE_FORMATS:
+            raise CheckpointException(
+                "save(storage_format=%r) in step *%s*: use one of %s (recorded only: "
+                "checkpoints are stored as content-addressed blobs either way)."
+                % (storage_format, t.step, ", ".join(map(repr, STORAGE_FORMATS)))
+            )
         fields = self._selector.select(
             self._source.assigned(),
             self._source.available_names(),
@@ -238,7 +293,11 @@ class CheckpointSession:
                 metadata,
                 parent=self._parent,
                 rng_state=rng_state,
-                extra={"foreach_indices": list(t.foreach_indices)},
+                extra={
+                    "foreach_indices": list(t.foreach_indices),
+                    "latest": latest,
+                    "storage_format": storage_format,
+                },
                 tracker=self._tracker,
                 staging=None if blocking else self._staging,
                 folder=scan_folder(self._directory) if self._directory is not None else None,
@@ -398,9 +457,34 @@ class CheckpointSession:
         return public_view(self._store.read_manifest(key))
 
     def list(
-        self, name: Optional[str] = None, task: Any = None, attempt: Optional[int] = None
+        self,
+        name: Optional[str] = None,
+        task: Any = None,
+        attempt: Optional[int] = None,
+        full_namespace: bool = False,
     ) -> List[CheckpointArtifact]:
-        """Committed checkpoints of a task (default: this one), oldest first."""
+        """Committed checkpoints, oldest first.
+
+        Parameters
+        ----------
+        name : str, optional
+            Only checkpoints of this name.
+        task : str or metaflow.Task, optional
+            A task pathspec "Flow/run/step/task" (default: this task).
+        attempt : int, optional
+            Only checkpoints saved by this attempt.
+        full_namespace : bool, default False
+            True: this step's checkpoints (at this foreach position) in every run of
+            the current namespace, this one included, as metaflow-checkpoint's
+            ``list(full_namespace=True)``.
+        """
+        if full_namespace:
+            if task is not None:
+                raise CheckpointException(
+                    "list(full_namespace=True) in step *%s* lists this step's checkpoints "
+                    "across runs; it takes no task=." % self._task.step
+                )
+            return self._list_across_runs(name, attempt)
         if task is None:
             flow, run_id, step, task_id = (
                 self._task.flow,
@@ -411,6 +495,22 @@ class CheckpointSession:
         else:
             flow, run_id, step, task_id = split_pathspec(getattr(task, "pathspec", task))
         return list_artifacts(self._store, flow, run_id, step, task_id, name, attempt)
+
+    def _list_across_runs(self, name: Optional[str], attempt: Optional[int]) -> List[CheckpointArtifact]:
+        t = self._task
+        tasks = {(t.run_id, t.checkpoint_task_id)}
+        for _, run_id in self._store.latest_notes(t.flow, t.step, t.foreach_indices):
+            if run_id != t.run_id and self._accept_run(run_id):
+                noted = self._store.read_latest_note(t.flow, t.step, t.foreach_indices, run_id)
+                if noted is not None:
+                    tasks.add((run_id, noted.task_id))
+        found = []
+        for run_id, task_id in tasks:
+            found.extend(
+                a for a in list_artifacts(self._store, t.flow, run_id, t.step, task_id, name, attempt)
+                if a.implicit_manifest.get("foreach_indices", []) == list(t.foreach_indices)
+            )
+        return sorted(found, key=lambda a: a.created_on)
 
     def _resolve(self, reference: Optional[Reference], for_what: str) -> CheckpointKey:
         if reference is not None:

@@ -250,7 +250,14 @@ def _public_fields(graph: EncodedGraph, values: Mapping[str, Any]) -> Dict[str, 
     public, owner_of_root = {}, {}
     for name, info in graph.fields.items():
         value = values[name]
-        entry = {"type": info.type, "codec": info.codec, "size": info.size}
+        # "filename": the field and its codec, for tools written for metaflow-checkpoint,
+        # whose fields are files ("model.pkl"); here it names no file.
+        entry = {
+            "type": info.type,
+            "codec": info.codec,
+            "size": info.size,
+            "filename": "%s.%s" % (name, info.codec),
+        }
         if info.storages:
             entry["tensors"] = len(info.storages)
         if is_tensor_like(value):

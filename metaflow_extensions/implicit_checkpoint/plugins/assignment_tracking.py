@@ -7,7 +7,10 @@ gets a subclass of its own class (same name) that records assignments, except th
 Metaflow's ``__getattr__`` makes while loading an artifact.
 """
 
-from typing import Any, Dict, Set
+from typing import Any, Dict, List, Optional, Set
+
+from ..engine.errors import CheckpointConfigError
+from ..engine.fields import FieldSelector
 
 
 class AssignmentLog:
@@ -56,6 +59,7 @@ def track_assignments(flow: Any) -> AssignmentLog:
             "__module__": original.__module__,
             "__qualname__": original.__qualname__,
             "_checkpoint_untracked_class": original,
+            "_checkpoint_assignments": log,
         },
     )
     flow.__class__ = tracked
@@ -66,3 +70,30 @@ def stop_tracking(flow: Any) -> None:
     original = getattr(type(flow), "_checkpoint_untracked_class", None)
     if original is not None:
         flow.__class__ = original
+
+
+def implicit_fields(
+    flow: Any, exclude: Optional[List[str]] = None, include: Optional[List[str]] = None
+) -> Dict[str, Any]:
+    """
+    The attributes a save would capture from ``flow`` with these include/exclude
+    rules: in a `@checkpoint` step, what the step assigned (or what ``include`` names);
+    elsewhere, the object's public attributes. metaflow-checkpoint's
+    ``_get_implicit_fields``, under our rules.
+
+    Raises
+    ------
+    CheckpointConfigError
+        A ValueError: ``include`` and ``exclude`` are mutually exclusive.
+    """
+    if include is not None and exclude is not None:
+        raise CheckpointConfigError(
+            "implicit_fields(include=..., exclude=...): include and exclude are mutually "
+            "exclusive. Pass include=[...] to capture only those attributes, or "
+            "exclude=[...] to capture everything else, not both."
+        )
+    log = getattr(type(flow), "_checkpoint_assignments", None)
+    assigned = log.assigned_values(flow) if log is not None else dict(vars(flow))
+    return FieldSelector(include, exclude).select(
+        assigned, dir(flow), lambda name: getattr(flow, name), getattr(flow, "name", None)
+    )

@@ -16,6 +16,7 @@ from .cards.attach import (
     wait_for_orphan_renders,
 )
 from .gang_identity import gang_of_task
+from .run_visibility import runs_in_current_namespace
 from .store_binding import store_for_datastore
 from .task_handoff import HandedTask, hand_down
 from .task_folder import end_task_folder, start_task_folder, task_folder
@@ -220,7 +221,7 @@ class CheckpointDecorator(StepDecorator):
             rng=self._rng,
             load_policy=self.attributes["load_policy"],
             retention=self._retention,
-            accept_run=_runs_in_current_namespace(flow.name),
+            accept_run=runs_in_current_namespace(flow.name),
             directory=self._folder,
         )
         self._session.start()
@@ -300,19 +301,3 @@ def _note_replayed_randomness(artifact, pathspec: str, attempt: int, metadata_pr
             "@checkpoint(rng=False) draws anew)." % (attempt - 1, artifact.key),
             file=sys.stderr,
         )
-
-
-def _runs_in_current_namespace(flow_name):
-    """For eager resume: a run's checkpoints may be used when the client can see the run."""
-
-    def accept(run_id: str) -> bool:
-        from metaflow import Run
-        from metaflow.exception import MetaflowNamespaceMismatch, MetaflowNotFound
-
-        try:
-            Run("%s/%s" % (flow_name, run_id))
-            return True
-        except (MetaflowNamespaceMismatch, MetaflowNotFound):
-            return False
-
-    return accept

@@ -1,5 +1,6 @@
 """``from metaflow import Checkpoint``: list, inspect and load checkpoints of any run."""
 
+import functools
 import os
 import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional
@@ -19,8 +20,27 @@ from ..engine.session import (
 )
 from ..engine.snapshot import has_folder, load_snapshot
 from ..engine.verify import VerifyReport, verify_checkpoints
+from ..plugins.run_visibility import runs_in_current_namespace
 from ..plugins.store_binding import store_from_config
 from ..plugins.task_handoff import TASK_ENV, HandedTask, handed_task
+
+
+class _on_class_too:
+    """A method that also works called on the class, on a ``Checkpoint()`` made then."""
+
+    def __init__(self, method):
+        self._method = method
+        functools.update_wrapper(self, method)
+
+    def __get__(self, instance, owner):
+        if instance is not None:
+            return functools.partial(self._method, instance)
+
+        @functools.wraps(self._method)
+        def on_a_new_instance(*args, **kwargs):
+            return self._method(owner(), *args, **kwargs)
+
+        return on_a_new_instance
 
 
 class Checkpoint(object):
@@ -112,7 +132,7 @@ class Checkpoint(object):
         -------
         CheckpointArtifact
         """
-        handed = self._task_here("save")
+        handed = self._task_here("save()")
         if not isinstance(fields, Mapping) or not all(
             isinstance(k, str) and k.isidentifier() for k in fields
         ):
@@ -138,23 +158,27 @@ class Checkpoint(object):
     def _task_here(self, what: str) -> HandedTask:
         if self._handed is None:
             raise CheckpointException(
-                "Checkpoint().%s() without a checkpoint works only inside a @checkpoint step "
+                "Checkpoint().%s without a checkpoint works only inside a @checkpoint step "
                 "or a process it started (which inherits the task from the environment "
                 "variable %s)." % (what, TASK_ENV)
             )
         return self._handed
 
-    def _resume_point(self) -> CheckpointArtifact:
-        handed = self._task_here("load")
-        session = CheckpointSession(
+    def _session_of(self, handed: HandedTask) -> CheckpointSession:
+        """A session of the task handed down to this process, for reading."""
+        return CheckpointSession(
             self._store,
             handed.task,
             AttributeSource(lambda: {}),
             target=None,
             load_policy=handed.load_policy,
+            accept_run=runs_in_current_namespace(handed.task.flow),
             gang_saves=False,
         )
-        found = session.start()
+
+    def _resume_point(self) -> CheckpointArtifact:
+        handed = self._task_here("load()")
+        found = self._session_of(handed).start()
         if found is None:
             raise CheckpointNotFound(
                 "Checkpoint().load() has no checkpoint to resume from in task %s (attempt "
@@ -169,6 +193,7 @@ class Checkpoint(object):
         name: Optional[str] = None,
         attempt: Optional[int] = None,
         run: Any = None,
+        full_namespace: bool = False,
     ) -> List[CheckpointArtifact]:
         """
         Committed checkpoints, oldest first.
@@ -183,11 +208,17 @@ class Checkpoint(object):
             Only checkpoints saved by this attempt.
         run : str or metaflow.Run, optional
             Instead of `task`: every checkpoint of the run "Flow/run", across its steps.
+        full_namespace : bool, default False
+            In a process started by a `@checkpoint` step: that step's checkpoints (at
+            its foreach position) in every run of the current namespace.
 
         Returns
         -------
         List[CheckpointArtifact]
         """
+        if full_namespace:
+            handed = self._task_here("list(full_namespace=True)")
+            return self._session_of(handed).list(name=name, attempt=attempt, full_namespace=True)
         if task is None and run is None and self._handed is not None:
             task = self._handed.task.pathspec  # a subprocess of a step: its task
         if (task is None) == (run is None):
@@ -205,9 +236,13 @@ class Checkpoint(object):
         _require_exists("Run", "%s/%s" % (flow, run_id))
         return list_run_artifacts(self._store, flow, run_id, name, attempt)
 
+    @_on_class_too
     def inspect(self, reference: Reference) -> Dict[str, Any]:
         """
         The manifest of a checkpoint, reading no field or file data.
+
+        Works on the class too (`Checkpoint.inspect(ref)`, as in metaflow-checkpoint),
+        with the configured datastore.
 
         Returns
         -------
@@ -261,6 +296,14 @@ class Checkpoint(object):
         """
         if isinstance(fields, str):
             fields = [fields]
+        if fields is not None and not (
+            isinstance(fields, (list, tuple, set)) and all(isinstance(f, str) for f in fields)
+        ):
+            raise CheckpointException(
+                "Checkpoint().load(reference, fields=...) takes field names, e.g. "
+                "fields=[\"model\"]; got a %s. To set the fields on an object, pass it as "
+                "flow=obj." % type(fields).__name__
+            )
         if reference is None:
             reference = self._resume_point()
         key = key_of(reference)
