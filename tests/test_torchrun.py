@@ -8,7 +8,7 @@ import socket
 import sys
 
 from conftest import TEST_FLOWS
-from s3_server import any_world, s3_server, s3_world  # noqa: F401  (fixtures)
+from s3_server import s3_server, s3_world  # noqa: F401  (fixtures)
 
 FLOW = TEST_FLOWS / "torchrun_flow.py"
 
@@ -36,8 +36,8 @@ print(json.dumps({
 """
 
 
-def test_torchrun_workers_resume_after_a_crash_bit_identical(any_world):
-    world = any_world
+def test_torchrun_workers_resume_after_a_crash_bit_identical(world):
+    # On S3: the @torchrun test below, whose ranks do the same through a gang.
     world.run_flow(FLOW)
     clean = world.latest_run_id("TorchrunFlow")
     proc = world.run_flow(FLOW, "--crash-after", "2")

@@ -143,7 +143,8 @@ class CheckpointDecorator(StepDecorator):
                 "(saving, resuming after a retry and loading work on every datastore)."
                 % (step_name, flow_datastore.TYPE)
             )
-        self._parallel = bool(getattr(graph[step_name], "parallel_step", False))
+        node = graph[step_name] if graph is not None else None
+        self._parallel = bool(getattr(node, "parallel_step", False))
         self._rng = self._flag(attrs["rng"], "rng")
         self._card = self._flag(attrs["card"], "card")
         self._card_id = attach_card(flow, step_name, decorators, wanted=self._card)
