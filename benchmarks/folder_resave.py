@@ -12,7 +12,6 @@ medians with ranges, and bytes written, as JSON.
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine_session import State, local_session  # noqa: E402
+from measure import Figure, timed_from_quiet_disk  # noqa: E402
 
 
 def make_folder(folder: Path, size_mb: int, seed: int) -> None:
@@ -36,15 +36,10 @@ def make_folder(folder: Path, size_mb: int, seed: int) -> None:
             path.write_bytes(rng.bytes(2000))
 
 
-def timed(action):
-    os.sync()
-    start = time.perf_counter()
-    result = action()
-    return time.perf_counter() - start, result
-
-
 def summary(values):
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    figure = Figure(values).to_json()
+    del figure["samples"]
+    return figure
 
 
 def main(size_mb: int = 50, rounds: int = 5) -> dict:
@@ -57,12 +52,9 @@ def main(size_mb: int = 50, rounds: int = 5) -> dict:
             folder = work / "task" / "directory"
             make_folder(folder, size_mb, round_number)
             session = local_session(work / "store", State(), directory=str(folder))
-            seconds, artifact = timed(session.save)
-            times["first_save"].append(seconds)
-            written["first_save"].append(artifact.implicit_manifest["bytes_written"])
-            seconds, artifact = timed(session.save)
-            times["unchanged_sync"].append(seconds)
-            written["unchanged_sync"].append(artifact.implicit_manifest["bytes_written"])
+            for case in ("first_save", "unchanged_sync"):
+                times[case].append(timed_from_quiet_disk(session.save))
+                written[case].append(session.inspect()["bytes_written"])
             os.sync()
             start = time.perf_counter()
             session.save(blocking=False)
@@ -73,8 +65,7 @@ def main(size_mb: int = 50, rounds: int = 5) -> dict:
             session.finish()
             restored = work / "restored" / "directory"
             retry = local_session(work / "store", State(), attempt=1, directory=str(restored))
-            seconds, _ = timed(retry.load)
-            times["restore"].append(seconds)
+            times["restore"].append(timed_from_quiet_disk(retry.load))
             retry.finish()
         finally:
             shutil.rmtree(work, ignore_errors=True)
