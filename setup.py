@@ -29,10 +29,19 @@ setup(
         "torch": ["torch>=2.1", "numpy>=1.24"],
         # 1.36: botocore's request_checksum_calculation (engine/s3_backend.py sets it).
         "s3": ["boto3>=1.36"],
+        # transformers, accelerate and lightning test the framework callbacks
+        # (metaflow.checkpoint_callbacks): the package itself never needs them.
         # metaflow-torchrun: tests/test_torchrun.py runs its @torchrun under @checkpoint.
         "test": [
-            "pytest>=8", "pytest-xdist>=3.5", "numpy>=1.24", "boto3>=1.36", "moto[server]>=5.0",
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "numpy>=1.24",
+            "boto3>=1.36",
+            "moto[server]>=5.0",
             "metaflow-torchrun>=0.2.2",
+            "transformers>=5.24",
+            "accelerate>=1.15",
+            "lightning>=2.6",
         ],
     },
 )

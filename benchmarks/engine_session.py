@@ -15,12 +15,15 @@ class State:
     """Stands in for a step's ``self``: every attribute counts as assigned."""
 
 
-def local_session(root: Path, state: State, attempt: int = 0, durable: bool = True) -> CheckpointSession:
+def local_session(
+    root: Path, state: State, attempt: int = 0, durable: bool = True, directory: str = None
+) -> CheckpointSession:
     session = CheckpointSession(
         CheckpointStore(LocalDirBackend(str(root)), durable=durable),
         TaskIdentity("BenchFlow", "1", "train", "1", attempt),
         AttributeSource(lambda: dict(vars(state))),
         target=state,
+        directory=directory,
     )
     session.start()
     return session

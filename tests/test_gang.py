@@ -25,8 +25,9 @@ from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 NODE_TASKS = ("7", "7_node_1")
 
 
-def node_session(root, node, state, attempt=0, timeout=60.0, num_nodes=2):
-    """The session of node ``node`` of a gang whose control task is 7, on its own store."""
+def node_session(root, node, state, attempt=0, timeout=60.0, num_nodes=2, directory=None):
+    """The session of node ``node`` of a gang whose control task is 7, on its own store
+    (with ``directory``: the node's task folder)."""
     task = TaskIdentity(
         "UnitFlow", "1", "train", NODE_TASKS[node], attempt,
         gang=Gang(node, num_nodes, "7", timeout),
@@ -36,6 +37,7 @@ def node_session(root, node, state, attempt=0, timeout=60.0, num_nodes=2):
         task,
         AttributeSource(lambda: dict(vars(state))),
         target=state,
+        directory=directory,
     )
     session.start()
     return session
@@ -208,3 +210,25 @@ def test_gc_removes_the_parts_of_a_gang_save_that_never_committed(tmp_path):
     resumed = node_session(tmp_path, 0, fresh, attempt=1)
     resumed.load()
     assert torch.equal(fresh.shard, states[0].shard)
+
+
+def test_each_node_restores_its_own_folder_from_its_part(tmp_path):
+    folders = [tmp_path / ("folder%d" % node) for node in range(2)]
+    for node, folder in enumerate(folders):
+        (folder / "ckpt").mkdir(parents=True)
+        (folder / "ckpt" / "shard.bin").write_bytes(bytes([node]) * 100_000)
+    states = node_states()
+    sessions = [node_session(tmp_path, n, states[n], directory=str(folders[n])) for n in range(2)]
+    joins = [in_thread(sessions[n].save) for n in range(2)]
+    saved = [join() for join in joins]
+    assert saved[0].key == saved[1].key
+    assert set(saved[0].implicit_manifest["files"]) == {"ckpt/shard.bin"}  # node 0's
+    for session in sessions:
+        session.finish()
+
+    restored = [tmp_path / ("restored%d" % node) for node in range(2)]
+    retries = [node_session(tmp_path, n, State(), attempt=1, directory=str(restored[n])) for n in range(2)]
+    for node, session in enumerate(retries):
+        session.load()
+        assert (restored[node] / "ckpt" / "shard.bin").read_bytes() == bytes([node]) * 100_000
+        session.finish()

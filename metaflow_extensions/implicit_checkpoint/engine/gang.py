@@ -214,8 +214,8 @@ class GangMember:
 
 def global_manifest(parts: List[dict]) -> dict:
     """The global manifest of a gang save from its parts (node order): node 0's public
-    part (its fields are what the notebook client loads by default), totals over the
-    parts, each part's fields, and the blobs of them all."""
+    part (its fields and files are what the notebook client loads by default), totals
+    over the parts, each part's fields (and files), and the blobs of them all."""
     first = parts[0]
     manifest = {k: v for k, v in first.items() if k not in (STORAGE, "gang")}
     manifest["created_on"] = utc_now_iso()
@@ -231,13 +231,16 @@ def global_manifest(parts: List[dict]) -> dict:
     manifest["gang"] = {
         "num_nodes": len(parts),
         "parts": [
-            {
-                "node": node,
-                "fields": part["fields"],
-                "size": part["size"],
-                "bytes_written": part["bytes_written"],
-                "metadata": part["metadata"],
-            }
+            dict(
+                {
+                    "node": node,
+                    "fields": part["fields"],
+                    "size": part["size"],
+                    "bytes_written": part["bytes_written"],
+                    "metadata": part["metadata"],
+                },
+                **({"files": part["files"]} if "files" in part else {}),
+            )
             for node, part in enumerate(parts)
         ],
     }

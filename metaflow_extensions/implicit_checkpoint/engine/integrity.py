@@ -32,7 +32,8 @@ class Damage:
 
 
 def fields_by_blob(manifest: dict) -> Dict[str, List[str]]:
-    """``{blob digest: [field names]}``: which fields (and the RNG state) each blob holds.
+    """``{blob digest: [field names]}``: which fields (and the RNG state, and the files
+    of the task's folder) each blob holds.
 
     A field's data is its tensors' extents and, where the format has one, its payload's;
     a blob of the shared object graph (when the graph is not inline) holds every field.
@@ -62,7 +63,14 @@ def fields_by_blob(manifest: dict) -> Dict[str, List[str]]:
             note(name, storage["graph"])
     if storage.get("rng"):
         note_entry(RNG_STATE, storage["rng"])
+    for rel, extents in sorted(storage.get("files", {}).items()):
+        note(file_label(rel), extents)
     return users
+
+
+def file_label(rel: str) -> str:
+    """How a file of the task's folder is named among the fields a blob holds."""
+    return "<file %s>" % rel
 
 
 def _damages(manifest: dict, problems: Dict[str, str]) -> List[Damage]:

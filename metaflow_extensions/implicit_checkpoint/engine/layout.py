@@ -2,9 +2,12 @@
 
 Large buffers are split into fixed-size chunks, one blob each, so a big tensor is
 written and read by several threads at once and an unchanged chunk dedups on its own.
-Small buffers (biases, norms, pickled skeletons) are packed together into a few blobs,
-so a model with hundreds of small tensors does not become hundreds of tiny files.
-Nothing is copied: a blob is a list of views into the original buffers.
+Small buffers (biases, norms, pickled skeletons, small files) are packed together into
+a few blobs, so a model with hundreds of small tensors does not become hundreds of tiny
+files. A pack never mixes buffers of different groups (the files of one folder are a
+group): a new folder's files go into new packs, and the packs of the folders that did not
+change stay byte-identical, so they dedup. Nothing is copied: a blob is a list of views
+into the original buffers.
 """
 
 from dataclasses import dataclass, field
@@ -37,23 +40,33 @@ Extents = List[Tuple[int, int, int]]
 
 
 def plan_blobs(
-    buffers: Sequence[memoryview], sources: Sequence[Optional[Hashable]]
+    buffers: Sequence[memoryview],
+    sources: Sequence[Optional[Hashable]],
+    groups: Optional[Sequence[Hashable]] = None,
 ) -> Tuple[List[PlannedBlob], List[Extents]]:
     """Cut ``buffers`` into blobs; return the blobs and, per buffer, its extents.
 
     ``sources[i]`` is ``(identity, version)`` of the tensor buffer i came from (version
-    None when the kind of tensor has no version counter), or None.
+    None when the kind of tensor has no version counter), or None. ``groups[i]`` is the
+    group of buffer i (default: all one group); small buffers are packed only with
+    buffers of their own group that come right before or after them.
     """
     blobs: List[PlannedBlob] = []
     extents: List[Extents] = []
-    pack_index = None
-    for buffer, source in zip(buffers, sources):
+    pack_index, pack_group = None, None
+    if groups is None:
+        groups = [None] * len(buffers)
+    for buffer, source, group in zip(buffers, sources, groups):
         view = memoryview(buffer).cast("B")
         if len(view) == 0:
             extents.append([])
         elif len(view) < SMALL_BYTES:
-            if pack_index is None or blobs[pack_index].size + len(view) > PACK_BYTES:
-                pack_index = len(blobs)
+            if (
+                pack_index is None
+                or group != pack_group
+                or blobs[pack_index].size + len(view) > PACK_BYTES
+            ):
+                pack_index, pack_group = len(blobs), group
                 blobs.append(PlannedBlob())
             offset = blobs[pack_index].append(view)
             extents.append([(pack_index, offset, len(view))])

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .artifact import CheckpointArtifact, Reference, key_of
 from .change_tracking import ChangeTracker
+from .directory import scan_folder
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
 from .gang import Gang, GangMember, part_to_load
@@ -85,10 +86,12 @@ class CheckpointSession:
         retention: Optional[RetentionPolicy] = None,
         accept_run: Callable[[str], bool] = lambda run_id: True,
         gang_saves: bool = True,
+        directory: Optional[str] = None,
     ):
         """``gang_saves``: for a node of a gang, whether its saves are its part of the
         gang's global checkpoints (the step's own session) or checkpoints of their own
-        (a worker process of the node)."""
+        (a worker process of the node). ``directory``: the task's folder, whose files
+        every save snapshots and every load restores (None: saves have no folder)."""
         self._store = store
         self._task = task
         self._source = source
@@ -109,6 +112,7 @@ class CheckpointSession:
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
         self._sigterm_guard = SigtermGuard(self._commit_before_exit)
+        self._directory = directory
         self._gang: Optional[GangMember] = None
         if task.gang is not None and gang_saves:
             self._gang = GangMember(
@@ -193,6 +197,19 @@ class CheckpointSession:
     def loaded(self) -> Optional[CheckpointArtifact]:
         """The checkpoint found at task start, or None."""
         return self._resume_point
+
+    @property
+    def directory(self) -> str:
+        """The task's folder: every ``save()`` snapshots the files in it, ``load()``
+        puts the checkpoint's files back (the same path on every attempt; empty when
+        the task starts). Point a framework's output at it, e.g. a Hugging Face
+        ``TrainingArguments(output_dir=current.checkpoint.directory)``."""
+        if self._directory is None:
+            raise CheckpointException(
+                "This checkpoint session has no folder: current.checkpoint.directory exists "
+                "in a @checkpoint step; Checkpoint().directory in a notebook."
+            )
+        return self._directory
 
     @property
     def info(self) -> Optional[CheckpointArtifact]:
@@ -283,6 +300,7 @@ class CheckpointSession:
                 },
                 tracker=self._tracker,
                 staging=None if blocking else self._staging,
+                folder=scan_folder(self._directory) if self._directory is not None else None,
             )
 
         prepared = prepare()
@@ -397,7 +415,8 @@ class CheckpointSession:
     def load(
         self, reference: Optional[Reference] = None, allow_pickle: bool = True
     ) -> CheckpointArtifact:
-        """Restore a checkpoint's fields onto the step (and RNG state, when captured).
+        """Restore a checkpoint's fields onto the step (and RNG state, when captured),
+        and its files into ``directory``, exactly as saved.
 
         Stateful objects the step already built are restored in place; everything is
         read, verified and built before anything is changed. ``allow_pickle=False``
@@ -412,6 +431,7 @@ class CheckpointSession:
             target=self._target,
             allow_pickle=allow_pickle,
             with_rng=self._rng,
+            folder=self._directory,
         )
         if rng_state:
             restore_rng_state(rng_state)

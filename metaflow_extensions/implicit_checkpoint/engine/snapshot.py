@@ -2,14 +2,17 @@
 
 Save, in two halves so the second can run in the background:
 ``prepare_save`` encodes every field into one object graph (codecs) and captures the
-bytes of its storages (referenced live, or copied into a staging area); ``commit_save``
-cuts them into blobs (layout), writes the blobs that do not exist yet (store) and
-commits the manifest, written last. With opt-in change tracking, storages torch says are
-unchanged point at blobs already stored.
+bytes of its storages (referenced live, or copied into a staging area) and of the files
+of the task's folder (read, or copied into the staging area); ``commit_save`` cuts them
+into blobs (layout), writes the blobs that do not exist yet (store) and commits the
+manifest, written last. With opt-in change tracking, storages torch says are unchanged
+point at blobs already stored.
 
 Load: read the manifest and the graph → match it to the live objects (restore) → read
 and verify the bytes of new storages → build every value → read the bytes that go
 straight into live tensors → apply. Nothing live changes before every value is built.
+A checkpoint's folder is staged (read and verified) before
+the fields are loaded, and put in place after.
 """
 
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .change_tracking import ChangeTracker, Location, Observation, fingerprint, observe
 from .codecs import EncodedGraph, GraphBuilder, GraphEncoder, GraphReader, Ref, plain_preview
+from .directory import FileEntry, FolderRestore, FolderScan, capture_files
 from .errors import CheckpointCorrupted, CheckpointException
 from .format_v1 import apply_v1, load_v1
 from .keys import CheckpointKey
@@ -45,6 +49,7 @@ class PreparedSave:
     observations: Dict[int, Observation]
     staged: bool  # changed bytes are copies: the caller may go on mutating its tensors
     keepalive: List[Any] = field(default_factory=list)
+    files: List[Tuple[FileEntry, memoryview]] = field(default_factory=list)  # the folder's files, read
 
 
 def prepare_save(
@@ -56,10 +61,13 @@ def prepare_save(
     extra: Optional[Dict[str, Any]] = None,
     tracker: Optional[ChangeTracker] = None,
     staging: Optional[StagingArea] = None,
+    folder: Optional[FolderScan] = None,
 ) -> PreparedSave:
-    """Capture the state of ``fields`` now. With ``staging`` (and the changed bytes within
-    its budget), changed storages are copied into it, so the caller may go on mutating
-    them; otherwise their live memory is referenced until ``commit_save``."""
+    """Capture the state of ``fields`` (and the files of ``folder``) now. With
+    ``staging`` (and the changed bytes within its budget), changed storages and the
+    files are copied into it, so the caller may go on mutating them; otherwise the
+    storages' live memory is referenced until ``commit_save`` and the files are read
+    into memory of their own."""
     graph = GraphEncoder(key.step).encode(fields, rng_state)
     table = graph.table
     observations, reused, verify, changed_indices = {}, {}, [], []
@@ -75,19 +83,22 @@ def prepare_save(
         if known[1]:
             verify.append(index)
     keepalive = []
-    changed_bytes = sum(table.specs[i].nbytes for i in changed_indices)
+    files = folder.files if folder is not None else []
+    changed_bytes = sum(table.specs[i].nbytes for i in changed_indices) + sum(f.size for f in files)
     staged = staging is not None and staging.fits(changed_bytes)
     if staged:
         views = staging.stage(
-            [table.flat(i) for i in changed_indices],
-            [table.specs[i].nbytes for i in changed_indices],
+            [table.flat(i) for i in changed_indices] + files,
+            [table.specs[i].nbytes for i in changed_indices] + [f.size for f in files],
         )
         changed = dict(zip(changed_indices, views))
+        captured = [(f, v) for f, v in zip(files, views[len(changed_indices) :]) if v is not None]
     else:
         changed = {}
         for index in changed_indices:
             changed[index], holder = to_raw(table.flat(index))
             keepalive.append(holder)
+        captured = capture_files(files)
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -107,8 +118,16 @@ def prepare_save(
         "rng": sorted(rng_state) if rng_state else None,
         "size": _field_data_size(graph),
     }
+    if folder is not None:
+        read = {id(f) for f, _ in captured}
+        manifest["files"] = {
+            e.rel: e.public() for e in folder.entries if e.symlink is not None or id(e) in read
+        }
+        manifest["directories"] = folder.folders
     manifest.update(extra or {})
-    return PreparedSave(key, manifest, graph, changed, reused, verify, observations, staged, keepalive)
+    return PreparedSave(
+        key, manifest, graph, changed, reused, verify, observations, staged, keepalive, captured
+    )
 
 
 def commit_save(
@@ -126,11 +145,14 @@ def commit_save(
     changed, reused = dict(prepared.changed), dict(prepared.reused)
     _verify_reused(prepared, changed, reused, tracker)
 
-    # Every buffer to store: changed storages first, then the graph if too big to inline.
+    # Every buffer to store: changed storages first, then the folder's files (packed per
+    # folder), then the graph if too big to inline.
     order = sorted(changed)
-    buffers: List[memoryview] = [changed[i] for i in order]
+    buffers: List[memoryview] = [changed[i] for i in order] + [data for _, data in prepared.files]
     sources = [(id(table.sources[i]), getattr(table.sources[i], "_version", None)) for i in order]
-    blobs, extents = plan_blobs(buffers, sources)
+    sources += [None] * len(prepared.files)
+    groups = [None] * len(order) + [("folder", entry.group) for entry, _ in prepared.files]
+    blobs, extents = plan_blobs(buffers, sources, groups)
     graph_inline = len(graph.document) <= INLINE_BYTES
     if not graph_inline:
         # A blob of its own: every load reads it first, and alone.
@@ -152,7 +174,10 @@ def commit_save(
         )
     for location in reused.values():
         blob_sizes.update(location.blob_sizes)
-    graph_where = graph.document if graph_inline else located(len(order))
+    graph_where = graph.document if graph_inline else located(len(buffers))
+    file_extents = {
+        entry.rel: located(len(order) + position) for position, (entry, _) in enumerate(prepared.files)
+    }
 
     manifest = dict(prepared.manifest)
     manifest[STORAGE] = {
@@ -165,12 +190,16 @@ def commit_save(
         "fields": {name: {"tensors": list(info.storages)} for name, info in graph.fields.items()},
         "rng": {"tensors": list(graph.rng_storages)} if prepared.manifest["rng"] else None,
     }
+    if "files" in prepared.manifest:
+        manifest[STORAGE]["files"] = file_extents
     manifest["bytes_written"] = bytes_written
-    # Blob bytes this checkpoint uses (RNG state included); written <= referenced, and
-    # the difference is what dedup saved.
-    manifest["bytes_referenced"] = sum(
-        length for location in locations.values() for _, _, length in location.extents
-    ) + (0 if graph_inline else len(graph.document))
+    # Blob bytes this checkpoint uses (RNG state and files included); written <=
+    # referenced, and the difference is what dedup saved.
+    manifest["bytes_referenced"] = (
+        sum(length for location in locations.values() for _, _, length in location.extents)
+        + sum(len(data) for _, data in prepared.files)
+        + (0 if graph_inline else len(graph.document))
+    )
     if commit is None:
         store.commit(prepared.key, manifest)
         committed = manifest
@@ -255,12 +284,28 @@ def load_snapshot(
     target: Any = None,
     allow_pickle: bool = True,
     with_rng: bool = False,
+    folder: Optional[str] = None,
 ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """Load a committed checkpoint (all fields, or only ``fields``), verified.
 
     With ``target``, live objects it holds are restored in place and the fields are
-    set on it, all or nothing. Returns the values and, with ``with_rng``, the RNG state.
+    set on it, all or nothing. With ``folder``, the checkpoint's files are put there
+    (staged and verified before any field is loaded, moved in place after). Returns the
+    values and, with ``with_rng``, the RNG state.
     """
+    restore = _stage_folder_restore(store, manifest, folder) if folder is not None else None
+    try:
+        loaded = _load_fields(store, manifest, fields, target, allow_pickle, with_rng)
+    except BaseException:
+        if restore is not None:
+            restore.discard()
+        raise
+    if restore is not None:
+        restore.apply()
+    return loaded
+
+
+def _load_fields(store, manifest, fields, target, allow_pickle, with_rng):
     key = manifest["key"]
     storage = manifest[STORAGE]
     stored = storage["fields"]
@@ -314,6 +359,24 @@ def load_snapshot(
         ) from ex
     apply_restore(target, values, calls, copies, key)
     return values, rng_state
+
+
+def has_folder(manifest: dict) -> bool:
+    """Whether a checkpoint (or a gang node's part) holds a snapshot of a task's folder."""
+    return "files" in manifest
+
+
+def _stage_folder_restore(store: CheckpointStore, manifest: dict, root: str) -> Optional[FolderRestore]:
+    """Read and verify the files of a checkpoint's folder into a staging folder beside
+    ``root``; ``apply()`` the result to make ``root`` that folder. None for a checkpoint
+    saved without a folder (it leaves ``root`` alone)."""
+    if not has_folder(manifest):
+        return None
+    restore = FolderRestore(
+        root, manifest["files"], manifest["directories"], manifest[STORAGE]["files"], manifest["key"]
+    )
+    restore.stage(lambda requests: _read_extents(store, manifest, requests))
+    return restore
 
 
 def _read_graph(store: CheckpointStore, manifest: dict) -> bytes:

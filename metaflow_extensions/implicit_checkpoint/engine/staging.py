@@ -1,24 +1,24 @@
-"""Host memory that holds a snapshot of the changed tensors while a background save writes.
+"""Host memory that holds a snapshot of the changed tensors (and the files of the task's
+folder) while a background save writes.
 
 One buffer, reused from save to save and grown only when more bytes changed than it
-holds, so steady-state background saves allocate (and page-fault) nothing. On Linux it
-is mapped with MAP_POPULATE: the kernel fills in all its pages at once, several times
-faster than faulting them in one by one during the copy. With CUDA available the buffer
+holds, so steady-state background saves allocate (and page-fault) nothing. It is mapped
+with all its pages present (host_memory.py). With CUDA available the buffer
 is pinned instead, so device-to-host copies run at full speed. Copies of large tensors
-are split across two threads (numpy's copy releases the GIL).
+are split across two threads (numpy's copy releases the GIL), and so are file reads.
 """
 
-import mmap
 import os
 import sys
-from typing import Any, List
+from typing import Any, List, Optional
 
+from .directory import FileEntry
+from .host_memory import populated_buffer
 from .parallel import LazyPool
 
 STAGING_BUDGET_ENV = "METAFLOW_CHECKPOINT_STAGING_BYTES"
 DEFAULT_BUDGET = 8 * 1024**3
 
-_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if sys.platform.startswith("linux") else 0)
 _PIECE = 16 * 1024 * 1024  # copies are split into pieces of this size
 _COPY_THREADS = 2
 
@@ -54,17 +54,20 @@ class StagingArea:
             self._pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
             self._array = self._pinned.numpy()
         else:
-            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_POPULATE
-            self._mapping = mmap.mmap(-1, nbytes, flags=flags)
-            self._array = np.frombuffer(self._mapping, dtype=np.uint8)
+            self._mapping = populated_buffer(nbytes)
+            self._array = np.frombuffer(self._mapping, dtype=np.uint8)[:nbytes]
         self.capacity = nbytes
 
-    def stage(self, objects: List[Any], sizes: List[int]) -> List[memoryview]:
-        """Copy each tensor/array's bytes into the buffer; return a view per object."""
+    def stage(self, objects: List[Any], sizes: List[int]) -> List[Optional[memoryview]]:
+        """Copy each tensor/array's bytes (or read each file's: a ``FileEntry``) into the
+        buffer; return a view per object (for a file, of what was read: None if it is
+        gone)."""
         self._reserve(sum(sizes))
-        views, pieces, offset, gpu = [], [], 0, False
+        views, pieces, files, offset, gpu = [], [], [], 0, False
         for obj, size in zip(objects, sizes):
-            if size:
+            if isinstance(obj, FileEntry):
+                files.append((len(views), obj, offset, size))
+            elif size:
                 if _on_gpu(obj):
                     self._copy_from_gpu(obj, offset, size)
                     gpu = True
@@ -76,6 +79,11 @@ class StagingArea:
             views.append(memoryview(self._array[offset : offset + size]))
             offset += size
         self._copy_pieces(pieces)
+        read = self._pool.map(
+            lambda file: file[1].capture(memoryview(self._array[file[2] : file[2] + file[3]])), files
+        )
+        for (position, _, _, _), view in zip(files, read):
+            views[position] = view
         if gpu:
             sys.modules["torch"].cuda.synchronize()
         return views

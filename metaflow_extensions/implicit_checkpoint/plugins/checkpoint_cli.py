@@ -18,7 +18,7 @@ from .task_status import FAILED, RUNNING, SUCCEEDED, attempt_statuses
 
 NOT_STARTED, IN_PROGRESS, COMPLETED = "not_started", "in_progress", "completed"
 SIZE_LEGEND = (
-    "SIZE: the checkpoint's data in the store (fields and RNG state); WRITTEN: the part of "
+    "SIZE: the checkpoint's data in the store (fields, files and RNG state); WRITTEN: the part of "
     "it this save wrote (the rest was already stored by an earlier save)."
 )
 
@@ -191,7 +191,7 @@ def inspect_checkpoint(obj, key, as_json):
     echo("Resumed     from %s" % (manifest["parent"] or "nothing (a fresh start)"))
     stored, written = stored_bytes(manifest), manifest.get("bytes_written", 0)
     echo(
-        "Size        %s in the store (fields and RNG state), %s of it written by this save (%s)"
+        "Size        %s in the store (fields, files and RNG state), %s of it written by this save (%s)"
         % (human_bytes(stored), human_bytes(written), reuse_note(stored, written) or "nothing stored")
     )
     echo("Field data  %s (the fields below; tensors they share counted once)" % human_bytes(manifest["size"]))
@@ -212,6 +212,26 @@ def inspect_checkpoint(obj, key, as_json):
             for name, info in sorted(part["fields"].items())
         ],
     )
+    files = manifest.get("files")
+    if files is not None:
+        echo("")
+        echo(
+            "Files       %d in current.checkpoint.directory, %s%s"
+            % (
+                len(files),
+                human_bytes(sum(info["size"] for info in files.values())),
+                " (node 0's)" if gang else "",
+            )
+        )
+        if files:
+            _table(
+                echo,
+                ["FILE", "SIZE"],
+                [
+                    [rel, "-> %s" % info["symlink"] if "symlink" in info else human_bytes(info["size"])]
+                    for rel, info in sorted(files.items())
+                ],
+            )
 
 
 def _key_cell(artifact: CheckpointArtifact) -> str:

@@ -20,6 +20,7 @@ from .metaflow_internals import foreach_indices, parent_artifact_names, publish_
 from .run_visibility import runs_in_current_namespace
 from .store_binding import store_for_datastore
 from .task_handoff import HandedTask, hand_down
+from .task_folder import end_task_folder, start_task_folder, task_folder
 from .task_status import FAILED, attempt_statuses, client_reading, record_loaded
 
 
@@ -30,9 +31,11 @@ FULLY_SUPPORTED_DATASTORES = ("local", "s3")
 class CheckpointDecorator(StepDecorator):
     """
     Makes a step crash-safe: `current.checkpoint.save()` snapshots the step's own
-    attributes (`self.model`, `self.epoch`, ...) into the datastore, and after a crash
-    the next attempt (with `@retry`) finds the newest committed checkpoint, so that
-    `current.checkpoint.load()` puts every attribute back on `self`.
+    attributes (`self.model`, `self.epoch`, ...) and the files in the task's folder
+    `current.checkpoint.directory` into the datastore, and after a crash the next
+    attempt (with `@retry`) finds the newest committed checkpoint, so that
+    `current.checkpoint.load()` puts every attribute back on `self` and every file
+    back in the folder.
 
     ```
     @retry(times=3)
@@ -206,6 +209,10 @@ class CheckpointDecorator(StepDecorator):
             lookup=lambda name: getattr(flow, name),
         )
         store = store_for_datastore(self._flow_datastore)
+        self._folder = task_folder(
+            self._flow_datastore.datastore_root, flow.name, str(run_id), step_name, str(task_id)
+        )
+        start_task_folder(self._folder)
         self._session = CheckpointSession(
             store,
             task,
@@ -216,6 +223,7 @@ class CheckpointDecorator(StepDecorator):
             load_policy=self.attributes["load_policy"],
             retention=self._retention,
             accept_run=runs_in_current_namespace(flow.name),
+            directory=self._folder,
         )
         self._session.start()
         hand_down(
@@ -272,6 +280,8 @@ class CheckpointDecorator(StepDecorator):
         if self._card_id and int(retry_count) > 0:
             wait_for_orphan_renders(self._pathspec, self._card_id)
             self._remove_cards_of_earlier_attempts()
+        if getattr(self, "_folder", None) is not None:
+            end_task_folder(self._folder)
         stop_tracking(flow)
 
 

@@ -1,6 +1,8 @@
 """``from metaflow import Checkpoint``: list, inspect and load checkpoints of any run."""
 
 import functools
+import os
+import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..engine.artifact import CheckpointArtifact, Reference, key_of
@@ -16,7 +18,7 @@ from ..engine.session import (
     list_artifacts,
     list_run_artifacts,
 )
-from ..engine.snapshot import load_snapshot
+from ..engine.snapshot import has_folder, load_snapshot
 from ..engine.verify import VerifyReport, verify_checkpoints
 from ..plugins.run_visibility import runs_in_current_namespace
 from ..plugins.store_binding import store_from_config
@@ -52,6 +54,8 @@ class Checkpoint(object):
     ckpts = cp.list(task="TrainFlow/12/train/3")
     cp.inspect(ckpts[-1])                      # manifest, no field data read
     state = cp.load(ckpts[-1], fields=["model"])
+    state = cp.load(ckpts[-1])                 # every field, and the files of the
+    print(os.listdir(cp.directory))            # step's folder put in cp.directory
     ```
 
     In a process started by a `@checkpoint` step (torchrun workers, a launcher's
@@ -65,14 +69,45 @@ class Checkpoint(object):
         Datastore type ("local", "s3", ...); default: Metaflow's configured one.
     root : str, optional
         Datastore root; default: the configured root for that datastore.
+    directory : str, optional
+        The folder `load()` puts a checkpoint's files in (what the step had in
+        `current.checkpoint.directory`): a new or empty folder (it is created if
+        missing; one with files in it is refused, since a load removes what the
+        checkpoint does not have). Default: a new temporary folder, made on first use
+        (see `directory`), never removed by this client.
     """
 
-    def __init__(self, datastore: Optional[str] = None, root: Optional[str] = None):
+    def __init__(
+        self,
+        datastore: Optional[str] = None,
+        root: Optional[str] = None,
+        directory: Optional[str] = None,
+    ):
         # Inside a @checkpoint step or a process it started: that task and its datastore.
         self._handed = handed_task()
         if self._handed is not None and datastore is None and root is None:
             datastore, root = self._handed.datastore, self._handed.root
         self._store = store_from_config(datastore, root)
+        if directory is not None and not isinstance(directory, (str, os.PathLike)):
+            raise CheckpointException(
+                "Checkpoint(directory=...) is the path of a folder; got %r." % (directory,)
+            )
+        self._directory = os.path.abspath(os.fspath(directory)) if directory is not None else None
+        self._filled = False  # whether load() has put a checkpoint's files in the folder
+
+    @property
+    def directory(self) -> str:
+        """
+        The folder `load()` puts a checkpoint's files in: the one passed as
+        `Checkpoint(directory=...)`, or a temporary folder of this client's own.
+
+        Returns
+        -------
+        str
+        """
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="metaflow_checkpoint_")
+        return self._directory
 
     def save(
         self,
@@ -204,10 +239,16 @@ class Checkpoint(object):
     @_on_class_too
     def inspect(self, reference: Reference) -> Dict[str, Any]:
         """
-        The manifest of a checkpoint (field -> type, codec, size), reading no field data.
+        The manifest of a checkpoint, reading no field or file data.
 
         Works on the class too (`Checkpoint.inspect(ref)`, as in metaflow-checkpoint),
         with the configured datastore.
+
+        Returns
+        -------
+        Dict[str, Any]
+            `fields` (field -> type, codec, size), `files` (path in the step's folder
+            -> size, mode, mtime_ns) and `directories`, `metadata`, `parent`, ...
         """
         return public_view(self._store.read_manifest(key_of(reference)))
 
@@ -218,9 +259,12 @@ class Checkpoint(object):
         flow: Any = None,
         allow_pickle: bool = True,
         node: Optional[int] = None,
+        files: Optional[bool] = None,
     ):
         """
-        Load a checkpoint's fields.
+        Load a checkpoint's fields, and put the files its step had in
+        `current.checkpoint.directory` in `directory`, exactly as saved (anything
+        else in that folder is removed).
 
         Parameters
         ----------
@@ -241,6 +285,10 @@ class Checkpoint(object):
         node : int, optional
             For a checkpoint of a multi-node (`@parallel`) step: whose part to load.
             Default: node 0's, or, in a process started by a gang node, that node's.
+        files : bool, optional
+            Whether to put the checkpoint's files in `directory`. Default: when every
+            field is loaded (`fields` not given). A checkpoint saved without a folder
+            (by a worker process) leaves the folder alone.
 
         Returns
         -------
@@ -262,17 +310,35 @@ class Checkpoint(object):
         manifest = self._store.read_manifest(key)
         if node is None and self._handed is not None and self._handed.task.gang is not None:
             node = self._handed.task.gang.node_index
+        part = part_to_load(self._store, manifest, node)
+        with_files = (files if files is not None else fields is None) and has_folder(part)
+        if with_files:
+            self._check_folder_is_ours(key)
         values, _ = load_snapshot(
             self._store,
-            part_to_load(self._store, manifest, node),
+            part,
             fields,
             target=flow,
             allow_pickle=allow_pickle,
+            folder=self.directory if with_files else None,
         )
+        self._filled = self._filled or with_files
         if flow is None:
             return values
         return CheckpointArtifact.from_manifest(manifest)
 
+
+    def _check_folder_is_ours(self, key) -> None:
+        """A load makes the folder exactly the checkpoint's: never over files that this
+        client did not put there itself."""
+        folder = self.directory
+        if not self._filled and os.path.isdir(folder) and os.listdir(folder):
+            raise CheckpointException(
+                "Checkpoint(directory=%r).load(%s) would replace what is in that folder (a "
+                "load makes it exactly the checkpoint's folder, removing everything else), "
+                "and it is not empty. Pass a new or empty folder, or load(..., files=False) "
+                "for the fields only." % (folder, key)
+            )
 
     def verify(self, task: Any = None, run: Any = None, repair: bool = False) -> Dict[str, Any]:
         """
