@@ -16,7 +16,7 @@ class State:
 
 
 def local_session(
-    root: Path, state: State, attempt: int = 0, durable: bool = True, directory: str = None
+    root: Path, state: State, attempt: int = 0, durable: bool = True, directory: str = None, **kwargs
 ) -> CheckpointSession:
     session = CheckpointSession(
         CheckpointStore(LocalDirBackend(str(root)), durable=durable),
@@ -24,6 +24,7 @@ def local_session(
         AttributeSource(lambda: dict(vars(state))),
         target=state,
         directory=directory,
+        **kwargs,
     )
     session.start()
     return session

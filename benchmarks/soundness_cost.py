@@ -25,10 +25,9 @@ from engine_session import State, local_session  # noqa: E402
 
 
 def _session(root, state, track: bool):
-    from metaflow_extensions.implicit_checkpoint.engine.session import TRACK_CHANGES_ENV
+    from metaflow_extensions.implicit_checkpoint.engine.session import SessionOptions
 
-    os.environ[TRACK_CHANGES_ENV] = "1" if track else "0"
-    return local_session(root, state)
+    return local_session(root, state, options=SessionOptions(track_changes=track))
 
 
 def _timed(action):

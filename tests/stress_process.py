@@ -27,7 +27,7 @@ from engine_helpers import State, make_session
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
 from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
 from metaflow_extensions.implicit_checkpoint.engine.retention import RetentionPolicy
-from metaflow_extensions.implicit_checkpoint.engine.session import TRACK_CHANGES_ENV
+from metaflow_extensions.implicit_checkpoint.engine.session import SessionOptions
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 
 GRACE = 2.0
@@ -65,7 +65,11 @@ def save_loop(store_args: tuple, seconds: float, index: int) -> dict:
     state = State()
     state.shared = shared_frozen()
     state.own = own_frozen(index)
-    session = make_session(store, state, task_id=str(index), retention=RetentionPolicy(keep_last=2))
+    session = make_session(
+        store, state, task_id=str(index), retention=RetentionPolicy(keep_last=2),
+        # frozen tensors are reused without being written
+        options=SessionOptions(track_changes=True),
+    )
     deadline = time.monotonic() + seconds
     i = 0
     while time.monotonic() < deadline:
@@ -109,7 +113,6 @@ def check_loaded(state: State, index: int, i: int) -> bool:
 
 
 def main():
-    os.environ[TRACK_CHANGES_ENV] = "1"  # frozen tensors are reused without being written
     role, root, seconds, index = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
     store_args = (root, sys.argv[5] if len(sys.argv) > 5 else None)
     if role == "save":

@@ -11,6 +11,7 @@ from metaflow_extensions.implicit_checkpoint.engine import hashing
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
 from metaflow_extensions.implicit_checkpoint.engine.change_tracking import VERIFY_EVERY
 from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointStorageError
+from metaflow_extensions.implicit_checkpoint.engine.session import SessionOptions
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 
 
@@ -118,13 +119,12 @@ class CountingBlake3:
 
 
 def test_opt_in_tracking_neither_copies_nor_hashes_unchanged_tensors(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("METAFLOW_CHECKPOINT_TRACK_CHANGES", "1")
-    # A staging budget far below the weights: had the background save below needed to
-    # copy them, it would have said so and saved synchronously.
-    monkeypatch.setenv("METAFLOW_CHECKPOINT_STAGING_BYTES", "20000")
     state = State()
     state.model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))
-    session = make_session(local_store(tmp_path), state)
+    # A staging budget far below the weights: had the background save below needed to
+    # copy them, it would have said so and saved synchronously.
+    options = SessionOptions(track_changes=True, staging_bytes=20000)
+    session = make_session(local_store(tmp_path), state, options=options)
     session.save()
     counter = CountingBlake3(hashing.blake3)
     monkeypatch.setattr(hashing, "blake3", counter)
@@ -143,11 +143,10 @@ def test_opt_in_tracking_neither_copies_nor_hashes_unchanged_tensors(tmp_path, m
     assert second.version == 2
 
 
-def test_opt_in_tracking_catches_writes_behind_the_version_counter(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("METAFLOW_CHECKPOINT_TRACK_CHANGES", "1")
+def test_opt_in_tracking_catches_writes_behind_the_version_counter(tmp_path, capsys):
     state = State()
     state.weights = torch.zeros(256, 1024)  # 1 MiB: a chunked tensor
-    session = make_session(local_store(tmp_path), state)
+    session = make_session(local_store(tmp_path), state, options=SessionOptions(track_changes=True))
     session.save()
     state.weights.data.add_(7)  # does not bump weights._version
     for _ in range(VERIFY_EVERY):
@@ -175,11 +174,10 @@ def test_by_default_every_save_holds_the_live_bytes(tmp_path):
     assert torch.equal(loaded.weights, torch.full((8,), 3.0))
 
 
-def test_over_the_staging_budget_saves_synchronously(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("METAFLOW_CHECKPOINT_STAGING_BYTES", "1000")
+def test_over_the_staging_budget_saves_synchronously(tmp_path, capsys):
     state = State()
     state.weights = np.ones(10_000)
-    session = make_session(local_store(tmp_path), state)
+    session = make_session(local_store(tmp_path), state, options=SessionOptions(staging_bytes=1000))
     artifact = session.save(blocking=False)
     assert "staging budget" in capsys.readouterr().err
     assert [a.key for a in session.list()] == [artifact.key]  # already committed

@@ -20,7 +20,7 @@ from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 from metaflow_extensions.implicit_checkpoint.engine.manifest import STORAGE
 from metaflow_extensions.implicit_checkpoint.engine.retention import RetentionPolicy
-from metaflow_extensions.implicit_checkpoint.engine.session import TRACK_CHANGES_ENV
+from metaflow_extensions.implicit_checkpoint.engine.session import SessionOptions
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 
 TWO_HOURS = 7200
@@ -53,17 +53,18 @@ def new_store(request, tmp_path):
     return lambda: CheckpointStore(server.backend(root))
 
 
-def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(new_store, monkeypatch):
+def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(new_store):
     """Hole 1: a frozen tensor's blob is reused without being written again; gc lists,
     then the task commits N+1 and retention removes N (the only manifest gc had read
     that references the frozen blob). gc must still see N+1."""
-    monkeypatch.setenv(TRACK_CHANGES_ENV, "1")
     torch.manual_seed(0)
     state = State()
     state.frozen = torch.randn(256, 1024)  # unchanged by every save: change tracking reuses it
     state.head = torch.zeros(1024)
     store = new_store()
-    session = make_session(store, state, retention=RetentionPolicy(keep_last=1))
+    session = make_session(
+        store, state, retention=RetentionPolicy(keep_last=1), options=SessionOptions(track_changes=True)
+    )
     first_blobs = blobs_of(store, session.save())
 
     committed = []

@@ -10,7 +10,7 @@ from s3_server import s3_server  # noqa: F401  (fixture)
 from engine_helpers import State, local_store, make_session
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 from metaflow_extensions.implicit_checkpoint.engine.manifest import STORAGE
-from metaflow_extensions.implicit_checkpoint.engine.session import TRACK_CHANGES_ENV
+from metaflow_extensions.implicit_checkpoint.engine.session import SessionOptions
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 from metaflow_extensions.implicit_checkpoint.engine.verify import verify_checkpoints
 
@@ -117,16 +117,15 @@ def test_verify_finds_altered_bytes_and_repair_lets_the_next_save_rewrite_them(t
     assert np.array_equal(loaded.weights, state.weights)
 
 
-def test_a_frozen_tensor_whose_blob_was_repaired_away_is_stored_again(tmp_path, monkeypatch):
+def test_a_frozen_tensor_whose_blob_was_repaired_away_is_stored_again(tmp_path):
     """Change tracking reuses an unchanged tensor's blob without writing it; once that
     blob was deleted (verify --repair), the next blocking save stores it again."""
-    monkeypatch.setenv(TRACK_CHANGES_ENV, "1")
     torch.manual_seed(0)
     state = State()
     state.frozen = torch.randn(512, 1024)
     state.step = 0
     store = local_store(tmp_path)
-    session = make_session(store, state)
+    session = make_session(store, state, options=SessionOptions(track_changes=True))
     first = session.save()
     storage = store.read_manifest(CheckpointKey.parse(first.key))[STORAGE]
     (index,) = storage["fields"]["frozen"]["tensors"]

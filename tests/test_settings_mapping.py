@@ -105,3 +105,16 @@ def test_s3_retry_count_is_how_often_a_failing_request_is_retried(s3_server, tmp
     assert "SlowDown" in too_few.stdout or "503" in too_few.stdout, too_few.stdout[-3000:]
     assert outcomes["2"].returncode == 0, outcomes["2"].stdout[-3000:]
     assert proxy.failures["503"] > 0
+
+
+def test_settings_come_from_metaflows_config_file_and_a_bad_one_fails_before_any_task(world, write_flow):
+    flow = write_flow(FSYNC_FLOW, "settings_flow.py")
+    # Metaflow's own config file (METAFLOW_HOME/config.json) carries the setting too.
+    (world.root / "config.json").write_text('{"METAFLOW_CHECKPOINT_FSYNC": "0"}')
+    world.run_flow(flow)
+    assert world.python(NEWEST)["synced"] == 0
+
+    world.env["METAFLOW_CHECKPOINT_GANG_TIMEOUT"] = "soon"
+    proc = world.run_flow(flow, check=False)
+    assert proc.returncode != 0 and "Task is starting" not in proc.stdout
+    assert "METAFLOW_CHECKPOINT_GANG_TIMEOUT='soon' is not valid" in proc.stdout

@@ -7,7 +7,6 @@ handed in, so it runs the same in a flow and in a unit test.
 
 import hashlib
 import json
-import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,17 +27,29 @@ from .manifest import normalize_metadata, public_view
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
 from .snapshot import commit_save, load_snapshot, prepare_save
-from .staging import STAGING_BUDGET_ENV, StagingArea
+from .staging import DEFAULT_BUDGET, STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
-from .termination import SIGTERM_WAIT_ENV, SigtermGuard
+from .termination import DEFAULT_SIGTERM_WAIT, SIGTERM_WAIT_ENV, SigtermGuard
 
 LOAD_POLICIES = ("fresh", "eager", "none")
 #: What save(storage_format=...) accepts: metaflow-checkpoint's formats, recorded only.
 STORAGE_FORMATS = ("files", "tar")
-#: Set to 1 to skip hashing storages whose torch version counter did not move (opt-in:
-#: see change_tracking.py for its hazard).
-TRACK_CHANGES_ENV = "METAFLOW_CHECKPOINT_TRACK_CHANGES"
 DEFAULT_NAME = "checkpoint"
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How a session saves (the plugins read them from the extension's settings).
+
+    ``track_changes``: skip hashing storages whose torch version counter did not move
+    (opt-in: see change_tracking.py for its hazard). ``staging_bytes``: the most a
+    background save stages in memory; a larger change is saved synchronously.
+    ``sigterm_wait``: on SIGTERM, how long the pending background save may take to commit.
+    """
+
+    track_changes: bool = False
+    staging_bytes: int = DEFAULT_BUDGET
+    sigterm_wait: float = DEFAULT_SIGTERM_WAIT
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ class CheckpointSession:
         retention: Optional[RetentionPolicy] = None,
         accept_run: Callable[[str], bool] = lambda run_id: True,
         gang_saves: bool = True,
+        options: SessionOptions = SessionOptions(),
         directory: Optional[str] = None,
     ):
         """``gang_saves``: for a node of a gang, whether its saves are its part of the
@@ -107,11 +119,12 @@ class CheckpointSession:
         self._resume_point: Optional[CheckpointArtifact] = None
         self._parent: Optional[str] = None  # key of the checkpoint this attempt resumed from
         self._saved: List[CheckpointArtifact] = []
-        self._tracker = ChangeTracker() if os.environ.get(TRACK_CHANGES_ENV, "0") == "1" else None
+        self._options = options
+        self._tracker = ChangeTracker() if options.track_changes else None
         self._staging: Optional[StagingArea] = None
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
-        self._sigterm_guard = SigtermGuard(self._commit_before_exit)
+        self._sigterm_guard = SigtermGuard(self._commit_before_exit, options.sigterm_wait)
         self._directory = directory
         self._gang: Optional[GangMember] = None
         if task.gang is not None and gang_saves:
@@ -283,7 +296,7 @@ class CheckpointSession:
             t.flow, t.run_id, t.step, t.checkpoint_task_id, t.attempt, name, self._next_version
         )
         if not blocking and self._staging is None:
-            self._staging = StagingArea()
+            self._staging = StagingArea(self._options.staging_bytes)
         rng_state = capture_rng_state() if self._rng else None
 
         def prepare():

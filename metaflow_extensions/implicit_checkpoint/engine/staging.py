@@ -8,7 +8,6 @@ is pinned instead, so device-to-host copies run at full speed. Copies of large t
 are split across two threads (numpy's copy releases the GIL), and so are file reads.
 """
 
-import os
 import sys
 from typing import Any, List, Optional
 
@@ -16,6 +15,7 @@ from .directory import FileEntry
 from .host_memory import populated_buffer
 from .parallel import LazyPool
 
+#: The setting that caps the staging buffer (read on the plugins side), and its default.
 STAGING_BUDGET_ENV = "METAFLOW_CHECKPOINT_STAGING_BYTES"
 DEFAULT_BUDGET = 8 * 1024**3
 
@@ -23,16 +23,11 @@ _PIECE = 16 * 1024 * 1024  # copies are split into pieces of this size
 _COPY_THREADS = 2
 
 
-def staging_budget() -> int:
-    """Most bytes a background save may stage; a larger change is saved synchronously."""
-    return int(os.environ.get(STAGING_BUDGET_ENV, DEFAULT_BUDGET))
-
-
 class StagingArea:
     """A reusable host buffer, and copies of tensors into it."""
 
-    def __init__(self, budget: int = None):
-        self.budget = staging_budget() if budget is None else budget
+    def __init__(self, budget: int = DEFAULT_BUDGET):
+        self.budget = budget  # most bytes a background save stages; more is saved synchronously
         self._array = None  # uint8 numpy view of the buffer
         self._pinned = None  # the pinned torch tensor behind it, with CUDA
         self._mapping = None

@@ -16,6 +16,7 @@ import sys
 import threading
 from typing import Callable
 
+#: The setting for how long to wait (read on the plugins side), and its default.
 SIGTERM_WAIT_ENV = "METAFLOW_CHECKPOINT_SIGTERM_WAIT"
 DEFAULT_SIGTERM_WAIT = 20.0
 
@@ -23,8 +24,9 @@ DEFAULT_SIGTERM_WAIT = 20.0
 class SigtermGuard:
     """Runs ``commit_pending(timeout)`` on SIGTERM, then the previous SIGTERM behaviour."""
 
-    def __init__(self, commit_pending: Callable[[float], None]):
+    def __init__(self, commit_pending: Callable[[float], None], wait: float = DEFAULT_SIGTERM_WAIT):
         self._commit_pending = commit_pending
+        self._wait = wait
         self._previous = None
         self._installed = False
 
@@ -41,9 +43,8 @@ class SigtermGuard:
         self._installed = False
 
     def _handle(self, signum, frame) -> None:
-        wait = _sigterm_wait()
         try:
-            self._commit_pending(wait)
+            self._commit_pending(self._wait)
         except Exception as ex:
             print("@checkpoint: on SIGTERM, the pending save failed: %s" % ex, file=sys.stderr)
         previous = self._previous
@@ -54,10 +55,4 @@ class SigtermGuard:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
-
-def _sigterm_wait() -> float:
-    try:
-        return max(0.0, float(os.environ.get(SIGTERM_WAIT_ENV, DEFAULT_SIGTERM_WAIT)))
-    except ValueError:
-        return DEFAULT_SIGTERM_WAIT
 

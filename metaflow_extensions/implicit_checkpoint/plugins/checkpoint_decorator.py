@@ -18,6 +18,7 @@ from .cards.attach import (
 from .gang_identity import gang_of_task
 from .metaflow_internals import foreach_indices, parent_artifact_names, publish_on_current
 from .run_visibility import runs_in_current_namespace
+from .settings import settings
 from .store_binding import store_for_datastore
 from .task_handoff import HandedTask, hand_down
 from .task_folder import end_task_folder, start_task_folder, task_folder
@@ -146,6 +147,7 @@ class CheckpointDecorator(StepDecorator):
             )
         node = graph[step_name] if graph is not None else None
         self._parallel = bool(getattr(node, "parallel_step", False))
+        settings()  # a malformed METAFLOW_CHECKPOINT_* setting fails here, before any task
         self._rng = self._flag(attrs["rng"], "rng")
         self._card = self._flag(attrs["card"], "card")
         self._card_id = attach_card(flow, step_name, decorators, wanted=self._card)
@@ -224,6 +226,7 @@ class CheckpointDecorator(StepDecorator):
             retention=self._retention,
             accept_run=runs_in_current_namespace(flow.name),
             directory=self._folder,
+            options=settings().session,
         )
         self._session.start()
         hand_down(

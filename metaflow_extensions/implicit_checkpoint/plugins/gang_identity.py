@@ -9,11 +9,9 @@ from typing import Optional
 from metaflow.unbounded_foreach import UBF_CONTROL, UBF_TASK
 
 from ..engine.errors import CheckpointException
-from ..engine.gang import DEFAULT_TIMEOUT, Gang
+from ..engine.gang import Gang
 from .metaflow_internals import num_parallel
-
-#: How long a node waits for the rest of its gang in one save (seconds).
-GANG_TIMEOUT_ENV = "METAFLOW_CHECKPOINT_GANG_TIMEOUT"
+from .settings import settings
 
 
 def gang_of_task(flow, ubf_context, task_id: str, step_name: str) -> Optional[Gang]:
@@ -36,20 +34,4 @@ def gang_of_task(flow, ubf_context, task_id: str, step_name: str) -> Optional[Ga
         return None
     if num_nodes <= 1:
         return None
-    return Gang(node_index, num_nodes, control_task_id, gang_timeout(step_name))
-
-
-def gang_timeout(step_name: str) -> float:
-    text = os.environ.get(GANG_TIMEOUT_ENV)
-    if text is None:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise CheckpointException(
-            "%s=%r (for step *%s*) must be a number of seconds above 0."
-            % (GANG_TIMEOUT_ENV, text, step_name)
-        )
-    return value
+    return Gang(node_index, num_nodes, control_task_id, settings().gang_timeout)

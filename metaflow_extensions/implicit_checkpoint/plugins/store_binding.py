@@ -1,17 +1,12 @@
 """Building a CheckpointStore on the datastore a run uses."""
 
-import os
 from typing import Optional
 
 from ..engine.backends import LocalDirBackend, StorageBackend
 from ..engine.store import CheckpointStore
 from .metaflow_internals import s3_client, storage_of
 from .metaflow_storage import MetaflowStorageBackend
-
-#: Set to 0 to skip fsync on the local datastore (faster; a machine crash, not a
-#: process crash, may then lose the newest checkpoints).
-FSYNC_ENV = "METAFLOW_CHECKPOINT_FSYNC"
-
+from .settings import settings
 
 def store_for_datastore(flow_datastore) -> CheckpointStore:
     """The checkpoint store living under a run's ``flow_datastore`` root."""
@@ -27,7 +22,7 @@ def _store_for_storage(storage_impl) -> CheckpointStore:
     # fsync, reads straight into tensors); on S3 it talks to S3 itself (parallel,
     # streaming, retried); on Azure or GCS it goes through Metaflow's storage layer.
     # All of them live under the datastore root, with Metaflow's own credentials.
-    durable = os.environ.get(FSYNC_ENV, "1") != "0"
+    durable = settings().fsync
     workers = S3_BLOB_WORKERS if storage_impl.TYPE == "s3" else 4
     return CheckpointStore(backend_for_storage(storage_impl), durable=durable, workers=workers)
 

@@ -15,15 +15,16 @@ import tempfile
 
 from ..engine.directory import make_empty_folder
 from ..engine.errors import CheckpointException
+from .settings import settings
 
-#: Where task folders are made instead of the system's temp folder.
+#: The setting for where task folders are made instead of the system's temp folder.
 DIRECTORY_ROOT_ENV = "METAFLOW_CHECKPOINT_DIRECTORY_ROOT"
 FOLDER_NAME = "directory"
 
 
 def task_folder(datastore_root: str, flow: str, run_id: str, step: str, task_id: str) -> str:
     """The task's folder: ``<root>/<datastore hash>/<flow>/<run>/<step>/<task>/directory``."""
-    root = os.environ.get(DIRECTORY_ROOT_ENV) or os.path.join(
+    root = settings().directory_root or os.path.join(
         tempfile.gettempdir(), "metaflow-checkpoint-%d" % os.getuid()
     )
     _own_private_root(root)

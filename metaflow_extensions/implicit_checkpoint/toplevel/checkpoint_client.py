@@ -21,6 +21,7 @@ from ..engine.session import (
 from ..engine.snapshot import has_folder, load_snapshot
 from ..engine.verify import VerifyReport, verify_checkpoints
 from ..plugins.run_visibility import runs_in_current_namespace
+from ..plugins.settings import settings
 from ..plugins.store_binding import store_from_config
 from ..plugins.task_handoff import TASK_ENV, HandedTask, handed_task
 
@@ -149,6 +150,7 @@ class Checkpoint(object):
             selector=FieldSelector(include=sorted(values)),
             rng=False,
             gang_saves=False,
+            options=settings().session,
         )
         try:
             return session.save(name=name, metadata=metadata)
