@@ -118,7 +118,7 @@ class CountingBlake3:
         return getattr(self._real, name)
 
 
-def test_opt_in_tracking_neither_copies_nor_hashes_unchanged_tensors(tmp_path, monkeypatch, capsys):
+def test_opt_in_tracking_neither_copies_nor_hashes_unchanged_tensors(tmp_path, monkeypatch, caplog):
     state = State()
     state.model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))
     # A staging budget far below the weights: had the background save below needed to
@@ -133,7 +133,7 @@ def test_opt_in_tracking_neither_copies_nor_hashes_unchanged_tensors(tmp_path, m
     second = session.save(blocking=False)
     session.wait()
     assert counter.bytes < 20_000  # the pickled skeleton and the RNG state, no weights
-    assert "saved synchronously" not in capsys.readouterr().err  # nothing big was copied either
+    assert "saved synchronously" not in caplog.text  # nothing big was copied either
     with torch.no_grad():
         state.model[0].weight.add_(1)
     counter.bytes = 0
@@ -143,7 +143,7 @@ def test_opt_in_tracking_neither_copies_nor_hashes_unchanged_tensors(tmp_path, m
     assert second.version == 2
 
 
-def test_opt_in_tracking_catches_writes_behind_the_version_counter(tmp_path, capsys):
+def test_opt_in_tracking_catches_writes_behind_the_version_counter(tmp_path, caplog):
     state = State()
     state.weights = torch.zeros(256, 1024)  # 1 MiB: a chunked tensor
     session = make_session(local_store(tmp_path), state, options=SessionOptions(track_changes=True))
@@ -151,7 +151,7 @@ def test_opt_in_tracking_catches_writes_behind_the_version_counter(tmp_path, cap
     state.weights.data.add_(7)  # does not bump weights._version
     for _ in range(VERIFY_EVERY):
         session.save()
-    assert "changed without torch noticing" in capsys.readouterr().err
+    assert "changed without torch noticing" in caplog.text
     loaded = State()
     make_session(local_store(tmp_path), loaded, attempt=1).load()
     assert torch.equal(loaded.weights, torch.full((256, 1024), 7.0))
@@ -174,12 +174,12 @@ def test_by_default_every_save_holds_the_live_bytes(tmp_path):
     assert torch.equal(loaded.weights, torch.full((8,), 3.0))
 
 
-def test_over_the_staging_budget_saves_synchronously(tmp_path, capsys):
+def test_over_the_staging_budget_saves_synchronously(tmp_path, caplog):
     state = State()
     state.weights = np.ones(10_000)
     session = make_session(local_store(tmp_path), state, options=SessionOptions(staging_bytes=1000))
     artifact = session.save(blocking=False)
-    assert "staging budget" in capsys.readouterr().err
+    assert "staging budget" in caplog.text
     assert [a.key for a in session.list()] == [artifact.key]  # already committed
 
 

@@ -36,7 +36,7 @@ def two_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
-def test_a_damaged_newest_checkpoint_is_passed_over_and_listed_as_damaged(tmp_path, capfd, damage):
+def test_a_damaged_newest_checkpoint_is_passed_over_and_listed_as_damaged(tmp_path, caplog, damage):
     store, first, second = two_checkpoints(tmp_path)
     digest, path = blob_file(tmp_path, store, second, only_in=[first])
     if damage == "delete":
@@ -46,7 +46,7 @@ def test_a_damaged_newest_checkpoint_is_passed_over_and_listed_as_damaged(tmp_pa
 
     retry = make_session(local_store(tmp_path), State(), attempt=1)
     assert retry.loaded.key == first.key
-    warning = capfd.readouterr().err
+    warning = caplog.text
     assert second.key in warning and digest in warning and "'weights'" in warning
     loaded = State()
     make_session(local_store(tmp_path), loaded, attempt=1).load()

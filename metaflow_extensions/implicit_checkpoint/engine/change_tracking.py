@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .layout import CHUNK_BYTES, SMALL_BYTES
 from .tensors import StorageSpec
+from .notices import warn
 
 VERIFY_EVERY = 8
 
@@ -104,10 +105,9 @@ class ChangeTracker:
 
     def disable(self, reason: str) -> None:
         if self.enabled:
-            print(
+            warn(
                 "@checkpoint: %s. Unchanged-tensor detection is now off for this task: "
-                "every save hashes all tensors." % reason,
-                file=sys.stderr,
+                "every save hashes all tensors." % reason
             )
         self.enabled = False
         self._entries.clear()

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import msgpack
 
+from . import notices
 from .errors import CheckpointException, CheckpointSerializationError
 from .pickling import (
     class_name,
@@ -107,7 +108,7 @@ class GraphEncoder:
     def __init__(self, step: Optional[str] = None, warn: Callable[[str], None] = None):
         self.table = StorageTable()
         self._step = step
-        self._warn = warn or (lambda message: print(message, file=sys.stderr))
+        self._warn = warn or notices.warn
         self._nodes: List[Optional[bytes]] = []
         self._children: List[Set[int]] = []
         self._storage_of: Dict[int, int] = {}

@@ -22,13 +22,13 @@ import mmap
 import os
 import shutil
 import stat
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import CheckpointCorrupted, CheckpointException
 from .host_memory import populated_buffer
+from .notices import warn
 
 #: Staging folders of a restore in progress sit beside the target: ``.<name>.restoring-*``.
 RESTORING_MARK = ".restoring-"
@@ -96,11 +96,10 @@ class FileEntry:
             self.size, self.mode, self.mtime_ns = n, stat.S_IMODE(after.st_mode), after.st_mtime_ns
             if not grew and n == after.st_size and _same_version(before, after):
                 return view[:n]
-        print(
+        warn(
             "@checkpoint: %s in current.checkpoint.directory kept changing while save() read "
             "it (something is still writing it); the checkpoint holds the %d bytes read, "
-            "which may mix old and new content." % (self.rel, self.size),
-            file=sys.stderr,
+            "which may mix old and new content." % (self.rel, self.size)
         )
         return view[: self.size]
 

@@ -10,7 +10,6 @@ needs). The listing before the lock only finds candidates and reads manifests ah
 to keep the time saves wait short.
 """
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Set
@@ -19,6 +18,7 @@ from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .locks import StoreBusy
 from .manifest import STORAGE
 from .store import CheckpointStore
+from .notices import warn
 
 #: Blobs and temp files younger than this are never collected (seconds). The lock
 #: alone keeps saves safe; the grace also covers writers of older versions of this
@@ -90,7 +90,7 @@ def collect_garbage(
     except StoreBusy as ex:
         report.busy = ex.leases
         report.deleted_blobs, report.deleted_bytes = [], 0
-        print("checkpoint gc: %s" % ex, file=sys.stderr)
+        warn("checkpoint gc: %s" % ex)
     return report
 
 
@@ -123,10 +123,9 @@ def _choose(candidates, references, cutoff: float, report: GcReport) -> List[str
     old = [entry for entry in unreferenced if entry.mtime < cutoff]
     report.kept_young_blobs = len(unreferenced) - len(old)
     if report.damaged_manifests:
-        print(
+        warn(
             "checkpoint gc: %d damaged manifest(s) found; no blob is deleted this time:\n  %s"
-            % (len(report.damaged_manifests), "\n  ".join(report.damaged_manifests)),
-            file=sys.stderr,
+            % (len(report.damaged_manifests), "\n  ".join(report.damaged_manifests))
         )
         old = []
     report.deleted_blobs = [entry.path.rsplit("/", 1)[-1] for entry in old]

@@ -7,7 +7,6 @@ handed in, so it runs the same in a flow and in a unit test.
 
 import hashlib
 import json
-import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -30,6 +29,7 @@ from .snapshot import commit_save, load_snapshot, prepare_save
 from .staging import DEFAULT_BUDGET, STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
 from .termination import DEFAULT_SIGTERM_WAIT, SIGTERM_WAIT_ENV, SigtermGuard
+from .notices import warn
 
 LOAD_POLICIES = ("fresh", "eager", "none")
 #: What save(storage_format=...) accepts: metaflow-checkpoint's formats, recorded only.
@@ -187,11 +187,10 @@ class CheckpointSession:
     def _is_intact(self, key: CheckpointKey, manifest: dict) -> bool:
         (damages,) = check_blobs(self._store, key.flow, [manifest])
         if damages:
-            print(
+            warn(
                 "@checkpoint: %s. Not resuming from it: looking for an earlier checkpoint "
                 "(`checkpoint verify --repair` removes damaged blobs; a save of the same "
-                "data writes them again)." % describe_damage(str(key), damages),
-                file=sys.stderr,
+                "data writes them again)." % describe_damage(str(key), damages)
             )
         return not damages
 
@@ -320,10 +319,9 @@ class CheckpointSession:
         self._next_version += 1
         if blocking or not prepared.staged:
             if not blocking:
-                print(
+                warn(
                     "@checkpoint: %s changed more bytes than the staging budget (%s=%d); "
-                    "saved synchronously." % (key, STAGING_BUDGET_ENV, self._staging.budget),
-                    file=sys.stderr,
+                    "saved synchronously." % (key, STAGING_BUDGET_ENV, self._staging.budget)
                 )
             try:
                 return self._commit(prepared)
@@ -363,10 +361,9 @@ class CheckpointSession:
             if self._retention.active:
                 self._apply_retention(key.name)
         except Exception as ex:
-            print(
+            warn(
                 "@checkpoint: checkpoint %s is committed, but housekeeping after it failed: "
-                "%s: %s" % (key, type(ex).__name__, ex),
-                file=sys.stderr,
+                "%s: %s" % (key, type(ex).__name__, ex)
             )
 
     def _apply_retention(self, name: str) -> None:
@@ -393,21 +390,19 @@ class CheckpointSession:
         pending = self._pending
         if pending is None or pending.done():
             return
-        print(
+        warn(
             "@checkpoint: SIGTERM: committing the pending background save (waiting up to "
-            "%.0f s, %s)." % (timeout, SIGTERM_WAIT_ENV),
-            file=sys.stderr,
+            "%.0f s, %s)." % (timeout, SIGTERM_WAIT_ENV)
         )
         try:
             pending.result(timeout=timeout)
         except FutureTimeout:
-            print(
+            warn(
                 "@checkpoint: the pending save did not commit within %.0f s and is abandoned "
-                "(it is not listed; the task's next save removes its temp files)." % timeout,
-                file=sys.stderr,
+                "(it is not listed; the task's next save removes its temp files)." % timeout
             )
             return
-        print("@checkpoint: the pending save is committed.", file=sys.stderr)
+        warn("@checkpoint: the pending save is committed.")
 
     def finish(self, raise_failure: bool = True) -> None:
         """At task end: commit the pending save; report (or raise) its failure."""
@@ -416,7 +411,7 @@ class CheckpointSession:
         except Exception as ex:
             if raise_failure:
                 raise
-            print("@checkpoint: the last background save failed: %s" % ex, file=sys.stderr)
+            warn("@checkpoint: the last background save failed: %s" % ex)
         finally:
             if self._background is not None:
                 self._background.shutdown(wait=True)
@@ -595,5 +590,5 @@ def _read_manifest(store: CheckpointStore, key: CheckpointKey) -> Optional[dict]
     except CheckpointNotFound:
         return None
     except CheckpointCorrupted as ex:
-        print("@checkpoint: skipping damaged checkpoint: %s" % ex, file=sys.stderr)
+        warn("@checkpoint: skipping damaged checkpoint: %s" % ex)
         return None

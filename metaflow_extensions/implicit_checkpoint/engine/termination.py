@@ -12,9 +12,9 @@ partial checkpoint: its manifest, written last, is simply absent.
 
 import os
 import signal
-import sys
 import threading
 from typing import Callable
+from .notices import warn
 
 #: The setting for how long to wait (read on the plugins side), and its default.
 SIGTERM_WAIT_ENV = "METAFLOW_CHECKPOINT_SIGTERM_WAIT"
@@ -46,7 +46,7 @@ class SigtermGuard:
         try:
             self._commit_pending(self._wait)
         except Exception as ex:
-            print("@checkpoint: on SIGTERM, the pending save failed: %s" % ex, file=sys.stderr)
+            warn("@checkpoint: on SIGTERM, the pending save failed: %s" % ex)
         previous = self._previous
         self.uninstall()
         if callable(previous):

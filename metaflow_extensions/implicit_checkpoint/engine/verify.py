@@ -2,7 +2,6 @@
 checkpoint intact or damaged; with ``repair``, delete the damaged blobs so the next save
 of the same content writes them again."""
 
-import sys
 from dataclasses import dataclass, field
 from typing import List, Sequence
 
@@ -13,6 +12,7 @@ from .keys import CheckpointKey
 from .locks import StoreBusy
 from .manifest import STORAGE
 from .store import CheckpointStore
+from .notices import warn
 
 
 @dataclass
@@ -97,5 +97,5 @@ def verify_checkpoints(
                 report.repaired_blobs = doomed
         except StoreBusy as ex:
             report.busy = ex.leases
-            print("checkpoint verify --repair: %s" % ex, file=sys.stderr)
+            warn("checkpoint verify --repair: %s" % ex)
     return report

@@ -1,4 +1,3 @@
-import sys
 
 from metaflow import current
 from metaflow.decorators import StepDecorator
@@ -16,6 +15,7 @@ from .cards.attach import (
     wait_for_orphan_renders,
 )
 from .gang_identity import gang_of_task
+from .log_routing import NoticesToMetaflow
 from .metaflow_internals import foreach_indices, parent_artifact_names, publish_on_current
 from .run_visibility import runs_in_current_namespace
 from .settings import settings
@@ -23,6 +23,7 @@ from .store_binding import store_for_datastore
 from .task_handoff import HandedTask, hand_down
 from .task_folder import end_task_folder, start_task_folder, task_folder
 from .task_status import FAILED, attempt_statuses, client_reading, record_loaded
+from ..engine.notices import warn
 
 
 #: Datastores with a backend of our own (listing by age, deletes): everything works there.
@@ -101,6 +102,7 @@ class CheckpointDecorator(StepDecorator):
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
         self._step_name = step_name
         self._flow_datastore = flow_datastore
+        self._notices = NoticesToMetaflow(logger)
         attrs = self.attributes
         include = normalize_patterns(attrs["include"], "include", step_name)
         exclude = normalize_patterns(attrs["exclude"], "exclude", step_name)
@@ -194,6 +196,7 @@ class CheckpointDecorator(StepDecorator):
     ):
         self._flow = flow
         self._pathspec = "/".join((flow.name, str(run_id), step_name, str(task_id)))
+        self._notices.start()
         log = track_assignments(flow)
         task = TaskIdentity(
             flow=flow.name,
@@ -286,6 +289,7 @@ class CheckpointDecorator(StepDecorator):
         if getattr(self, "_folder", None) is not None:
             end_task_folder(self._folder)
         stop_tracking(flow)
+        self._notices.stop()
 
 
 def _note_replayed_randomness(artifact, pathspec: str, attempt: int, metadata_provider) -> None:
@@ -298,10 +302,9 @@ def _note_replayed_randomness(artifact, pathspec: str, attempt: int, metadata_pr
     except Exception:  # the note is a courtesy: never fail a load over it
         return
     if len(statuses) >= attempt and statuses[attempt - 1] == FAILED:
-        print(
+        warn(
             "@checkpoint: attempt %d failed with an exception, and this retry restored the "
             "random generators saved with %s: it draws the same random numbers again, so a "
             "failure caused by a random draw repeats (bit-identical resume; "
-            "@checkpoint(rng=False) draws anew)." % (attempt - 1, artifact.key),
-            file=sys.stderr,
+            "@checkpoint(rng=False) draws anew)." % (attempt - 1, artifact.key)
         )

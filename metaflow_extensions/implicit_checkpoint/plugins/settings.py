@@ -1,7 +1,7 @@
 """The extension's settings, checked and typed.
 
-Metaflow reads them (config/mfextinit_implicit_checkpoint.py: environment variables
-``METAFLOW_CHECKPOINT_*`` or Metaflow's config file) when it is imported; this module
+Metaflow's ``from_conf`` reads them (config/mfextinit_implicit_checkpoint.py: environment
+variables ``METAFLOW_CHECKPOINT_*`` or Metaflow's config file) on first import; this module
 turns them into values for the engine's constructors, with an error naming the setting
 when one is malformed. The engine itself reads no setting.
 """
@@ -25,7 +25,9 @@ class Settings:
 
 def settings() -> Settings:
     """The settings of this process (read by Metaflow at import time)."""
-    from metaflow import metaflow_config as config
+    # The values from_conf read when the module was imported (Metaflow also merges them
+    # into metaflow.metaflow_config, but not when this package was imported first).
+    from ..config import mfextinit_implicit_checkpoint as config
 
     def read(name: str, parse: Callable[[str], T], accepted: str) -> T:
         raw = getattr(config, name)

@@ -7,11 +7,11 @@ card discovery only imports subpackages of ``plugins/cards``, so it skips this f
 """
 
 import os
-import sys
 import time
 from typing import List, Optional
 
 from ..metaflow_internals import attach_step_decorators, card_of_this_task, datastore_shell, storage_of
+from ...engine.notices import warn
 
 CARD_TYPE = "implicit_checkpoint"
 #: The id the card gets when @checkpoint attaches it (or when a user's own
@@ -62,10 +62,9 @@ class LiveCardRefresh:
         except Exception as ex:  # the checkpoint is committed: the card must not fail the save
             if not self._warned:
                 self._warned = True
-                print(
+                warn(
                     "@checkpoint: checkpoint %s is committed, but the live card could not "
-                    "be refreshed: %s: %s" % (artifact.key, type(ex).__name__, ex),
-                    file=sys.stderr,
+                    "be refreshed: %s: %s" % (artifact.key, type(ex).__name__, ex)
                 )
 
 
@@ -162,8 +161,7 @@ def remove_cards_of_earlier_attempts(flow_datastore, pathspec: str, card_id: str
         if stale:
             backend_for_storage(storage_of(cards)).delete(stale)
     except Exception as ex:  # a leftover card is untidy, not a reason to fail the task
-        print(
+        warn(
             "@checkpoint: could not remove the checkpoint card of an earlier attempt: %s: %s"
-            % (type(ex).__name__, ex),
-            file=sys.stderr,
+            % (type(ex).__name__, ex)
         )

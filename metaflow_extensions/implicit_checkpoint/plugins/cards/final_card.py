@@ -15,13 +15,13 @@ Like the rest of this folder's top level, this module is not a card package: Met
 card discovery does not import it.
 """
 
-import sys
 import time
 from typing import Any, Optional
 
 from ..metaflow_internals import card_info_to_register, stop_card_render
 from ..task_status import client_reading
 from .attach import CARD_TYPE, card_datastore
+from ...engine.notices import warn
 
 #: What Metaflow's card templates carry in place of the reload token; ``card create``
 #: replaces it with "final" in a final render, so viewers reload once for it.
@@ -70,11 +70,10 @@ class InProcessFinalCard:
                 self._write_final(mode, options["card_uuid"], options.get("user_set_card_id"))
                 return
             except Exception as ex:  # a card problem must not fail the task
-                print(
+                warn(
                     "@checkpoint: the final checkpoint card could not be rendered in the task "
                     "(%s: %s); Metaflow renders it in a subprocess instead."
-                    % (type(ex).__name__, ex),
-                    file=sys.stderr,
+                    % (type(ex).__name__, ex)
                 )
         return self._metaflow_creator.create(mode=mode, final=final, **options)
 
