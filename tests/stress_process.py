@@ -15,7 +15,6 @@ counts at the end.
 """
 
 import json
-import os
 import random
 import sys
 import time

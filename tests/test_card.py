@@ -20,8 +20,8 @@ from metaflow_extensions.implicit_checkpoint.engine.session import (
     AttributeSource,
     CheckpointSession,
     TaskIdentity,
-    list_artifacts,
 )
+from metaflow_extensions.implicit_checkpoint.engine.reading import list_task
 from metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint.chart import (
     metric_charts,
 )
@@ -420,7 +420,7 @@ def test_cards_of_a_step_without_saves_one_attempt_and_an_eager_resume(world, br
 
 
 def _manifests(store, pathspec_parts):
-    return [a.implicit_manifest for a in list_artifacts(store, *pathspec_parts)]
+    return [a.implicit_manifest for a in list_task(store, *pathspec_parts)]
 
 
 def _session(store, state, run_id, attempt):

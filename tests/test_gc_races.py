@@ -240,8 +240,8 @@ def test_listing_and_eager_resume_tolerate_manifests_removed_meanwhile(tmp_path)
         AttributeSource,
         CheckpointSession,
         TaskIdentity,
-        list_run_artifacts,
     )
+    from metaflow_extensions.implicit_checkpoint.engine.reading import list_run
 
     state = State()
     writer = make_session(local_store(tmp_path), state)
@@ -254,7 +254,7 @@ def test_listing_and_eager_resume_tolerate_manifests_removed_meanwhile(tmp_path)
     store = CheckpointStore(VanishingBackend(str(tmp_path), [paths[1]]))
     assert [a.key for a in make_session(store, State(), attempt=1).list()] == [saved[0].key, saved[2].key]
     store = CheckpointStore(VanishingBackend(str(tmp_path), [paths[2]]))
-    assert [a.key for a in list_run_artifacts(store, "UnitFlow", "1")] == [saved[0].key]
+    assert [a.key for a in list_run(store, "UnitFlow", "1")] == [saved[0].key]
 
     # Eager resume in another run: the newest checkpoint vanishes as it is read.
     state.n = 3

@@ -192,6 +192,8 @@ Reference = Union[CheckpointArtifact, Dict[str, Any], str]
 
 def key_of(reference: Reference) -> CheckpointKey:
     """The key a load/inspect reference points to: an artifact, its to_dict(), or its key."""
+    if isinstance(reference, CheckpointKey):
+        return reference
     if isinstance(reference, CheckpointArtifact):
         return CheckpointKey.parse(reference.key)
     if isinstance(reference, dict):

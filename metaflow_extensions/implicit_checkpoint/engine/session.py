@@ -10,21 +10,28 @@ import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .artifact import CheckpointArtifact, Reference, key_of
 from .change_tracking import ChangeTracker
 from .directory import scan_folder
-from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
+from .errors import CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
-from .gang import Gang, GangMember, part_to_load
+from .gang import Gang, GangMember
 from .integrity import check_blobs, describe as describe_damage
 from .keys import CheckpointKey, split_pathspec, validate_name
 from .lineage import find_eager_resume_point, find_origin_resume_point
-from .manifest import normalize_metadata, public_view
+from .manifest import normalize_metadata
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
+from .reading import (
+    inspect_checkpoint,
+    list_step_across_runs,
+    list_task,
+    open_checkpoint,
+    read_listed_manifest,
+)
 from .snapshot import commit_save, load_snapshot, prepare_save
 from .staging import DEFAULT_BUDGET, STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
@@ -174,7 +181,7 @@ class CheckpointSession:
 
     def _newest_intact(self, keys: List[CheckpointKey]) -> Optional[CheckpointArtifact]:
         for key in reversed(keys):
-            manifest = _read_manifest(self._store, key)
+            manifest = read_listed_manifest(self._store, key)
             if manifest is not None and self._resumable(key, manifest):
                 return CheckpointArtifact.from_manifest(manifest)
         return None
@@ -430,12 +437,14 @@ class CheckpointSession:
         read, verified and built before anything is changed. ``allow_pickle=False``
         never unpickles: a field that needs it raises, naming it.
         """
-        key = self._resolve(reference, for_what="load")
-        manifest = self._store.read_manifest(key)
         gang = self._task.gang
+        opened = open_checkpoint(
+            self._store, self._resolve(reference, for_what="load"),
+            gang.node_index if gang is not None else None,
+        )
         _, rng_state = load_snapshot(
             self._store,
-            part_to_load(self._store, manifest, gang.node_index if gang is not None else None),
+            opened.part,
             target=self._target,
             allow_pickle=allow_pickle,
             with_rng=self._rng,
@@ -443,8 +452,8 @@ class CheckpointSession:
         )
         if rng_state:
             restore_rng_state(rng_state)
-        self._parent = str(key)
-        artifact = CheckpointArtifact.from_manifest(manifest)
+        self._parent = str(opened.key)
+        artifact = CheckpointArtifact.from_manifest(opened.manifest)
         for listener in self.on_load:
             listener(artifact)
         return artifact
@@ -461,8 +470,7 @@ class CheckpointSession:
         """
         if reference is None and self._saved:
             reference = self._saved[-1]
-        key = self._resolve(reference, for_what="inspect")
-        return public_view(self._store.read_manifest(key))
+        return inspect_checkpoint(self._store, self._resolve(reference, for_what="inspect"))
 
     def list(
         self,
@@ -492,7 +500,11 @@ class CheckpointSession:
                     "list(full_namespace=True) in step *%s* lists this step's checkpoints "
                     "across runs; it takes no task=." % self._task.step
                 )
-            return self._list_across_runs(name, attempt)
+            t = self._task
+            return list_step_across_runs(
+                self._store, t.flow, t.step, t.foreach_indices, (t.run_id, t.checkpoint_task_id),
+                self._accept_run, name, attempt,
+            )
         if task is None:
             flow, run_id, step, task_id = (
                 self._task.flow,
@@ -502,23 +514,7 @@ class CheckpointSession:
             )
         else:
             flow, run_id, step, task_id = split_pathspec(getattr(task, "pathspec", task))
-        return list_artifacts(self._store, flow, run_id, step, task_id, name, attempt)
-
-    def _list_across_runs(self, name: Optional[str], attempt: Optional[int]) -> List[CheckpointArtifact]:
-        t = self._task
-        tasks = {(t.run_id, t.checkpoint_task_id)}
-        for _, run_id in self._store.latest_notes(t.flow, t.step, t.foreach_indices):
-            if run_id != t.run_id and self._accept_run(run_id):
-                noted = self._store.read_latest_note(t.flow, t.step, t.foreach_indices, run_id)
-                if noted is not None:
-                    tasks.add((run_id, noted.task_id))
-        found = []
-        for run_id, task_id in tasks:
-            found.extend(
-                a for a in list_artifacts(self._store, t.flow, run_id, t.step, task_id, name, attempt)
-                if a.implicit_manifest.get("foreach_indices", []) == list(t.foreach_indices)
-            )
-        return sorted(found, key=lambda a: a.created_on)
+        return list_task(self._store, flow, run_id, step, task_id, name, attempt)
 
     def _resolve(self, reference: Optional[Reference], for_what: str) -> CheckpointKey:
         if reference is not None:
@@ -538,57 +534,3 @@ class CheckpointSession:
         if self._task.attempt == 0:
             return "this is the task's first attempt (attempt 0)"
         return "no earlier attempt of this task committed a checkpoint"
-
-
-def list_artifacts(
-    store: CheckpointStore,
-    flow: str,
-    run_id: str,
-    step: str,
-    task_id: str,
-    name: Optional[str] = None,
-    attempt: Optional[int] = None,
-) -> List[CheckpointArtifact]:
-    """Committed checkpoints of one task, oldest first, skipping damaged manifests and
-    ones removed while listing; those whose blobs are missing or damaged (checked by
-    size) carry a ``damage`` description."""
-    if name is not None:
-        validate_name(name, step)
-    if attempt is not None and (not isinstance(attempt, int) or attempt < 0):
-        raise CheckpointException("list(attempt=...) must be an int >= 0; got %r." % (attempt,))
-    keys = store.list_keys(flow, run_id, step, task_id, attempt)
-    manifests = [_read_manifest(store, key) for key in keys if name is None or key.name == name]
-    manifests = [manifest for manifest in manifests if manifest is not None]
-    artifacts = []
-    for manifest, damages in zip(manifests, check_blobs(store, flow, manifests)):
-        artifact = CheckpointArtifact.from_manifest(manifest)
-        if damages:
-            artifact = replace(artifact, damage=describe_damage(artifact.key, damages))
-        artifacts.append(artifact)
-    return artifacts
-
-
-def list_run_artifacts(
-    store: CheckpointStore,
-    flow: str,
-    run_id: str,
-    name: Optional[str] = None,
-    attempt: Optional[int] = None,
-) -> List[CheckpointArtifact]:
-    """Committed checkpoints of every task of a run, oldest first."""
-    found = []
-    for step, task_id in store.list_run_tasks(flow, run_id):
-        found.extend(list_artifacts(store, flow, run_id, step, task_id, name, attempt))
-    return sorted(found, key=lambda a: a.created_on)
-
-
-def _read_manifest(store: CheckpointStore, key: CheckpointKey) -> Optional[dict]:
-    """The manifest of a listed checkpoint; None if it was removed since the listing
-    (retention), or is damaged (with a warning)."""
-    try:
-        return store.read_manifest(key)
-    except CheckpointNotFound:
-        return None
-    except CheckpointCorrupted as ex:
-        warn("@checkpoint: skipping damaged checkpoint: %s" % ex)
-        return None

@@ -9,8 +9,7 @@ from ..engine.artifact import CheckpointArtifact
 from ..engine.errors import CheckpointException
 from ..engine.gc import DEFAULT_GRACE, DEFAULT_WAIT, collect_garbage
 from ..engine.keys import CheckpointKey
-from ..engine.manifest import public_view
-from ..engine.session import list_run_artifacts
+from ..engine import reading
 from ..engine.verify import verify_checkpoints
 from .formatting import gang_note, human_bytes, reuse_note, stored_bytes
 from .store_binding import store_for_datastore
@@ -126,7 +125,7 @@ def _max_attempts(obj, step: str) -> int:
 
 
 def _run_artifacts(store, run) -> List[CheckpointArtifact]:
-    return list_run_artifacts(store, *run.pathspec.split("/"))
+    return reading.list_run(store, *run.pathspec.split("/"))
 
 
 def _table(echo, headers: List[str], rows: List[List[str]]) -> None:
@@ -181,7 +180,7 @@ def list_checkpoints(obj, run_id, user_namespace, all_namespaces, step, as_json)
 @click.pass_obj
 def inspect_checkpoint(obj, key, as_json):
     store = store_for_datastore(obj.flow_datastore)
-    manifest = public_view(store.read_manifest(CheckpointKey.parse(key)))
+    manifest = reading.inspect_checkpoint(store, key)
     echo = _echo(obj)
     if as_json:
         echo(json.dumps(manifest, indent=2, default=str))

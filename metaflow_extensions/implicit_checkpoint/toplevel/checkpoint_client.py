@@ -8,16 +8,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 from ..engine.artifact import CheckpointArtifact, Reference, key_of
 from ..engine.errors import CheckpointException, CheckpointNotFound
 from ..engine.fields import FieldSelector
-from ..engine.gang import part_to_load
 from ..engine.keys import split_pathspec
-from ..engine.manifest import public_view
-from ..engine.session import (
-    DEFAULT_NAME,
-    AttributeSource,
-    CheckpointSession,
-    list_artifacts,
-    list_run_artifacts,
-)
+from ..engine.reading import inspect_checkpoint, list_run, list_task, open_checkpoint
+from ..engine.session import DEFAULT_NAME, AttributeSource, CheckpointSession
 from ..engine.snapshot import has_folder, load_snapshot
 from ..engine.verify import VerifyReport, verify_checkpoints
 from ..plugins.run_visibility import runs_in_current_namespace
@@ -233,10 +226,10 @@ class Checkpoint(object):
             pathspec = "/".join((flow, run_id, step, task_id))
             if self._handed is None or pathspec != self._handed.task.pathspec:
                 _require_exists("Task", pathspec)
-            return list_artifacts(self._store, flow, run_id, step, task_id, name, attempt)
+            return list_task(self._store, flow, run_id, step, task_id, name, attempt)
         flow, run_id = _split_run(getattr(run, "pathspec", run))
         _require_exists("Run", "%s/%s" % (flow, run_id))
-        return list_run_artifacts(self._store, flow, run_id, name, attempt)
+        return list_run(self._store, flow, run_id, name, attempt)
 
     @_on_class_too
     def inspect(self, reference: Reference) -> Dict[str, Any]:
@@ -252,7 +245,7 @@ class Checkpoint(object):
             `fields` (field -> type, codec, size), `files` (path in the step's folder
             -> size, mode, mtime_ns) and `directories`, `metadata`, `parent`, ...
         """
-        return public_view(self._store.read_manifest(key_of(reference)))
+        return inspect_checkpoint(self._store, reference)
 
     def load(
         self,
@@ -308,17 +301,15 @@ class Checkpoint(object):
             )
         if reference is None:
             reference = self._resume_point()
-        key = key_of(reference)
-        manifest = self._store.read_manifest(key)
         if node is None and self._handed is not None and self._handed.task.gang is not None:
             node = self._handed.task.gang.node_index
-        part = part_to_load(self._store, manifest, node)
-        with_files = (files if files is not None else fields is None) and has_folder(part)
+        opened = open_checkpoint(self._store, reference, node)
+        with_files = (files if files is not None else fields is None) and has_folder(opened.part)
         if with_files:
-            self._check_folder_is_ours(key)
+            self._check_folder_is_ours(opened.key)
         values, _ = load_snapshot(
             self._store,
-            part,
+            opened.part,
             fields,
             target=flow,
             allow_pickle=allow_pickle,
@@ -327,8 +318,7 @@ class Checkpoint(object):
         self._filled = self._filled or with_files
         if flow is None:
             return values
-        return CheckpointArtifact.from_manifest(manifest)
-
+        return CheckpointArtifact.from_manifest(opened.manifest)
 
     def _check_folder_is_ours(self, key) -> None:
         """A load makes the folder exactly the checkpoint's: never over files that this

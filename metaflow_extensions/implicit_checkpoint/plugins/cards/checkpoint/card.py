@@ -13,7 +13,7 @@ from metaflow.cards import MetaflowCard
 
 from ....engine.keys import split_pathspec
 from ....engine.lineage import lineage
-from ....engine.session import list_artifacts
+from ....engine.reading import list_task
 from ...store_binding import store_from_config
 from ...task_status import attempt_records
 from ..attach import CARD_TYPE
@@ -69,7 +69,7 @@ def task_report(store, pathspec: str, attempt: int, live: bool) -> Dict[str, Any
     flow, run_id, step, task_id = split_pathspec(pathspec)
     checkpoints = [
         artifact.implicit_manifest
-        for artifact in list_artifacts(store, flow, run_id, step, task_id)
+        for artifact in list_task(store, flow, run_id, step, task_id)
     ]
     records = attempt_records(pathspec)
     loaded = {r.attempt: r.loaded for r in records if r.loaded}
