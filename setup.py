@@ -3,9 +3,8 @@ from setuptools import find_namespace_packages, setup
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
 
-# The checkpoint card's templates and styles live in the top-level cards/ folder and are
-# installed as this package, beside the card's code (plugins/cards/checkpoint/).
-CARD_TEMPLATES = "metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint.templates"
+# The checkpoint card's templates and styles, beside the card's code.
+CARD = "metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint"
 
 setup(
     name="metaflow-implicit-checkpoint",
@@ -13,9 +12,8 @@ setup(
     description="Crash-safe Metaflow steps: @checkpoint saves and restores the step's own attributes.",
     long_description=long_description,
     long_description_content_type="text/markdown",
-    packages=find_namespace_packages(include=["metaflow_extensions.*"]) + [CARD_TEMPLATES],
-    package_dir={CARD_TEMPLATES: "cards"},
-    package_data={CARD_TEMPLATES: ["*.html", "*.css"]},
+    packages=find_namespace_packages(include=["metaflow_extensions.*"]),
+    package_data={CARD: ["templates/*.html", "templates/*.css"]},
     python_requires=">=3.9",
     install_requires=[
         "metaflow>=2.15.21",

@@ -1,8 +1,5 @@
-"""The card's HTML: the report put into the templates of the top-level ``cards/`` folder.
-
-The templates ship inside the package (setup.py maps ``cards/`` to the ``templates``
-folder next to this file). In a source checkout installed in editable mode that folder
-does not exist, and the checkout's own ``cards/`` is used.
+"""The card's HTML: the report put into the templates of the ``templates`` folder beside
+this file (shipped as package data).
 
 The page is self-contained: the stylesheet is inlined, the chart is inline SVG, and the
 only script is the few lines Metaflow's card viewers call with live updates.
@@ -21,20 +18,17 @@ BODY = "checkpoint_body.html"
 ROW = "checkpoint_row.html"  # a partial: one checkpoint's row of the history table
 STYLES = "checkpoint_card.css"
 
-_HERE = Path(__file__).resolve().parent
-_PACKAGED = _HERE / "templates"
-_CHECKOUT = _HERE.parents[4] / "cards"  # <repo>/cards, beside metaflow_extensions/
+_TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def template_dir() -> Path:
     """The folder holding the card's templates and styles."""
-    for folder in (_PACKAGED, _CHECKOUT):
-        if (folder / PAGE).is_file():
-            return folder
+    if (_TEMPLATES / PAGE).is_file():
+        return _TEMPLATES
     raise CheckpointException(
-        "The checkpoint card's templates are missing (looked in %s and %s). Reinstall "
+        "The checkpoint card's templates are missing (looked in %s). Reinstall "
         "metaflow-implicit-checkpoint, or turn the card off with @checkpoint(card=False)."
-        % (_PACKAGED, _CHECKOUT)
+        % _TEMPLATES
     )
 
 
