@@ -8,7 +8,6 @@ EMA model updated through ``.data``.
 import shutil
 
 from conftest import TEST_FLOWS
-from s3_server import any_world, s3_server, s3_world  # noqa: F401  (fixtures)
 
 FLOW = "user_classes_flow.py"
 
@@ -95,8 +94,7 @@ def _definitions():
     return helpers
 
 
-def test_flow_file_classes_resume_bit_identical_after_sigkill(any_world, tmp_path):
-    world = any_world  # local disk, then S3
+def test_flow_file_classes_resume_bit_identical_after_sigkill(world, tmp_path):
     flow = tmp_path / "flows" / FLOW
     flow.parent.mkdir()
     shutil.copy(TEST_FLOWS / FLOW, flow)

@@ -12,6 +12,7 @@ import torch
 
 from conftest import REPO
 from engine_helpers import State
+from s3_server import s3_server  # noqa: F401  (fixture)
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
 from metaflow_extensions.implicit_checkpoint.engine.gang import Gang, GangSaveFailed
 from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
@@ -27,13 +28,14 @@ NODE_TASKS = ("7", "7_node_1")
 
 def node_session(root, node, state, attempt=0, timeout=60.0, num_nodes=2, directory=None):
     """The session of node ``node`` of a gang whose control task is 7, on its own store
-    (with ``directory``: the node's task folder)."""
+    of ``root`` (a folder, or a function making a backend) (with ``directory``: the
+    node's task folder)."""
     task = TaskIdentity(
         "UnitFlow", "1", "train", NODE_TASKS[node], attempt,
         gang=Gang(node, num_nodes, "7", timeout),
     )
     session = CheckpointSession(
-        CheckpointStore(LocalDirBackend(str(root))),
+        CheckpointStore(root() if callable(root) else LocalDirBackend(str(root))),
         task,
         AttributeSource(lambda: dict(vars(state))),
         target=state,
@@ -79,9 +81,21 @@ def node_states():
     return states
 
 
-def test_a_gang_save_is_one_checkpoint_with_a_part_per_node(tmp_path):
+@pytest.fixture(params=["local", "s3"])
+def gang_root(request, tmp_path):
+    """Where a gang's nodes store: a local folder, or a function making a backend on a
+    fresh root of the S3 server (test_gang_flow.py runs its flows on local disk; the
+    commit protocol is what S3's listing and overwrite rules could break)."""
+    if request.param == "local":
+        return tmp_path
+    server = request.getfixturevalue("s3_server")
+    root = server.new_root()
+    return lambda: server.backend(root)
+
+
+def test_a_gang_save_is_one_checkpoint_with_a_part_per_node(gang_root):
     states = node_states()
-    sessions = [node_session(tmp_path, node, states[node]) for node in range(2)]
+    sessions = [node_session(gang_root, node, states[node]) for node in range(2)]
     for step in (1, 2):
         for state in states:
             state.step = step
@@ -109,7 +123,7 @@ def test_a_gang_save_is_one_checkpoint_with_a_part_per_node(tmp_path):
 
     # The restarted gang: each node loads its own part of the newest global checkpoint.
     fresh = [State(), State()]
-    resumed = [node_session(tmp_path, node, fresh[node], attempt=1) for node in range(2)]
+    resumed = [node_session(gang_root, node, fresh[node], attempt=1) for node in range(2)]
     for node, session in enumerate(resumed):
         assert session.loaded.key == artifact.key
         session.load()

@@ -1,6 +1,7 @@
 """Real @parallel gangs: 2 nodes training a DDP model over gloo, a node SIGKILLed after a
 save and during one; the restarted gang resumes every node from the same global
-checkpoint and ends bit-identical to a gang that never failed. Local disk and S3."""
+checkpoint and ends bit-identical to a gang that never failed. On local disk: test_gang.py
+runs the commit protocol on S3, test_torchrun.py a @torchrun gang on S3."""
 
 import os
 import sys
@@ -8,7 +9,6 @@ import sys
 import pytest
 
 from conftest import TEST_FLOWS, MetaflowWorld
-from s3_server import S3World, s3_server  # noqa: F401  (fixture)
 
 FLOW = TEST_FLOWS / "gang_flow.py"
 
@@ -139,19 +139,3 @@ def test_node_killed_during_a_large_save_gang_resumes_from_the_previous_global_c
     view = world.python(NOTEBOOK % run_id)
     assert [k.rsplit("/", 3)[-3] for k in view["run_keys"]] == ["0", "0", "0", "1", "1"]
     assert view["shards_bit_identical"] == [True, True]
-
-
-def test_gang_on_s3_resumes_bit_identical(tmp_path, s3_server, reference_run):  # noqa: F811
-    root = tmp_path / "mf"
-    root.mkdir()
-    world = gang_world(S3World(root, s3_server))
-    proc = world.run_flow(FLOW, "--kill-node", "1", "--kill-after", "3")
-    assert "node 1 resumed after epoch 3" in proc.stdout
-    run_id = world.latest_run_id("GangFlow")
-    assert_all_identical(bit_identical(world, reference_run, run_id))
-    view = world.python(NOTEBOOK % run_id)
-    assert view["control_keys"] == view["run_keys"] == view["node1_keys"]
-    assert len(view["run_keys"]) == 5
-    assert view["shards_bit_identical"] == [True, True]
-    assert any(k.endswith(".part") for k in world.checkpoint_keys())
-    assert not list(root.rglob("_implicit_checkpoints"))

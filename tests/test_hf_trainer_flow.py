@@ -56,9 +56,14 @@ def test_trainer_killed_after_a_save_resumes_bit_identical(world):
     assert all({"global_step", "epoch", "loss"} <= set(s[1]) for s in straight["saves"])
 
     # Each save writes the Trainer's new checkpoint-N folder, not the older ones again;
-    # re-saving the unchanged folder writes almost nothing.
+    # re-saving the unchanged folder writes almost nothing. The two branches train the
+    # same bytes and share the blob store, so whichever saves a checkpoint-N first
+    # writes it: together they write it at least once.
+    killed_written = {s[0]: s[3] for s in killed["saves"]}
     for step, _, _, written, newest in straight["saves"][1:]:
-        assert newest < written < newest * 1.1 + 65536, (step, written, newest)
+        assert written < newest * 1.1 + 65536, (step, written, newest)
+        assert killed_written[step] < newest * 1.1 + 65536, (step, killed_written[step], newest)
+        assert written + killed_written[step] >= newest, (step, written, killed_written[step], newest)
     assert straight["resave_written"] < 4096
     assert killed["resave_written"] < 4096
 

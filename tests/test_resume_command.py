@@ -1,7 +1,6 @@
 """Metaflow's `resume`: a step that failed on every attempt continues from the origin run."""
 
 from conftest import TEST_FLOWS
-from s3_server import S3World, any_world, s3_server, s3_world  # noqa: F401  (fixtures)
 
 RESULT = """
 import json
@@ -25,18 +24,18 @@ def _variant(write_flow, flow_name, decorator):
     return write_flow(source, "%s.py" % flow_name.lower())
 
 
-def test_resume_continues_a_step_that_failed_on_every_attempt(any_world, write_flow):
-    world = any_world  # local disk, then S3
+def test_resume_continues_a_step_that_failed_on_every_attempt(world, write_flow):
     # The reference: the same training, never failing, never resuming.
     reference = _variant(write_flow, "ReferenceFlow", '@checkpoint(load_policy="none")')
     world.run_flow(reference)
     uninterrupted = world.python(RESULT % ("ReferenceFlow", world.latest_run_id("ReferenceFlow")))
     assert uninterrupted["started_at"] == 0
 
-    # The default policy and eager (a flow of its own, so eager sees only its own runs);
-    # on S3 the default policy only: the resume rule is the same code on every store.
+    # The default policy and eager (a flow of its own, so eager sees only its own runs).
+    # On local disk only: the origin run's task is found by the listing test_eager.py's
+    # eager-on-S3 flow goes through.
     policies = [("FreshResumeFlow", "@checkpoint"), ("EagerResumeFlow", '@checkpoint(load_policy="eager")')]
-    for flow_name, decorator in policies[: 1 if isinstance(world, S3World) else 2]:
+    for flow_name, decorator in policies:
         flow = _variant(write_flow, flow_name, decorator)
         clean_env, world.env = world.env, dict(world.env, FAIL_AT_EPOCH="3")
         failed = world.run_flow(flow, check=False)

@@ -3,7 +3,6 @@
 import torch
 
 from conftest import TEST_FLOWS
-from s3_server import any_world, s3_server, s3_world  # noqa: F401  (fixtures)
 
 FLOW = TEST_FLOWS / "worker_saves_flow.py"
 
@@ -35,8 +34,7 @@ def expected_weights(rank, epochs=4):
     return weights
 
 
-def test_workers_save_list_and_resume_their_own_checkpoints(any_world):
-    world = any_world  # local disk, then S3
+def test_workers_save_list_and_resume_their_own_checkpoints(world):
     proc = world.run_flow(FLOW, "--crash-after", "2")
     assert "the step dies after epoch 2" in proc.stdout
     result = world.python(RESULT % world.latest_run_id("WorkerSavesFlow"))

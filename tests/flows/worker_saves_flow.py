@@ -1,6 +1,9 @@
 """A step that launches two worker processes which checkpoint through Checkpoint().
 
     python worker_saves_flow.py run --crash-after 2   # the step fails after epoch 2 once
+
+The workers run side by side for the whole training, as torchrun's do: each resumes
+its own newest checkpoint and saves after every epoch.
 """
 
 import os
@@ -24,11 +27,15 @@ class WorkerSavesFlow(FlowSpec):
     @checkpoint
     @step
     def train(self):
-        for epoch in range(self.epochs):
-            for rank in (0, 1):  # two workers, each its own process, like torchrun's
-                subprocess.run([sys.executable, WORKER, str(rank), str(epoch)], check=True)
-            if epoch + 1 == self.crash_after and current.retry_count == 0:
-                raise RuntimeError("the step dies after epoch %d" % (epoch + 1))
+        stop_after = self.crash_after if current.retry_count == 0 else 0
+        workers = [
+            subprocess.Popen([sys.executable, WORKER, str(rank), str(self.epochs), str(stop_after)])
+            for rank in (0, 1)
+        ]
+        if any(worker.wait() != 0 for worker in workers):
+            raise RuntimeError("a worker failed")
+        if stop_after:
+            raise RuntimeError("the step dies after epoch %d" % stop_after)
         self.seen_by_step = sorted({a.name for a in current.checkpoint.list()})
         self.next(self.end)
 

@@ -1,7 +1,13 @@
-"""Opt-in: trusting torch's version counters to skip storages that did not change.
+"""What changed since the previous save: the guess that picks a chunk's write path, and,
+opt-in, trusting torch's version counters to skip storages that did not change.
 
-Off by default, because it is not sound for every way of writing a tensor: torch counts
-in-place writes in ``tensor._version``, but writes through ``tensor.data`` (common in EMA
+``WriteHistory`` (always on) remembers each chunk of the previous save: a chunk that
+probably changed is hashed and written in one pass; one that probably did not is hashed
+first and written only if missing. Both paths store the same bytes.
+
+Trusting version counters (``ChangeTracker``) is off by default, because it is not sound
+for every way of writing a tensor:
+torch counts in-place writes in ``tensor._version``, but writes through ``tensor.data`` (common in EMA
 code), a numpy view or ``out=`` of some kernels do not bump it. By default every save
 hashes every storage, and content addressing still writes only what changed.
 
@@ -16,9 +22,9 @@ hold stale bytes. That is the hazard this mode trades for speed.
 import sys
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .layout import CHUNK_BYTES, SMALL_BYTES
+from .layout import PlannedBlob, chunk_bounds, is_chunked
 from .tensors import StorageSpec
 from .notices import warn
 
@@ -52,15 +58,45 @@ class _Entry:
 
 
 def fingerprint(data: memoryview) -> Tuple[str, ...]:
-    """Content hashes of a tensor's bytes, chunked like layout.py cuts large buffers."""
+    """Content hashes of a tensor's bytes, chunked as layout.py cuts them."""
     from .hashing import content_hash
 
     view = memoryview(data).cast("B")
-    if len(view) < SMALL_BYTES:
-        return (content_hash([view]),)
-    return tuple(
-        content_hash([view[i : i + CHUNK_BYTES]]) for i in range(0, len(view), CHUNK_BYTES)
-    )
+    return tuple(content_hash([view[start:end]]) for start, end in chunk_bounds(len(view)))
+
+
+def fingerprint_of_stored(blob_digests: Sequence[str], data: memoryview) -> Tuple[str, ...]:
+    """The fingerprint of bytes just stored in ``blob_digests``: a chunked buffer's chunks
+    are blobs of their own, named by their content hash; a packed one is hashed."""
+    if is_chunked(len(data)):
+        return tuple(blob_digests)
+    return fingerprint(data)
+
+
+class WriteHistory:
+    """Per task: each chunk of the previous save (its source version, and whether it was
+    stored already), to guess whether a chunk changed since."""
+
+    def __init__(self):
+        self._previous: Dict[tuple, Tuple[Optional[int], bool]] = {}
+
+    def probably_changed(self, blob: PlannedBlob) -> bool:
+        if blob.slot is None:
+            return False  # packed small buffers: hashing first is cheap
+        previous = self._previous.get(blob.slot)
+        if previous is None:
+            return True
+        version, was_unchanged = previous
+        if blob.version is not None and version is not None:
+            return blob.version != version
+        return not was_unchanged
+
+    def remember(self, blobs: Sequence[PlannedBlob], written: Sequence[bool]) -> None:
+        self._previous = {
+            blob.slot: (blob.version, not wrote)
+            for blob, wrote in zip(blobs, written)
+            if blob.slot is not None
+        }
 
 
 def observe(obj: Any, spec: StorageSpec) -> Optional[Observation]:

@@ -18,12 +18,26 @@ SMALL_BYTES = 1024 * 1024
 PACK_BYTES = 4 * 1024 * 1024
 
 
+def is_chunked(nbytes: int) -> bool:
+    """Whether a buffer of ``nbytes`` is cut into chunk blobs of its own (else it is
+    packed with other small buffers)."""
+    return nbytes >= SMALL_BYTES
+
+
+def chunk_bounds(nbytes: int) -> List[Tuple[int, int]]:
+    """``(start, end)`` of each chunk a buffer of ``nbytes`` is cut into; one piece for a
+    small buffer."""
+    if not is_chunked(nbytes):
+        return [(0, nbytes)]
+    return [(start, min(start + CHUNK_BYTES, nbytes)) for start in range(0, nbytes, CHUNK_BYTES)]
+
+
 @dataclass
 class PlannedBlob:
     parts: List[memoryview] = field(default_factory=list)
     size: int = 0
-    #: For a chunk of a large buffer: ((source identity, offset), source version). The
-    #: store uses it to guess whether the chunk changed since the previous save.
+    #: For a chunk of a large buffer: ((source identity, offset), source version), from
+    #: which change_tracking.WriteHistory guesses whether the chunk changed.
     slot: Optional[Tuple[Hashable, int]] = None
     version: Optional[int] = None
 
@@ -60,7 +74,7 @@ def plan_blobs(
         view = memoryview(buffer).cast("B")
         if len(view) == 0:
             extents.append([])
-        elif len(view) < SMALL_BYTES:
+        elif not is_chunked(len(view)):
             if (
                 pack_index is None
                 or group != pack_group
@@ -72,8 +86,8 @@ def plan_blobs(
             extents.append([(pack_index, offset, len(view))])
         else:
             own = []
-            for start in range(0, len(view), CHUNK_BYTES):
-                chunk = view[start : start + CHUNK_BYTES]
+            for start, end in chunk_bounds(len(view)):
+                chunk = view[start:end]
                 slot = None if source is None else (source[0], start)
                 version = None if source is None else source[1]
                 blobs.append(PlannedBlob([chunk], len(chunk), slot, version))

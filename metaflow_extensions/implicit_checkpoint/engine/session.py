@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .artifact import CheckpointArtifact, Reference, key_of
-from .change_tracking import ChangeTracker
+from .change_tracking import ChangeTracker, WriteHistory
 from .directory import scan_folder
 from .errors import CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
@@ -128,6 +128,7 @@ class CheckpointSession:
         self._saved: List[CheckpointArtifact] = []
         self._options = options
         self._tracker = ChangeTracker() if options.track_changes else None
+        self._write_history = WriteHistory()
         self._staging: Optional[StagingArea] = None
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
@@ -346,7 +347,9 @@ class CheckpointSession:
         try:
             commit = self._gang.commit if self._gang is not None else None
             with self._store.save_lease(prepared.key):
-                manifest = commit_save(self._store, prepared, self._tracker, commit)
+                manifest = commit_save(
+                    self._store, prepared, self._tracker, commit, self._write_history
+                )
         except ReusedBlobDamaged:
             # A reused blob is gone or damaged: the next save stores every tensor anew.
             if self._tracker is not None:

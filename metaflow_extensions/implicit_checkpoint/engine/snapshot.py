@@ -18,13 +18,21 @@ the fields are loaded, and put in place after.
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
-from .change_tracking import ChangeTracker, Location, Observation, fingerprint, observe
+from .change_tracking import (
+    ChangeTracker,
+    Location,
+    Observation,
+    WriteHistory,
+    fingerprint,
+    fingerprint_of_stored,
+    observe,
+)
 from .codecs import EncodedGraph, GraphBuilder, GraphEncoder, GraphReader, Ref, plain_preview
 from .directory import FileEntry, FolderRestore, FolderScan, capture_files
 from .errors import CheckpointCorrupted, CheckpointException
 from .format_v1 import apply_v1, load_v1
 from .keys import CheckpointKey
-from .layout import SMALL_BYTES, PlannedBlob, plan_blobs
+from .layout import PlannedBlob, plan_blobs
 from .manifest import FORMAT_VERSION, STORAGE, utc_now_iso
 from .restore import apply_restore, build_values, live_value, plan_restore
 from .staging import StagingArea
@@ -69,37 +77,96 @@ def prepare_save(
     storages' live memory is referenced until ``commit_save`` and the files are read
     into memory of their own."""
     graph = GraphEncoder(key.step).encode(fields, rng_state)
+    by_change = _sort_by_change(graph, tracker)
+    files = folder.files if folder is not None else []
+    captured = _capture(graph, by_change.changed, files, staging)
+    manifest = _describe(key, graph, fields, metadata, parent, rng_state, folder, captured.files)
+    manifest.update(extra or {})
+    return PreparedSave(
+        key,
+        manifest,
+        graph,
+        captured.storages,
+        by_change.reused,
+        by_change.verify,
+        by_change.observations,
+        captured.staged,
+        captured.keepalive,
+        captured.files,
+    )
+
+
+@dataclass
+class _ByChange:
+    """The storages of a graph sorted by what the change tracker knows of them."""
+
+    changed: List[int] = field(default_factory=list)  # to capture and store
+    reused: Dict[int, Location] = field(default_factory=dict)  # unchanged, already stored
+    verify: List[int] = field(default_factory=list)  # reused, to re-hash before trusting
+    observations: Dict[int, Observation] = field(default_factory=dict)
+
+
+def _sort_by_change(graph: EncodedGraph, tracker: Optional[ChangeTracker]) -> _ByChange:
+    """Without (enabled) change tracking every storage counts as changed."""
     table = graph.table
-    observations, reused, verify, changed_indices = {}, {}, [], []
+    result = _ByChange()
     for index, (source, spec) in enumerate(zip(table.sources, table.specs)):
         seen = observe(source, spec) if tracker is not None and tracker.enabled else None
         if seen is not None:
-            observations[index] = seen
+            result.observations[index] = seen
         known = tracker.unchanged(source, seen) if seen is not None else None
         if known is None:
-            changed_indices.append(index)
+            result.changed.append(index)
             continue
-        reused[index] = known[0]
+        result.reused[index] = known[0]
         if known[1]:
-            verify.append(index)
-    keepalive = []
-    files = folder.files if folder is not None else []
-    changed_bytes = sum(table.specs[i].nbytes for i in changed_indices) + sum(f.size for f in files)
-    staged = staging is not None and staging.fits(changed_bytes)
-    if staged:
-        views = staging.stage(
-            [table.flat(i) for i in changed_indices] + files,
-            [table.specs[i].nbytes for i in changed_indices] + [f.size for f in files],
-        )
-        changed = dict(zip(changed_indices, views))
-        captured = [(f, v) for f, v in zip(files, views[len(changed_indices) :]) if v is not None]
-    else:
-        changed = {}
-        for index in changed_indices:
-            changed[index], holder = to_raw(table.flat(index))
-            keepalive.append(holder)
-        captured = capture_files(files)
+            result.verify.append(index)
+    return result
 
+
+@dataclass
+class _Captured:
+    storages: Dict[int, memoryview]  # storage index -> its bytes (live view or staged copy)
+    files: List[Tuple[FileEntry, memoryview]]  # the folder's files that could be read
+    staged: bool
+    keepalive: List[Any]
+
+
+def _capture(
+    graph: EncodedGraph,
+    changed: List[int],
+    files: List[FileEntry],
+    staging: Optional[StagingArea],
+) -> _Captured:
+    """Copy the changed storages and the files into ``staging`` when they fit in its
+    budget; else reference the storages' live memory and read the files."""
+    table = graph.table
+    changed_bytes = sum(table.specs[i].nbytes for i in changed) + sum(f.size for f in files)
+    if staging is not None and staging.fits(changed_bytes):
+        views = staging.stage(
+            [table.flat(i) for i in changed] + files,
+            [table.specs[i].nbytes for i in changed] + [f.size for f in files],
+        )
+        read = [(f, v) for f, v in zip(files, views[len(changed) :]) if v is not None]
+        return _Captured(dict(zip(changed, views)), read, True, [])
+    storages, keepalive = {}, []
+    for index in changed:
+        storages[index], holder = to_raw(table.flat(index))
+        keepalive.append(holder)
+    return _Captured(storages, capture_files(files), False, keepalive)
+
+
+def _describe(
+    key: CheckpointKey,
+    graph: EncodedGraph,
+    fields: Mapping[str, Any],
+    metadata: Dict[str, Any],
+    parent: Optional[str],
+    rng_state: Optional[Dict[str, Any]],
+    folder: Optional[FolderScan],
+    read_files: List[Tuple[FileEntry, memoryview]],
+) -> dict:
+    """The manifest of a save, but for where its bytes are stored (commit_save adds it)."""
     manifest = {
         "format_version": FORMAT_VERSION,
         "key": str(key),
@@ -119,15 +186,12 @@ def prepare_save(
         "size": _field_data_size(graph),
     }
     if folder is not None:
-        read = {id(f) for f, _ in captured}
+        read = {id(f) for f, _ in read_files}
         manifest["files"] = {
             e.rel: e.public() for e in folder.entries if e.symlink is not None or id(e) in read
         }
         manifest["directories"] = folder.folders
-    manifest.update(extra or {})
-    return PreparedSave(
-        key, manifest, graph, changed, reused, verify, observations, staged, keepalive, captured
-    )
+    return manifest
 
 
 def commit_save(
@@ -135,8 +199,11 @@ def commit_save(
     prepared: PreparedSave,
     tracker: Optional[ChangeTracker] = None,
     commit: Optional[Callable[[CheckpointKey, dict], dict]] = None,
+    history: Optional[WriteHistory] = None,
 ) -> dict:
     """Hash and write what is not stored yet, commit the manifest, update the tracker.
+
+    ``history``: the task's chunks of its previous save, to pick each chunk's write path.
 
     ``commit`` writes the finished manifest and returns the committed one; the default
     is ``store.commit``. A node of a gang commits its part and gets the global manifest.
@@ -158,7 +225,12 @@ def commit_save(
         # A blob of its own: every load reads it first, and alone.
         blobs.append(PlannedBlob([memoryview(graph.document)], len(graph.document)))
         extents.append([(len(blobs) - 1, 0, len(graph.document))])
-    hashes, bytes_written = store.put_blobs(prepared.key.flow, blobs)
+    history = history if history is not None else WriteHistory()
+    hashes, written = store.put_blobs(
+        prepared.key.flow, blobs, [history.probably_changed(blob) for blob in blobs]
+    )
+    history.remember(blobs, written)
+    bytes_written = sum(blob.size for blob, wrote in zip(blobs, written) if wrote)
     blob_sizes = {digest: blob.size for digest, blob in zip(hashes, blobs)}
 
     def located(buffer_index: int) -> list:
@@ -170,7 +242,7 @@ def commit_save(
         locations[index] = Location(
             tuple(map(tuple, where)),
             tuple((digest, blob_sizes[digest]) for digest, _, _ in where),
-            _fingerprint_of_written(where, changed[index]),
+            fingerprint_of_stored([digest for digest, _, _ in where], changed[index]),
         )
     for location in reused.values():
         blob_sizes.update(location.blob_sizes)
@@ -231,12 +303,6 @@ def _verify_reused(prepared: PreparedSave, changed: dict, reused: dict, tracker)
                 ".data or a numpy view?); its current bytes are saved"
                 % (table.specs[index].describe(), prepared.key)
             )
-
-
-def _fingerprint_of_written(extents: list, data: memoryview) -> tuple:
-    if len(data) >= SMALL_BYTES:
-        return tuple(digest for digest, _, _ in extents)  # one whole blob per chunk
-    return fingerprint(data)
 
 
 def _field_data_size(graph: EncodedGraph) -> int:

@@ -77,8 +77,6 @@ class CheckpointStore:
         self._checked_blobs: Dict[str, Tuple[Optional[frozenset], set]] = {}
         self._lease = threading.local()
         self._deleters: Dict[str, Marker] = {}  # flow -> the deleter marker held on it
-        # Per chunk slot of the previous save: (source version, was it already stored?)
-        self._previous_slots: Dict[tuple, Tuple[Optional[int], bool]] = {}
         self._manifest_cache: Dict[str, dict] = {}
         self._noted = set()  # per-run notes this process has written
 
@@ -170,19 +168,20 @@ class CheckpointStore:
 
     # -- blobs -----------------------------------------------------------------------
 
-    def put_blobs(self, flow: str, blobs: Sequence[PlannedBlob]) -> Tuple[List[str], int]:
-        """Hash and store ``blobs`` (skipping ones stored intact); return hashes, bytes written.
+    def put_blobs(
+        self, flow: str, blobs: Sequence[PlannedBlob], one_pass: Sequence[bool]
+    ) -> Tuple[List[str], List[bool]]:
+        """Hash and store ``blobs`` (skipping ones stored intact); return their hashes and,
+        per blob, whether it was written.
 
-        A chunk that probably changed since the previous save (or is new) is hashed
-        and written in one pass. The others are hashed first; those not checked in this
-        deletion epoch are checked (present, right size) in one batched call, and only
-        missing or damaged ones are written. The guess only picks the faster path: both
-        store the same bytes.
+        A blob marked ``one_pass`` (it probably changed) is hashed and written in one
+        pass. The others are hashed first; those not checked in this deletion epoch are
+        checked (present, right size) in one batched call, and only missing or damaged
+        ones are written. Both paths store the same bytes.
         """
         blobs = list(blobs)
         checked_set = self._checked(flow)
         temp_prefix = self._temp_prefix(flow)
-        one_pass = [self._probably_changed(blob) for blob in blobs]
         checked = [i for i, fast in enumerate(one_pass) if not fast]
         digests: List[Optional[str]] = [None] * len(blobs)
         for i, digest in zip(checked, self._pool.map(lambda i: content_hash(blobs[i].parts), checked)):
@@ -210,15 +209,7 @@ class CheckpointStore:
             return digest, written
 
         results = self._guarded(flow, lambda: self._pool.map(write, range(len(blobs))))
-        self._previous_slots = {
-            blob.slot: (blob.version, not written)
-            for blob, (_, written) in zip(blobs, results)
-            if blob.slot is not None
-        }
-        return (
-            [digest for digest, _ in results],
-            sum(blob.size for blob, (_, written) in zip(blobs, results) if written),
-        )
+        return [digest for digest, _ in results], [written for _, written in results]
 
     def _check_sizes(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
         """Check, in one batched call, the blobs not checked yet in this deletion epoch;
@@ -263,17 +254,6 @@ class CheckpointStore:
                 "Could not store checkpoint data in %s: %s: %s"
                 % (self.backend.describe(self._blob_dir(flow)), type(ex).__name__, ex)
             ) from ex
-
-    def _probably_changed(self, blob: PlannedBlob) -> bool:
-        if blob.slot is None:
-            return False
-        previous = self._previous_slots.get(blob.slot)
-        if previous is None:
-            return True
-        version, was_unchanged = previous
-        if blob.version is not None and version is not None:
-            return blob.version != version
-        return not was_unchanged
 
     def read_blobs(self, flow: str, reads: Sequence[BlobRead], key: str) -> None:
         """Read each blob into its targets, verifying its hash. Raises CheckpointCorrupted."""
