@@ -133,6 +133,40 @@ def test_a_gang_save_is_one_checkpoint_with_a_part_per_node(gang_root):
         session.finish()
 
 
+def test_background_gang_saves_commit_one_global_checkpoint_each(gang_root):
+    """save(blocking=False) on every node: each node's part is written in the background
+    and the global checkpoint commits when the slower node's part is in."""
+    states = node_states()
+    sessions = [node_session(gang_root, node, states[node]) for node in range(2)]
+    expected = []
+    for step in (1, 2, 3):
+        for state in states:
+            state.step = step
+            state.shard += 1
+        # Neither node waits for the other to return from save(): both go on at once.
+        for session in sessions:
+            session.save(metadata={"step": step}, blocking=False)
+        expected.append([state.shard.clone() for state in states])
+        for state in states:
+            state.shard += 100  # training goes on while the parts are written
+    for session in sessions:
+        session.wait()
+    listed = [session.list() for session in sessions]
+    assert [a.metadata["step"] for a in listed[0]] == [1, 2, 3]
+    assert [a.key for a in listed[0]] == [a.key for a in listed[1]]
+    for session in sessions:
+        session.finish()
+
+    for version, artifact in enumerate(listed[0]):
+        for node in range(2):
+            loaded = State()
+            reader = node_session(gang_root, node, loaded, attempt=1)
+            reader.load(artifact)
+            assert torch.equal(loaded.shard, expected[version][node])
+            assert loaded.step == version + 1
+            reader.finish()
+
+
 def test_a_node_whose_peer_never_saves_fails_after_the_gang_timeout(tmp_path):
     states = node_states()
     node0 = node_session(tmp_path, 0, states[0], timeout=1.0)

@@ -3,7 +3,7 @@ values, background saves, keep_last=2) while another runs gc with a 2 s grace in
 The savers load their newest checkpoint now and then while it runs; afterwards every
 committed checkpoint loads bit-exact, and again after a last gc with no grace.
 
-METAFLOW_CHECKPOINT_STRESS_SECONDS sets how long the processes run (default 20 s per
+METAFLOW_CHECKPOINT_STRESS_SECONDS sets how long the processes run (default 10 s per
 backend); run longer by hand, e.g. 120.
 """
 
@@ -18,7 +18,7 @@ from engine_helpers import State, make_session
 from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
 from stress_process import check_loaded, store_for
 
-SECONDS = float(os.environ.get("METAFLOW_CHECKPOINT_STRESS_SECONDS", "20"))
+SECONDS = float(os.environ.get("METAFLOW_CHECKPOINT_STRESS_SECONDS", "10"))
 SAVERS = 3
 HERE = Path(__file__).parent
 

@@ -2,19 +2,28 @@
 
 from conftest import TEST_FLOWS
 
-RESULT = """
-import json
+RESULTS = """
+import json, sys
+sys.path.insert(0, %r)
+from resume_command_flow import EPOCHS, digest_of, new_training, train_one_epoch
 from metaflow import Checkpoint, Flow, namespace
 namespace(None)
-run = Flow(%r)[%r]
-task = run["train"].task
-newest = Checkpoint().list(task=task)[-1]
-print(json.dumps({
-    "digest": task.data.digest,
-    "started_at": task.data.started_at,
-    "resumed_from": getattr(task.data, "resumed_from", None),
-    "parent": Checkpoint().inspect(newest)["parent"],
-}))
+
+# The reference: the same training, never failing, never resuming, outside Metaflow.
+data, target, model, optimizer = new_training()
+for _ in range(EPOCHS):
+    train_one_epoch(data, target, model, optimizer)
+out = {"reference": digest_of(model)}
+for flow_name, run_id in %r:
+    task = Flow(flow_name)[run_id]["train"].task
+    newest = Checkpoint().list(task=task)[-1]
+    out[flow_name] = {
+        "digest": task.data.digest,
+        "started_at": task.data.started_at,
+        "resumed_from": getattr(task.data, "resumed_from", None),
+        "parent": Checkpoint().inspect(newest)["parent"],
+    }
+print(json.dumps(out))
 """
 
 
@@ -25,16 +34,11 @@ def _variant(write_flow, flow_name, decorator):
 
 
 def test_resume_continues_a_step_that_failed_on_every_attempt(world, write_flow):
-    # The reference: the same training, never failing, never resuming.
-    reference = _variant(write_flow, "ReferenceFlow", '@checkpoint(load_policy="none")')
-    world.run_flow(reference)
-    uninterrupted = world.python(RESULT % ("ReferenceFlow", world.latest_run_id("ReferenceFlow")))
-    assert uninterrupted["started_at"] == 0
-
     # The default policy and eager (a flow of its own, so eager sees only its own runs).
     # On local disk only: the origin run's task is found by the listing test_eager.py's
     # eager-on-S3 flow goes through.
     policies = [("FreshResumeFlow", "@checkpoint"), ("EagerResumeFlow", '@checkpoint(load_policy="eager")')]
+    runs = []
     for flow_name, decorator in policies:
         flow = _variant(write_flow, flow_name, decorator)
         clean_env, world.env = world.env, dict(world.env, FAIL_AT_EPOCH="3")
@@ -46,7 +50,11 @@ def test_resume_continues_a_step_that_failed_on_every_attempt(world, write_flow)
         world.command(flow, "resume")  # the bug is fixed: FAIL_AT_EPOCH is gone
         resumed = world.latest_run_id(flow_name)
         assert resumed != origin
-        after_resume = world.python(RESULT % (flow_name, resumed))
+        runs.append((flow_name, origin, resumed))
+
+    results = world.python(RESULTS % (str(TEST_FLOWS), [(name, resumed) for name, _, resumed in runs]))
+    for flow_name, origin, _ in runs:
+        after_resume = results[flow_name]
         # The re-executed step went on from epoch 3 of the origin run's task...
         assert after_resume["started_at"] == 3, flow_name
         assert after_resume["resumed_from"].startswith("%s/%s/train/" % (flow_name, origin))
@@ -54,4 +62,4 @@ def test_resume_continues_a_step_that_failed_on_every_attempt(world, write_flow)
         # ...the lineage records the cross-run parent...
         assert after_resume["parent"] == after_resume["resumed_from"]
         # ...and it ended where a run that never failed ends.
-        assert after_resume["digest"] == uninterrupted["digest"], flow_name
+        assert after_resume["digest"] == results["reference"], flow_name

@@ -11,6 +11,8 @@ import torch
 
 from metaflow import FlowSpec, checkpoint, current, retry, step
 
+EPOCHS = 6
+
 
 class TinyNet(torch.nn.Module):
     def __init__(self):
@@ -19,6 +21,29 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         return self.body(x)
+
+
+def new_training():
+    """The data, the model and its optimizer, as every attempt starts them."""
+    torch.manual_seed(0)
+    data = torch.randn(128, 8, generator=torch.Generator().manual_seed(1))
+    target = (data.sum(1) > 0).long()
+    model = TinyNet()
+    return data, target, model, torch.optim.Adam(model.parameters(), lr=0.01)
+
+
+def train_one_epoch(data, target, model, optimizer):
+    for batch in torch.randperm(128).split(32):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(data[batch]), target[batch]).backward()
+        optimizer.step()
+
+
+def digest_of(model):
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
 
 
 class ResumeCommandFlow(FlowSpec):
@@ -30,11 +55,7 @@ class ResumeCommandFlow(FlowSpec):
     @checkpoint
     @step
     def train(self):
-        torch.manual_seed(0)
-        data = torch.randn(128, 8, generator=torch.Generator().manual_seed(1))
-        target = (data.sum(1) > 0).long()
-        self.model = TinyNet()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.01)
+        data, target, self.model, self.optimizer = new_training()
         self.epoch = 0
         self.started_at = None
         if current.checkpoint.is_loaded:
@@ -42,19 +63,13 @@ class ResumeCommandFlow(FlowSpec):
             self.resumed_from = resumed.key
         self.started_at = self.epoch
         fail_at = int(os.environ.get("FAIL_AT_EPOCH", "-1"))
-        while self.epoch < 6:
+        while self.epoch < EPOCHS:
             if self.epoch == fail_at:
                 raise RuntimeError("a bug at epoch %d" % fail_at)
-            for batch in torch.randperm(128).split(32):
-                self.optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(self.model(data[batch]), target[batch]).backward()
-                self.optimizer.step()
+            train_one_epoch(data, target, self.model, self.optimizer)
             self.epoch += 1
             current.checkpoint.save()
-        digest = hashlib.sha256()
-        for name, tensor in sorted(self.model.state_dict().items()):
-            digest.update(tensor.numpy().tobytes())
-        self.digest = digest.hexdigest()
+        self.digest = digest_of(self.model)
         self.next(self.end)
 
     @step
