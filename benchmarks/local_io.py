@@ -65,7 +65,7 @@ def stored_blob_files(root: Path, artifact) -> list:
     key = CheckpointKey.parse(artifact.key)
     manifest = store.read_manifest(key)
     flow = key.flow
-    return [store.backend.describe(store.blob_path(flow, digest)) for digest in manifest["storage"]["blobs"]]
+    return [store.backend.describe(store.blob_path(flow, digest)) for digest in manifest.storage.blobs]
 
 
 #: What torch 2.13's FileSystemWriter does (read in torch/distributed/checkpoint/filesystem.py).

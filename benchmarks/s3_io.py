@@ -64,7 +64,7 @@ def _ours(rounds: Rounds, endpoint: str, state: dict) -> list:
     resumed = make_session(_store(endpoint, root), holder, attempt=2)
     add("ours re-save, unchanged, new process", timed(resumed.save))
     manifest = _store(endpoint, root).read_manifest(CheckpointKey.parse(first.key))
-    return list(manifest["storage"]["blobs"].values())
+    return list(manifest.storage.blobs.values())
 
 
 def _same_objects(rounds: Rounds, endpoint: str, sizes: list) -> None:

@@ -11,7 +11,6 @@ from metaflow_extensions.implicit_checkpoint.engine.directory import FolderResto
 from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointCorrupted, CheckpointException
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 from metaflow_extensions.implicit_checkpoint.engine.layout import CHUNK_BYTES
-from metaflow_extensions.implicit_checkpoint.engine.manifest import STORAGE
 from metaflow_extensions.implicit_checkpoint.engine.session import (
     AttributeSource,
     CheckpointSession,
@@ -76,8 +75,8 @@ def test_a_damaged_file_blob_fails_the_load_and_leaves_the_folder_alone(tmp_path
     store = local_store(tmp_path / "store")
     session = folder_session(store, folder)
     artifact = session.save()
-    storage = store.read_manifest(CheckpointKey.parse(artifact.key))[STORAGE]
-    (digest, _, _), = storage["files"]["model.bin"]
+    storage = store.read_manifest(CheckpointKey.parse(artifact.key)).storage
+    (digest, _, _), = storage.files["model.bin"]
     with open(tmp_path / "store" / store.blob_path("UnitFlow", digest), "r+b") as f:
         f.write(b"X")
     write(folder, "model.bin", "what the step has now")
@@ -114,7 +113,7 @@ def test_a_large_file_is_chunked_and_only_the_changed_chunk_is_written(tmp_path)
     store = local_store(tmp_path / "store")
     session = folder_session(store, folder)
     first = session.save()
-    assert len(store.read_manifest(CheckpointKey.parse(first.key))[STORAGE]["files"]["big.bin"]) == 2
+    assert len(store.read_manifest(CheckpointKey.parse(first.key)).storage.files["big.bin"]) == 2
     with open(folder / "big.bin", "r+b") as f:
         f.seek(CHUNK_BYTES + 10)
         f.write(b"\2")

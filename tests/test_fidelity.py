@@ -428,7 +428,7 @@ def test_checkpoints_of_format_1_still_load(tmp_path):
     expected = torch.load(root / "expected.pt")
     store = CheckpointStore(CountingBackend(str(root)))
     key = "OldFlow/1/train/1/0/checkpoint/1"
-    assert store.read_manifest(CheckpointKey.parse(key))["format_version"] == 1
+    assert store.read_manifest(CheckpointKey.parse(key)).format_version == 1
     live = State()
     live.model = torch.nn.Linear(4, 3)
     model = live.model

@@ -18,7 +18,6 @@ from metaflow_extensions.implicit_checkpoint.engine import locks
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
 from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
-from metaflow_extensions.implicit_checkpoint.engine.manifest import STORAGE
 from metaflow_extensions.implicit_checkpoint.engine.retention import RetentionPolicy
 from metaflow_extensions.implicit_checkpoint.engine.session import SessionOptions
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
@@ -34,7 +33,7 @@ def age_files(root, seconds):
 
 
 def blobs_of(store, artifact) -> set:
-    return set(store.read_manifest(CheckpointKey.parse(artifact.key))[STORAGE]["blobs"])
+    return set(store.read_manifest(CheckpointKey.parse(artifact.key)).storage.blobs)
 
 
 def load_state(new_store, artifact) -> State:

@@ -1,6 +1,7 @@
 """Damaged data is never trusted: resume points, listing, dedup and verify check blobs."""
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from s3_server import s3_server  # noqa: F401  (fixture)
 from engine_helpers import State, local_store, make_session
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
-from metaflow_extensions.implicit_checkpoint.engine.manifest import STORAGE
+from metaflow_extensions.implicit_checkpoint.engine.manifest import StorageLayout
 from metaflow_extensions.implicit_checkpoint.engine.session import SessionOptions
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 from metaflow_extensions.implicit_checkpoint.engine.verify import verify_checkpoints
@@ -17,9 +18,9 @@ from metaflow_extensions.implicit_checkpoint.engine.verify import verify_checkpo
 
 def blob_file(root, store, artifact, only_in=None):
     """The path of a blob of ``artifact`` (one no checkpoint in ``only_in`` references)."""
-    blobs = set(store.read_manifest(CheckpointKey.parse(artifact.key))[STORAGE]["blobs"])
+    blobs = set(store.read_manifest(CheckpointKey.parse(artifact.key)).storage.blobs)
     for other in only_in or ():
-        blobs -= set(store.read_manifest(CheckpointKey.parse(other.key))[STORAGE]["blobs"])
+        blobs -= set(store.read_manifest(CheckpointKey.parse(other.key)).storage.blobs)
     digest = sorted(blobs)[0]
     return digest, os.path.join(root, store.blob_path("UnitFlow", digest))
 
@@ -79,7 +80,7 @@ def test_dedup_on_s3_rewrites_an_emptied_blob(s3_server):
     state.weights = np.arange(400_000.0)
     store = CheckpointStore(s3_server.backend(root))
     saved = make_session(store, state).save()
-    blobs = store.read_manifest(CheckpointKey.parse(saved.key))[STORAGE]["blobs"]
+    blobs = store.read_manifest(CheckpointKey.parse(saved.key)).storage.blobs
     (digest,) = [d for d, size in blobs.items() if size == 400_000 * 8]
     store.backend.write(store.blob_path("UnitFlow", digest), [b""], durable=True)
 
@@ -127,9 +128,9 @@ def test_a_frozen_tensor_whose_blob_was_repaired_away_is_stored_again(tmp_path):
     store = local_store(tmp_path)
     session = make_session(store, state, options=SessionOptions(track_changes=True))
     first = session.save()
-    storage = store.read_manifest(CheckpointKey.parse(first.key))[STORAGE]
-    (index,) = storage["fields"]["frozen"]["tensors"]
-    digest = storage["tensors"][index][-1][0][0]  # the frozen tensor's first blob
+    storage = store.read_manifest(CheckpointKey.parse(first.key)).storage
+    (index,) = storage.fields["frozen"]["tensors"]
+    digest = storage.tensors[index][-1][0][0]  # the frozen tensor's first blob
     path = os.path.join(tmp_path, store.blob_path("UnitFlow", digest))
     with open(path, "r+b") as f:
         f.write(b"\x00" * 16)
@@ -149,15 +150,14 @@ def test_blobs_are_traced_to_fields_in_the_object_graph_format_too():
     blob of its own when large) trace blobs to fields as well."""
     from metaflow_extensions.implicit_checkpoint.engine.integrity import fields_by_blob
 
-    manifest = {
-        STORAGE: {
-            "blobs": {"g": 2000, "t0": 100, "t1": 100, "r": 10},
-            "tensors": [["spec", [["t0", 0, 100]]], ["spec", [["t1", 0, 100]]], ["spec", [["r", 0, 10]]]],
-            "graph": [["g", 0, 2000]],
-            "fields": {"model": {"tensors": [0, 1]}, "step": {"tensors": []}},
-            "rng": {"tensors": [2]},
-        }
-    }
+    storage = StorageLayout(
+        blobs={"g": 2000, "t0": 100, "t1": 100, "r": 10},
+        tensors=[["spec", [["t0", 0, 100]]], ["spec", [["t1", 0, 100]]], ["spec", [["r", 0, 10]]]],
+        graph=[["g", 0, 2000]],
+        fields={"model": {"tensors": [0, 1]}, "step": {"tensors": []}},
+        rng={"tensors": [2]},
+    )
+    manifest = SimpleNamespace(storage=storage)
     assert fields_by_blob(manifest) == {
         "g": ["model", "step"], "t0": ["model"], "t1": ["model"], "r": ["<rng state>"],
     }

@@ -20,7 +20,7 @@ def empty_the_weights_blob(key: str) -> None:
     manifest = store.read_manifest(CheckpointKey.parse(key))
     for digest, fields in fields_by_blob(manifest).items():
         if fields == ["weights"]:
-            store.backend.write(store.blob_path(manifest["flow"], digest), [b""], durable=True)
+            store.backend.write(store.blob_path(manifest.flow, digest), [b""], durable=True)
 
 
 class DamagedBlobFlow(FlowSpec):

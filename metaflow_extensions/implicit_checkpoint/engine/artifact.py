@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Union
 
 from .errors import CheckpointException
 from .keys import CheckpointKey
-from .manifest import public_view
+from .manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,8 @@ class CheckpointArtifact:
         return self.pathspec.split("/")[3]
 
     @classmethod
-    def from_manifest(cls, manifest: Dict[str, Any]) -> "CheckpointArtifact":
-        public = public_view(manifest)
+    def from_manifest(cls, manifest: Manifest) -> "CheckpointArtifact":
+        public = manifest.public()
         return cls(
             key=public["key"],
             name=public["name"],

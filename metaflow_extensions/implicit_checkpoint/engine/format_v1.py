@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 
 from .errors import CheckpointException
+from .manifest import Manifest
 from .restore import live_value
 from .tensors import StorageBuffer, StorageSpec
 
@@ -24,23 +25,23 @@ RNG_FIELD = "<rng state>"
 
 
 def load_v1(
-    read_extents, manifest: dict, wanted: List[str], allow_pickle: bool, with_rng: bool
+    read_extents, manifest: Manifest, wanted: List[str], allow_pickle: bool, with_rng: bool
 ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """Values of ``wanted`` (and the RNG state); ``read_extents`` reads blob extents."""
-    storage = manifest["storage"]
-    stored = storage["fields"]
+    storage = manifest.storage
+    stored = storage.fields
     entries = {}
     for name in wanted:
         owner = stored[name].get("alias_of", name)
         entries[owner] = stored[owner]
-    if with_rng and storage.get("rng"):
-        entries[RNG_FIELD] = storage["rng"]
+    if with_rng and storage.rng:
+        entries[RNG_FIELD] = storage.rng
     tensors, requests = {}, []
     for entry in entries.values():
         for index in entry["tensors"]:
             if index not in tensors:
                 kind, dtype, shape, nbytes, device, parameter, requires_grad, extents = (
-                    storage["tensors"][index]
+                    storage.tensors[index]
                 )
                 buffer = StorageBuffer(StorageSpec(kind, nbytes, device))
                 view = [dtype, shape, _contiguous_strides(kind, dtype, shape), 0]
@@ -67,14 +68,14 @@ def load_v1(
         if entry["codec"] == "cloudpickle" and not allow_pickle:
             raise CheckpointException(
                 "Checkpoint %s (format 1): field %r was pickled, and load() was called with "
-                "allow_pickle=False." % (manifest["key"], name)
+                "allow_pickle=False." % (manifest.key, name)
             )
         try:
             values[name] = _decode(entry["codec"], bytes(payloads[name]), built)
         except Exception as ex:
             raise CheckpointException(
                 "Checkpoint %s (format 1): field %r could not be decoded (%s: %s)."
-                % (manifest["key"], name, type(ex).__name__, ex)
+                % (manifest.key, name, type(ex).__name__, ex)
             ) from ex
     rng_state = values.pop(RNG_FIELD, None)
     return {name: values[stored[name].get("alias_of", name)] for name in wanted}, rng_state

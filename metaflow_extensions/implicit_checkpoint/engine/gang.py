@@ -23,14 +23,14 @@ parts, so the others stop waiting too.
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 from .errors import CheckpointException
 from .integrity import fields_by_blob
 from .keys import CheckpointKey
 from .locks import RENEW
-from .manifest import STORAGE, utc_now_iso
+from .manifest import Manifest, StorageLayout, utc_now_iso
 from .store import ABORT
 
 #: Default of how long a node waits for the rest of its gang in one save (seconds).
@@ -132,11 +132,11 @@ class GangMember:
             self._store.end_node_marker(self._marker)
             self._marker = None
 
-    def commit(self, key: CheckpointKey, part: dict) -> dict:
+    def commit(self, key: CheckpointKey, part: Manifest) -> Manifest:
         """Write this node's part of checkpoint ``key``; return the global manifest once
         committed. Called under this node's save lease."""
         g = self.gang
-        part = dict(part, gang={"node": g.node_index, "num_nodes": g.num_nodes})
+        part = replace(part, gang={"node": g.node_index, "num_nodes": g.num_nodes})
         self._store.commit_part(key, g.node_index, part)
         watch = PeerWatch(self._store, key, g)
         try:
@@ -151,7 +151,7 @@ class GangMember:
             self._store.abort_gang_save(key, g.node_index, "node %d %s" % (g.node_index, ex.why))
             raise
 
-    def _wait_for_parts(self, key: CheckpointKey, own: dict, watch: PeerWatch) -> List[dict]:
+    def _wait_for_parts(self, key: CheckpointKey, own: Manifest, watch: PeerWatch) -> List[Manifest]:
         others = [n for n in range(self.gang.num_nodes) if n != self.gang.node_index]
 
         def done():
@@ -165,9 +165,10 @@ class GangMember:
         parts = {self.gang.node_index: own}
         for node in others:
             parts[node] = self._store.read_part(key, node)
-            if parts[node].get("gang", {}).get("num_nodes") != self.gang.num_nodes:
+            saved_by = (parts[node].gang or {}).get("num_nodes")
+            if saved_by != self.gang.num_nodes:
                 self._fail(key, "node %d saved as part of a gang of %r nodes, not %d" % (
-                    node, parts[node].get("gang", {}).get("num_nodes"), self.gang.num_nodes))
+                    node, saved_by, self.gang.num_nodes))
         return [parts[n] for n in range(self.gang.num_nodes)]
 
     def _wait_for_global(self, key: CheckpointKey, watch: PeerWatch) -> None:
@@ -212,46 +213,48 @@ class GangMember:
         )
 
 
-def global_manifest(parts: List[dict]) -> dict:
+def global_manifest(parts: List[Manifest]) -> Manifest:
     """The global manifest of a gang save from its parts (node order): node 0's public
     part (its fields and files are what the notebook client loads by default), totals
     over the parts, each part's fields (and files), and the blobs of them all."""
-    first = parts[0]
-    manifest = {k: v for k, v in first.items() if k not in (STORAGE, "gang")}
-    manifest["created_on"] = utc_now_iso()
-    for total in ("size", "bytes_written", "bytes_referenced"):
-        manifest[total] = sum(part[total] for part in parts)
     blobs: Dict[str, int] = {}
     blob_fields: Dict[str, List[str]] = {}
     for node, part in enumerate(parts):
-        blobs.update(part[STORAGE]["blobs"])
+        blobs.update(part.storage.blobs)
         for digest, names in fields_by_blob(part).items():
             held = blob_fields.setdefault(digest, [])
             held.extend("%s (node %d)" % (name, node) for name in names)
-    manifest["gang"] = {
+    gang = {
         "num_nodes": len(parts),
         "parts": [
             dict(
                 {
                     "node": node,
-                    "fields": part["fields"],
-                    "size": part["size"],
-                    "bytes_written": part["bytes_written"],
-                    "metadata": part["metadata"],
+                    "fields": part.fields,
+                    "size": part.size,
+                    "bytes_written": part.bytes_written,
+                    "metadata": part.metadata,
                 },
-                **({"files": part["files"]} if "files" in part else {}),
+                **({"files": part.files} if part.has_folder else {}),
             )
             for node, part in enumerate(parts)
         ],
     }
-    manifest[STORAGE] = {"blobs": blobs, "blob_fields": blob_fields}
-    return manifest
+    return replace(
+        parts[0],
+        created_on=utc_now_iso(),
+        size=sum(part.size for part in parts),
+        bytes_written=sum(part.bytes_written for part in parts),
+        bytes_referenced=sum(part.bytes_referenced for part in parts),
+        gang=gang,
+        storage=StorageLayout(blobs=blobs, blob_fields=blob_fields),
+    )
 
 
-def part_to_load(store, manifest: dict, node_index: Optional[int]) -> dict:
+def part_to_load(store, manifest: Manifest, node_index: Optional[int]) -> Manifest:
     """The manifest whose fields a node loads: the checkpoint itself, or for a gang
     checkpoint the part of ``node_index`` (None: node 0's)."""
-    gang = manifest.get("gang")
+    gang = manifest.gang
     if gang is None:
         return manifest
     node = 0 if node_index is None else node_index
@@ -259,13 +262,13 @@ def part_to_load(store, manifest: dict, node_index: Optional[int]) -> dict:
         raise CheckpointException(
             "Checkpoint %s was saved by a gang of %d nodes; node %d has no part of it%s."
             % (
-                manifest["key"],
+                manifest.key,
                 gang["num_nodes"],
                 node,
                 " (did the gang grow since?)" if node >= gang["num_nodes"] else "",
             )
         )
-    return store.read_part(CheckpointKey.parse(manifest["key"]), node)
+    return store.read_part(CheckpointKey.parse(manifest.key), node)
 
 
 def _nodes(nodes: Sequence[int]) -> str:

@@ -16,7 +16,6 @@ from typing import Callable, Dict, List, Set
 
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .locks import StoreBusy
-from .manifest import STORAGE
 from .store import CheckpointStore
 from .notices import warn
 
@@ -106,7 +105,7 @@ def _read_references(store, flow, references: Dict[str, Set[str]], report: GcRep
         if text in references:
             continue
         try:
-            references[text] = set(store.read_manifest(key)[STORAGE]["blobs"])
+            references[text] = set(store.read_manifest(key).storage.blobs)
         except CheckpointNotFound:
             continue  # removed by retention meanwhile
         except CheckpointCorrupted:

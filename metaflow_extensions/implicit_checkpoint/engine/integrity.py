@@ -9,7 +9,7 @@ snapshot.py). That is how a damaged blob is traced back to the fields it holds.
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-from .manifest import STORAGE
+from .manifest import Manifest
 from .store import CheckpointStore
 
 RNG_STATE = "<rng state>"
@@ -31,17 +31,17 @@ class Damage:
         return {"blob": self.blob, "problem": self.problem, "fields": list(self.fields)}
 
 
-def fields_by_blob(manifest: dict) -> Dict[str, List[str]]:
+def fields_by_blob(manifest: Manifest) -> Dict[str, List[str]]:
     """``{blob digest: [field names]}``: which fields (and the RNG state, and the files
     of the task's folder) each blob holds.
 
     A field's data is its tensors' extents and, where the format has one, its payload's;
     a blob of the shared object graph (when the graph is not inline) holds every field.
     """
-    storage = manifest[STORAGE]
-    if "blob_fields" in storage:  # a gang checkpoint: gathered from its parts (gang.py)
-        return {digest: list(names) for digest, names in storage["blob_fields"].items()}
-    users: Dict[str, List[str]] = {digest: [] for digest in storage["blobs"]}
+    storage = manifest.storage
+    if storage.blob_fields is not None:  # a gang checkpoint: gathered from its parts (gang.py)
+        return {digest: list(names) for digest, names in storage.blob_fields.items()}
+    users: Dict[str, List[str]] = {digest: [] for digest in storage.blobs}
 
     def note(name: str, extents) -> None:
         for digest in sorted({digest for digest, _, _ in extents}):
@@ -52,18 +52,18 @@ def fields_by_blob(manifest: dict) -> Dict[str, List[str]]:
         if isinstance(entry.get("payload"), list):
             note(name, entry["payload"])
         for index in entry.get("tensors", ()):
-            note(name, storage["tensors"][index][-1])
+            note(name, storage.tensors[index][-1])
 
-    fields = storage["fields"]
+    fields = storage.fields
     for name, entry in sorted(fields.items()):
         # An alias holds the data of the field it names.
         note_entry(name, fields.get(entry.get("alias_of"), entry))
-    if isinstance(storage.get("graph"), list):
+    if storage.graph_extents:
         for name in sorted(fields):
-            note(name, storage["graph"])
-    if storage.get("rng"):
-        note_entry(RNG_STATE, storage["rng"])
-    for rel, extents in sorted(storage.get("files", {}).items()):
+            note(name, storage.graph_extents)
+    if storage.rng:
+        note_entry(RNG_STATE, storage.rng)
+    for rel, extents in sorted((storage.files or {}).items()):
         note(file_label(rel), extents)
     return users
 
@@ -73,30 +73,30 @@ def file_label(rel: str) -> str:
     return "<file %s>" % rel
 
 
-def _damages(manifest: dict, problems: Dict[str, str]) -> List[Damage]:
+def _damages(manifest: Manifest, problems: Dict[str, str]) -> List[Damage]:
     users = fields_by_blob(manifest)
     return [
         Damage(digest, problems[digest], tuple(users.get(digest, ())))
         for digest in sorted(problems)
-        if digest in manifest[STORAGE]["blobs"]
+        if digest in manifest.storage.blobs
     ]
 
 
-def check_blobs(store: CheckpointStore, flow: str, manifests: Sequence[dict]) -> List[List[Damage]]:
+def check_blobs(store: CheckpointStore, flow: str, manifests: Sequence[Manifest]) -> List[List[Damage]]:
     """Per manifest, its blobs that are missing or of the wrong size (no blob is read)."""
     return _per_manifest(manifests, lambda sizes: store.blob_problems(flow, sizes))
 
 
-def verify_blobs(store: CheckpointStore, flow: str, manifests: Sequence[dict]) -> List[List[Damage]]:
+def verify_blobs(store: CheckpointStore, flow: str, manifests: Sequence[Manifest]) -> List[List[Damage]]:
     """Per manifest, its blobs that are missing or whose content does not match their
     hash: every blob is read and hashed once, however many checkpoints share it."""
     return _per_manifest(manifests, lambda sizes: store.verify_blobs(flow, sizes))
 
 
-def _per_manifest(manifests: Sequence[dict], find_problems) -> List[List[Damage]]:
+def _per_manifest(manifests: Sequence[Manifest], find_problems) -> List[List[Damage]]:
     wanted: Dict[str, int] = {}
     for manifest in manifests:
-        wanted.update(manifest[STORAGE]["blobs"])
+        wanted.update(manifest.storage.blobs)
     problems = find_problems(wanted)
     return [_damages(manifest, problems) for manifest in manifests]
 

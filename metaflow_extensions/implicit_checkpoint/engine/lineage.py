@@ -14,7 +14,6 @@ from typing import Callable, List, Optional, Sequence
 
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .keys import CheckpointKey
-from .manifest import public_view
 from .store import CheckpointStore
 
 #: Longest chain followed; a run resumed more often than this shows its newest links.
@@ -75,7 +74,7 @@ def _read_link(store: CheckpointStore, key: str) -> LineageLink:
         return LineageLink(key, problem="not readable: %s" % ex)
     except Exception as ex:  # storage errors: the chain shows it rather than failing
         return LineageLink(key, problem="could not be read: %s: %s" % (type(ex).__name__, ex))
-    return LineageLink(key, manifest=public_view(manifest))
+    return LineageLink(key, manifest=manifest.public())
 
 
 def find_origin_resume_point(
@@ -101,10 +100,10 @@ def find_origin_resume_point(
                 manifest = store.read_manifest(key)
             except (CheckpointCorrupted, CheckpointNotFound):
                 continue
-            if list(manifest.get("foreach_indices") or []) != list(foreach_indices):
+            if list(manifest.foreach_indices) != list(foreach_indices):
                 break  # another branch of the foreach: all of this task's are
             if usable(key, manifest):
-                created = datetime.fromisoformat(manifest["created_on"]).timestamp()
+                created = datetime.fromisoformat(manifest.created_on).timestamp()
                 if created > best_time:
                     best, best_time = manifest, created
                 break
@@ -150,8 +149,8 @@ def _newest_of_run_before(store, flow, run_id, step, foreach_indices, before, us
             manifest = store.read_manifest(key)
         except (CheckpointCorrupted, CheckpointNotFound):
             continue  # damaged, or removed by retention since the listing
-        created = datetime.fromisoformat(manifest["created_on"]).timestamp()
-        same_branch = list(manifest.get("foreach_indices") or []) == list(foreach_indices)
+        created = datetime.fromisoformat(manifest.created_on).timestamp()
+        same_branch = list(manifest.foreach_indices) == list(foreach_indices)
         if created < before and same_branch and usable(key, manifest):
             return manifest, created
     return None

@@ -1,16 +1,20 @@
 """The manifest: a checkpoint's description, and its commit record.
 
-A manifest is a msgpack dict. Its public part is what ``inspect()`` returns (format
-version, identity, user metadata, one entry per field with type, codec and size, the
-parent it resumed from). Under ``"storage"`` it also holds where every byte lives
-(tensor specs, blob extents, small payloads inline); that part is internal and never
-shown. On disk the body is framed with a magic, the format version and a BLAKE3 digest,
-so a damaged manifest is detected like a damaged blob.
+``Manifest`` is the typed manifest; on the wire (``to_wire`` / ``from_wire``) it is a
+msgpack dict. Its public part is what ``inspect()`` returns (format version, identity,
+user metadata, one entry per field with type, codec and size, the parent it resumed
+from). ``storage`` (a ``StorageLayout``) says where every byte lives (tensor specs,
+blob extents, small payloads inline); that part is internal and never shown. A reader
+per format version decodes the wire dict (``from_wire``); keys a version does not know
+are kept as written (``extra``) so a newer writer's additions survive a round trip.
+On disk the body is framed with a magic, the format version and a BLAKE3 digest, so a
+damaged manifest is detected like a damaged blob.
 """
 
 import numbers
+from dataclasses import dataclass, field, fields as dataclass_fields, replace
 from datetime import datetime, timezone
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import blake3
 import msgpack
@@ -24,17 +28,168 @@ _MAGIC = b"MFIC"
 _DIGEST_BYTES = 32
 _HEADER_BYTES = len(_MAGIC) + 1 + _DIGEST_BYTES
 
+Extents = List[list]  # [[blob digest, offset, length], ...]
+
+
+@dataclass
+class StorageLayout:
+    """Where a checkpoint's bytes are: internal, never shown by ``inspect()``.
+
+    ``tensors`` holds one wire entry per storage (its spec, then its extents);
+    ``fields`` maps a field to the storages it uses (and, in format 1, its payload);
+    ``graph`` is the object graph inline (bytes) or its extents; ``rng`` the storages of
+    the RNG state; ``files`` each file's extents. A gang's global manifest holds only
+    ``blobs`` (all parts') and ``blob_fields`` (which node's fields each blob holds).
+    """
+
+    blobs: Dict[str, int] = field(default_factory=dict)  # digest -> size
+    tensors: List[list] = field(default_factory=list)
+    graph: Union[bytes, Extents, None] = None
+    fields: Dict[str, dict] = field(default_factory=dict)
+    rng: Optional[dict] = None
+    files: Optional[Dict[str, Extents]] = None
+    blob_fields: Optional[Dict[str, List[str]]] = None
+
+    def to_wire(self) -> Dict[str, Any]:
+        if self.blob_fields is not None:
+            return {"blobs": self.blobs, "blob_fields": self.blob_fields}
+        wire = {
+            "blobs": self.blobs,
+            "tensors": self.tensors,
+            "graph": self.graph,
+            "fields": self.fields,
+            "rng": self.rng,
+        }
+        if self.files is not None:
+            wire["files"] = self.files
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Dict[str, Any]) -> "StorageLayout":
+        return cls(
+            blobs=wire.get("blobs", {}),
+            tensors=wire.get("tensors", []),
+            graph=wire.get("graph"),
+            fields=wire.get("fields", {}),
+            rng=wire.get("rng"),
+            files=wire.get("files"),
+            blob_fields=wire.get("blob_fields"),
+        )
+
+    @property
+    def graph_extents(self) -> Extents:
+        """The extents of the object graph; [] when it is inline (or absent)."""
+        return self.graph if isinstance(self.graph, list) else []
+
+
+@dataclass
+class Manifest:
+    """One checkpoint's manifest. ``storage`` is None until the save is committed."""
+
+    key: str
+    name: str
+    flow: str
+    run_id: str
+    step: str
+    task_id: str
+    pathspec: str
+    attempt: int
+    version: int
+    created_on: str
+    metadata: Dict[str, Any]
+    fields: Dict[str, dict]  # field -> its public entry (type, codec, size, ...)
+    parent: Optional[str] = None
+    rng: Optional[List[str]] = None  # the generators captured
+    size: int = 0  # bytes of field data
+    foreach_indices: List[int] = field(default_factory=list)
+    latest: bool = True  # False: never chosen as a resume point
+    storage_format: str = "files"
+    bytes_written: int = 0
+    bytes_referenced: int = 0
+    files: Optional[Dict[str, dict]] = None  # the task folder's files, when saved with one
+    directories: Optional[List[str]] = None
+    gang: Optional[Dict[str, Any]] = None  # a gang's global manifest: its parts
+    storage: Optional[StorageLayout] = None
+    format_version: int = FORMAT_VERSION
+    extra: Dict[str, Any] = field(default_factory=dict)  # wire keys this version does not know
+
+    @property
+    def has_folder(self) -> bool:
+        """Whether it (or a gang node's part) holds a snapshot of a task's folder."""
+        return self.files is not None
+
+    def public(self) -> Dict[str, Any]:
+        """The manifest as ``inspect()`` shows it: everything but the storage layout."""
+        wire = self.to_wire()
+        wire.pop(STORAGE, None)
+        return wire
+
+    def to_wire(self) -> Dict[str, Any]:
+        wire = dict(self.extra)
+        for spec in dataclass_fields(self):
+            if spec.name in ("extra", "storage"):
+                continue
+            value = getattr(self, spec.name)
+            if value is None and spec.name in _OMITTED_WHEN_NONE:
+                continue
+            wire[spec.name] = value
+        if self.storage is not None:
+            wire[STORAGE] = self.storage.to_wire()
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Dict[str, Any], key: str = "") -> "Manifest":
+        """Decode a wire dict with the reader of its format version."""
+        version = wire.get("format_version", 1)
+        reader = _READERS.get(version)
+        if reader is None:
+            raise CheckpointCorrupted(
+                "Checkpoint %s has format version %r, which no reader here decodes."
+                % (key or wire.get("key"), version),
+                key=key or wire.get("key"),
+            )
+        return reader(wire)
+
+    def with_storage(self, storage: StorageLayout, **changes: Any) -> "Manifest":
+        return replace(self, storage=storage, **changes)
+
+
+#: Optional keys written only when set, as the formats always have.
+_OMITTED_WHEN_NONE = {"files", "directories", "gang"}
+
+
+def _from_wire_v2(wire: Dict[str, Any]) -> Manifest:
+    known = {spec.name for spec in dataclass_fields(Manifest)} - {"extra", "storage"}
+    values = {name: wire[name] for name in known if name in wire}
+    storage = wire.get(STORAGE)
+    return Manifest(
+        storage=StorageLayout.from_wire(storage) if storage is not None else None,
+        extra={k: v for k, v in wire.items() if k not in known and k != STORAGE},
+        **values,
+    )
+
+
+def _from_wire_v1(wire: Dict[str, Any]) -> Manifest:
+    """Format 1 (0.1.0): the same identity and public keys; its storage layout has
+    per-field payloads and whole-buffer tensor specs (format_v1.py reads them)."""
+    manifest = _from_wire_v2(wire)
+    manifest.format_version = 1
+    return manifest
+
+
+_READERS: Dict[int, Callable[[Dict[str, Any]], Manifest]] = {1: _from_wire_v1, 2: _from_wire_v2}
+
 
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def pack_manifest(manifest: Dict[str, Any]) -> bytes:
-    body = msgpack.packb(manifest, use_bin_type=True)
+def pack_manifest(manifest: Manifest) -> bytes:
+    body = msgpack.packb(manifest.to_wire(), use_bin_type=True)
     return _MAGIC + bytes([FORMAT_VERSION]) + blake3.blake3(body).digest() + body
 
 
-def unpack_manifest(data: bytes, key: str) -> Dict[str, Any]:
+def unpack_manifest(data: bytes, key: str) -> Manifest:
     """Decode and verify a stored manifest; CheckpointCorrupted if it is damaged."""
     if len(data) < _HEADER_BYTES or data[: len(_MAGIC)] != _MAGIC:
         raise CheckpointCorrupted(
@@ -53,12 +208,7 @@ def unpack_manifest(data: bytes, key: str) -> Dict[str, Any]:
         raise CheckpointCorrupted(
             "The manifest of checkpoint %s failed its integrity check." % key, key=key
         )
-    return msgpack.unpackb(body, raw=False, strict_map_key=False)
-
-
-def public_view(manifest: Dict[str, Any]) -> Dict[str, Any]:
-    """The manifest as ``inspect()`` shows it: everything but the storage layout."""
-    return {k: v for k, v in manifest.items() if k != STORAGE}
+    return Manifest.from_wire(msgpack.unpackb(body, raw=False, strict_map_key=False), key)
 
 
 #: msgpack stores ints from -2**63 to 2**64-1.

@@ -10,7 +10,7 @@ from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .gang import part_to_load
 from .integrity import check_blobs, describe as describe_damage
 from .keys import CheckpointKey, validate_name
-from .manifest import public_view
+from .manifest import Manifest
 from .notices import warn
 from .store import CheckpointStore
 
@@ -21,8 +21,8 @@ class OpenedCheckpoint:
     fields load (the checkpoint's own, or a gang node's part of it)."""
 
     key: CheckpointKey
-    manifest: dict
-    part: dict
+    manifest: Manifest
+    part: Manifest
 
 
 def open_checkpoint(store: CheckpointStore, reference: Reference, node: Optional[int] = None) -> OpenedCheckpoint:
@@ -35,7 +35,7 @@ def open_checkpoint(store: CheckpointStore, reference: Reference, node: Optional
 
 def inspect_checkpoint(store: CheckpointStore, reference: Reference) -> Dict[str, Any]:
     """A checkpoint's manifest as ``inspect()`` shows it; no field data is read."""
-    return public_view(store.read_manifest(key_of(reference)))
+    return store.read_manifest(key_of(reference)).public()
 
 
 def list_step_across_runs(
@@ -107,7 +107,7 @@ def list_run(
     return sorted(found, key=lambda a: a.created_on)
 
 
-def read_listed_manifest(store: CheckpointStore, key: CheckpointKey) -> Optional[dict]:
+def read_listed_manifest(store: CheckpointStore, key: CheckpointKey) -> Optional[Manifest]:
     """The manifest of a listed checkpoint; None if it was removed since the listing
     (retention), or is damaged (with a warning)."""
     try:

@@ -22,7 +22,7 @@ from .gang import Gang, GangMember
 from .integrity import check_blobs, describe as describe_damage
 from .keys import CheckpointKey, split_pathspec, validate_name
 from .lineage import find_eager_resume_point, find_origin_resume_point
-from .manifest import normalize_metadata
+from .manifest import Manifest, normalize_metadata
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
 from .reading import (
@@ -187,12 +187,12 @@ class CheckpointSession:
                 return CheckpointArtifact.from_manifest(manifest)
         return None
 
-    def _resumable(self, key: CheckpointKey, manifest: dict) -> bool:
+    def _resumable(self, key: CheckpointKey, manifest: Manifest) -> bool:
         """May a task resume from this checkpoint? Not when saved with ``latest=False``,
         nor when its data is damaged."""
-        return manifest.get("latest", True) is not False and self._is_intact(key, manifest)
+        return manifest.latest is not False and self._is_intact(key, manifest)
 
-    def _is_intact(self, key: CheckpointKey, manifest: dict) -> bool:
+    def _is_intact(self, key: CheckpointKey, manifest: Manifest) -> bool:
         (damages,) = check_blobs(self._store, key.flow, [manifest])
         if damages:
             warn(

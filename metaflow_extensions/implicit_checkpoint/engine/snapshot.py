@@ -15,7 +15,7 @@ A checkpoint's folder is staged (read and verified) before
 the fields are loaded, and put in place after.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .change_tracking import (
@@ -33,7 +33,7 @@ from .errors import CheckpointCorrupted, CheckpointException
 from .format_v1 import apply_v1, load_v1
 from .keys import CheckpointKey
 from .layout import PlannedBlob, plan_blobs
-from .manifest import FORMAT_VERSION, STORAGE, utc_now_iso
+from .manifest import Manifest, StorageLayout, utc_now_iso
 from .restore import apply_restore, build_values, live_value, plan_restore
 from .staging import StagingArea
 from .store import BlobRead, CheckpointStore
@@ -49,7 +49,7 @@ class PreparedSave:
     ready to be hashed, written and committed, now or in the background."""
 
     key: CheckpointKey
-    manifest: dict  # all but the storage locations and bytes_written
+    manifest: Manifest  # all but the storage layout and the bytes written
     graph: EncodedGraph
     changed: Dict[int, memoryview]  # storage index -> its bytes (live view or staged copy)
     reused: Dict[int, Location]  # storage index -> where its unchanged bytes already are
@@ -80,8 +80,10 @@ def prepare_save(
     by_change = _sort_by_change(graph, tracker)
     files = folder.files if folder is not None else []
     captured = _capture(graph, by_change.changed, files, staging)
-    manifest = _describe(key, graph, fields, metadata, parent, rng_state, folder, captured.files)
-    manifest.update(extra or {})
+    manifest = replace(
+        _describe(key, graph, fields, metadata, parent, rng_state, folder, captured.files),
+        **(extra or {}),
+    )
     return PreparedSave(
         key,
         manifest,
@@ -165,32 +167,31 @@ def _describe(
     rng_state: Optional[Dict[str, Any]],
     folder: Optional[FolderScan],
     read_files: List[Tuple[FileEntry, memoryview]],
-) -> dict:
+) -> Manifest:
     """The manifest of a save, but for where its bytes are stored (commit_save adds it)."""
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "key": str(key),
-        "name": key.name,
-        "flow": key.flow,
-        "run_id": key.run_id,
-        "step": key.step,
-        "task_id": key.task_id,
-        "pathspec": key.pathspec,
-        "attempt": key.attempt,
-        "version": key.version,
-        "created_on": utc_now_iso(),
-        "metadata": metadata,
-        "fields": _public_fields(graph, fields),
-        "parent": parent,
-        "rng": sorted(rng_state) if rng_state else None,
-        "size": _field_data_size(graph),
-    }
+    manifest = Manifest(
+        key=str(key),
+        name=key.name,
+        flow=key.flow,
+        run_id=key.run_id,
+        step=key.step,
+        task_id=key.task_id,
+        pathspec=key.pathspec,
+        attempt=key.attempt,
+        version=key.version,
+        created_on=utc_now_iso(),
+        metadata=metadata,
+        fields=_public_fields(graph, fields),
+        parent=parent,
+        rng=sorted(rng_state) if rng_state else None,
+        size=_field_data_size(graph),
+    )
     if folder is not None:
         read = {id(f) for f, _ in read_files}
-        manifest["files"] = {
+        manifest.files = {
             e.rel: e.public() for e in folder.entries if e.symlink is not None or id(e) in read
         }
-        manifest["directories"] = folder.folders
+        manifest.directories = folder.folders
     return manifest
 
 
@@ -198,9 +199,9 @@ def commit_save(
     store: CheckpointStore,
     prepared: PreparedSave,
     tracker: Optional[ChangeTracker] = None,
-    commit: Optional[Callable[[CheckpointKey, dict], dict]] = None,
+    commit: Optional[Callable[[CheckpointKey, Manifest], Manifest]] = None,
     history: Optional[WriteHistory] = None,
-) -> dict:
+) -> Manifest:
     """Hash and write what is not stored yet, commit the manifest, update the tracker.
 
     ``history``: the task's chunks of its previous save, to pick each chunk's write path.
@@ -251,26 +252,27 @@ def commit_save(
         entry.rel: located(len(order) + position) for position, (entry, _) in enumerate(prepared.files)
     }
 
-    manifest = dict(prepared.manifest)
-    manifest[STORAGE] = {
-        "blobs": blob_sizes,
-        "tensors": [
+    layout = StorageLayout(
+        blobs=blob_sizes,
+        tensors=[
             spec.to_wire() + [[list(e) for e in locations[i].extents]]
             for i, spec in enumerate(table.specs)
         ],
-        "graph": graph_where,
-        "fields": {name: {"tensors": list(info.storages)} for name, info in graph.fields.items()},
-        "rng": {"tensors": list(graph.rng_storages)} if prepared.manifest["rng"] else None,
-    }
-    if "files" in prepared.manifest:
-        manifest[STORAGE]["files"] = file_extents
-    manifest["bytes_written"] = bytes_written
-    # Blob bytes this checkpoint uses (RNG state and files included); written <=
-    # referenced, and the difference is what dedup saved.
-    manifest["bytes_referenced"] = (
-        sum(length for location in locations.values() for _, _, length in location.extents)
-        + sum(len(data) for _, data in prepared.files)
-        + (0 if graph_inline else len(graph.document))
+        graph=graph_where,
+        fields={name: {"tensors": list(info.storages)} for name, info in graph.fields.items()},
+        rng={"tensors": list(graph.rng_storages)} if prepared.manifest.rng else None,
+        files=file_extents if prepared.manifest.has_folder else None,
+    )
+    manifest = prepared.manifest.with_storage(
+        layout,
+        bytes_written=bytes_written,
+        # Blob bytes this checkpoint uses (RNG state and files included); written <=
+        # referenced, and the difference is what dedup saved.
+        bytes_referenced=(
+            sum(length for location in locations.values() for _, _, length in location.extents)
+            + sum(len(data) for _, data in prepared.files)
+            + (0 if graph_inline else len(graph.document))
+        ),
     )
     if commit is None:
         store.commit(prepared.key, manifest)
@@ -345,7 +347,7 @@ def _public_fields(graph: EncodedGraph, values: Mapping[str, Any]) -> Dict[str, 
 
 def load_snapshot(
     store: CheckpointStore,
-    manifest: dict,
+    manifest: Manifest,
     fields: Optional[Iterable[str]] = None,
     target: Any = None,
     allow_pickle: bool = True,
@@ -371,10 +373,10 @@ def load_snapshot(
     return loaded
 
 
-def _load_fields(store, manifest, fields, target, allow_pickle, with_rng):
-    key = manifest["key"]
-    storage = manifest[STORAGE]
-    stored = storage["fields"]
+def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_rng):
+    key = manifest.key
+    storage = manifest.storage
+    stored = storage.fields
     wanted = list(stored) if fields is None else list(fields)
     missing = [name for name in wanted if name not in stored]
     if missing:
@@ -382,7 +384,7 @@ def _load_fields(store, manifest, fields, target, allow_pickle, with_rng):
             "Checkpoint %s has no field(s) %s. Its fields are: %s."
             % (key, ", ".join(map(repr, missing)), ", ".join(sorted(stored)) or "none")
         )
-    if manifest.get("format_version", 1) == 1:
+    if manifest.format_version == 1:
         values, rng_state = load_v1(
             lambda requests: _read_extents(store, manifest, requests),
             manifest, wanted, allow_pickle, with_rng,
@@ -391,15 +393,15 @@ def _load_fields(store, manifest, fields, target, allow_pickle, with_rng):
             apply_v1(target, values)
         return values, rng_state
     reader = GraphReader(_read_graph(store, manifest))
-    specs = [StorageSpec.from_wire(wire) for wire in storage["tensors"]]
+    specs = [StorageSpec.from_wire(wire) for wire in storage.tensors]
     live = {name: live_value(target, name) for name in wanted} if target is not None else {}
     plan = plan_restore(reader, specs, live, key)
 
     needed = set()
     for name in wanted:
         needed.update(stored[name]["tensors"])
-    if with_rng and storage.get("rng"):
-        needed.update(storage["rng"]["tensors"])
+    if with_rng and storage.rng:
+        needed.update(storage.rng["tensors"])
     labels = {}
     for name in wanted:
         for index in stored[name]["tensors"]:
@@ -412,7 +414,7 @@ def _load_fields(store, manifest, fields, target, allow_pickle, with_rng):
     builder = GraphBuilder(reader, buffers, plan.live, allow_pickle, key)
     values, calls, copies = build_values(builder, reader, wanted, plan)
     rng_state = None
-    if with_rng and storage.get("rng"):
+    if with_rng and storage.rng:
         rng_state = builder.build(reader.rng, "the RNG state")
 
     try:
@@ -427,26 +429,21 @@ def _load_fields(store, manifest, fields, target, allow_pickle, with_rng):
     return values, rng_state
 
 
-def has_folder(manifest: dict) -> bool:
-    """Whether a checkpoint (or a gang node's part) holds a snapshot of a task's folder."""
-    return "files" in manifest
-
-
-def _stage_folder_restore(store: CheckpointStore, manifest: dict, root: str) -> Optional[FolderRestore]:
+def _stage_folder_restore(store: CheckpointStore, manifest: Manifest, root: str) -> Optional[FolderRestore]:
     """Read and verify the files of a checkpoint's folder into a staging folder beside
     ``root``; ``apply()`` the result to make ``root`` that folder. None for a checkpoint
     saved without a folder (it leaves ``root`` alone)."""
-    if not has_folder(manifest):
+    if not manifest.has_folder:
         return None
     restore = FolderRestore(
-        root, manifest["files"], manifest["directories"], manifest[STORAGE]["files"], manifest["key"]
+        root, manifest.files, manifest.directories, manifest.storage.files, manifest.key
     )
     restore.stage(lambda requests: _read_extents(store, manifest, requests))
     return restore
 
 
-def _read_graph(store: CheckpointStore, manifest: dict) -> bytes:
-    where = manifest[STORAGE]["graph"]
+def _read_graph(store: CheckpointStore, manifest: Manifest) -> bytes:
+    where = manifest.storage.graph
     if isinstance(where, (bytes, bytearray)):
         return bytes(where)
     buffer = bytearray(sum(length for _, _, length in where))
@@ -456,11 +453,11 @@ def _read_graph(store: CheckpointStore, manifest: dict) -> bytes:
 
 def _read_storages(
     store: CheckpointStore,
-    manifest: dict,
+    manifest: Manifest,
     buffers: Mapping[int, StorageBuffer],
     labels: Mapping[int, str],
 ) -> None:
-    wires = manifest[STORAGE]["tensors"]
+    wires = manifest.storage.tensors
     _read_extents(
         store,
         manifest,
@@ -471,9 +468,9 @@ def _read_storages(
     )
 
 
-def _read_extents(store: CheckpointStore, manifest: dict, wanted: List[tuple]) -> None:
+def _read_extents(store: CheckpointStore, manifest: Manifest, wanted: List[tuple]) -> None:
     """Read ``(extents, destination, label)`` requests, one BlobRead per blob."""
-    blob_sizes = manifest[STORAGE]["blobs"]
+    blob_sizes = manifest.storage.blobs
     reads: Dict[str, BlobRead] = {}
     for extents, destination, label in wanted:
         position = 0
@@ -484,4 +481,4 @@ def _read_extents(store: CheckpointStore, manifest: dict, wanted: List[tuple]) -
             request.targets.append((offset, destination[position : position + length]))
             position += length
     if reads:
-        store.read_blobs(manifest["flow"], list(reads.values()), manifest["key"])
+        store.read_blobs(manifest.flow, list(reads.values()), manifest.key)

@@ -30,7 +30,7 @@ from .hashing import content_hash
 from .keys import CheckpointKey, is_valid_name
 from .layout import PlannedBlob
 from .locks import STALE, Locks, Marker, marker_owner
-from .manifest import STORAGE, pack_manifest, unpack_manifest
+from .manifest import Manifest, pack_manifest, unpack_manifest
 from .parallel import LazyPool
 
 ROOT = "_implicit_checkpoints"
@@ -77,7 +77,7 @@ class CheckpointStore:
         self._checked_blobs: Dict[str, Tuple[Optional[frozenset], set]] = {}
         self._lease = threading.local()
         self._deleters: Dict[str, Marker] = {}  # flow -> the deleter marker held on it
-        self._manifest_cache: Dict[str, dict] = {}
+        self._manifest_cache: Dict[str, Manifest] = {}
         self._noted = set()  # per-run notes this process has written
 
     # -- paths -----------------------------------------------------------------------
@@ -321,7 +321,7 @@ class CheckpointStore:
 
     # -- manifests -------------------------------------------------------------------
 
-    def commit(self, key: CheckpointKey, manifest: dict) -> None:
+    def commit(self, key: CheckpointKey, manifest: Manifest) -> None:
         """Write the manifest: from this moment the checkpoint exists.
 
         Every blob it references must have been written or checked under this save's
@@ -331,14 +331,14 @@ class CheckpointStore:
         self._write_manifest(key, manifest, self.manifest_path(key))
         self._manifest_cache[str(key)] = manifest
 
-    def commit_part(self, key: CheckpointKey, node: int, manifest: dict) -> None:
+    def commit_part(self, key: CheckpointKey, node: int, manifest: Manifest) -> None:
         """Write one node's part of gang checkpoint ``key`` (gang.py), checked as a commit
         is; the checkpoint exists only once node 0 commits the global manifest."""
         self._write_manifest(key, manifest, "%s/%d%s" % (self.parts_dir(key), node, PART_SUFFIX))
 
-    def _write_manifest(self, key: CheckpointKey, manifest: dict, path: str) -> None:
+    def _write_manifest(self, key: CheckpointKey, manifest: Manifest, path: str) -> None:
         lease = getattr(self._lease, "current", None)
-        problems = self._check_sizes(key.flow, manifest[STORAGE]["blobs"])
+        problems = self._check_sizes(key.flow, manifest.storage.blobs)
         if problems:
             raise ReusedBlobDamaged(
                 "Checkpoint %s was not committed: %s. These hold unchanged tensors the save "
@@ -367,7 +367,7 @@ class CheckpointStore:
     def manifest_exists(self, key: CheckpointKey) -> bool:
         return str(key) in self._manifest_cache or self.backend.stat_many([self.manifest_path(key)])[0] is not None
 
-    def read_manifest(self, key: CheckpointKey) -> dict:
+    def read_manifest(self, key: CheckpointKey) -> Manifest:
         text = str(key)
         cached = self._manifest_cache.get(text)
         if cached is not None:
@@ -534,7 +534,7 @@ class CheckpointStore:
                 found.append(entry.path)
         return found
 
-    def read_part(self, key: CheckpointKey, node: int) -> dict:
+    def read_part(self, key: CheckpointKey, node: int) -> Manifest:
         path = "%s/%d%s" % (self.parts_dir(key), node, PART_SUFFIX)
         label = "%s (node %d's part)" % (key, node)
         cached = self._manifest_cache.get(label)

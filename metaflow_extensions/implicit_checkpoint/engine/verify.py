@@ -10,7 +10,6 @@ from .gc import DEFAULT_WAIT
 from .integrity import Damage, verify_blobs
 from .keys import CheckpointKey
 from .locks import StoreBusy
-from .manifest import STORAGE
 from .store import CheckpointStore
 from .notices import warn
 
@@ -82,7 +81,7 @@ def verify_checkpoints(
         report.checkpoints.append(verdict)
     sizes = {}
     for manifest in manifests:
-        sizes.update(manifest[STORAGE]["blobs"])
+        sizes.update(manifest.storage.blobs)
     report.blobs_read, report.bytes_read = len(sizes), sum(sizes.values())
     for verdict, damages in zip(verdicts, verify_blobs(store, flow, manifests)):
         verdict.damages = damages

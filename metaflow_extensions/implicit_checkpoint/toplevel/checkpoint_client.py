@@ -11,7 +11,7 @@ from ..engine.fields import FieldSelector
 from ..engine.keys import split_pathspec
 from ..engine.reading import inspect_checkpoint, list_run, list_task, open_checkpoint
 from ..engine.session import DEFAULT_NAME, AttributeSource, CheckpointSession
-from ..engine.snapshot import has_folder, load_snapshot
+from ..engine.snapshot import load_snapshot
 from ..engine.verify import VerifyReport, verify_checkpoints
 from ..plugins.run_visibility import runs_in_current_namespace
 from ..plugins.settings import settings
@@ -304,7 +304,7 @@ class Checkpoint(object):
         if node is None and self._handed is not None and self._handed.task.gang is not None:
             node = self._handed.task.gang.node_index
         opened = open_checkpoint(self._store, reference, node)
-        with_files = (files if files is not None else fields is None) and has_folder(opened.part)
+        with_files = (files if files is not None else fields is None) and opened.part.has_folder
         if with_files:
             self._check_folder_is_ours(opened.key)
         values, _ = load_snapshot(
