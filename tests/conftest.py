@@ -114,3 +114,32 @@ def write_flow(tmp_path):
         return path
 
     return write
+
+
+#: The modules whose tests take longest (real flows of many processes), slowest first.
+#: They start first, so the two xdist workers end together instead of one of them
+#: running a 2-minute flow alone at the end.
+SLOWEST_FIRST = (
+    "test_torchrun.py",
+    "test_gang_flow.py",
+    "test_resume_command.py",
+    "test_fidelity_flows.py",
+    "test_train_resume_example.py",
+    "test_newcomer.py",
+    "test_s3.py",
+    "test_lightning_flow.py",
+    "test_hf_trainer_flow.py",
+    "test_card.py",
+    "test_seed_compat.py",
+    "test_gc_stress.py",
+    "test_restore_in_place.py",
+    "test_foreach_flow.py",
+    "test_damaged_blob_flow.py",
+    "test_eager.py",
+    "test_worker_saves.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -194,3 +194,18 @@ def moto_server_process(bucket: str = BUCKET) -> Iterator[str]:
 def any_world(request):
     """The test runs twice: on the local datastore, and on the S3 server's."""
     return request.getfixturevalue("world" if request.param == "local" else "s3_world")
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_store(request, tmp_path):
+    """Makes stores (each a process's view) on one fresh root: a local folder, then a
+    root on the S3 server. Engine tests of what S3's listing and overwrite rules could
+    break run on both."""
+    from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
+    from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
+
+    if request.param == "local":
+        return lambda: CheckpointStore(LocalDirBackend(str(tmp_path)))
+    server = request.getfixturevalue("s3_server")
+    root = server.new_root()
+    return lambda: CheckpointStore(server.backend(root))

@@ -1,6 +1,5 @@
 """load_policy="eager": a new run resumes from the newest checkpoint of an earlier run."""
 
-from s3_server import s3_server, s3_world  # noqa: F401  (fixtures)
 
 FLOW = '''
 import os
@@ -62,10 +61,6 @@ def newest_key(world, run_id):
 
 def test_eager_resumes_from_earlier_run_and_fresh_starts_clean(world, write_flow):
     eager_then_fresh(world, write_flow)
-
-
-def test_eager_on_s3(s3_world, write_flow):
-    eager_then_fresh(s3_world, write_flow)
 
 
 def eager_then_fresh(world, write_flow):

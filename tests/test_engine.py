@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from s3_server import any_store, s3_server  # noqa: F401  (fixtures)
 from engine_helpers import (
     CountingBackend,
     State,
@@ -353,7 +354,8 @@ def test_metaflow_storage_backend_roundtrip(tmp_path):
     assert [a.key for a in reader.list()] == [artifact.key]
 
 
-def test_eager_matches_step_and_foreach_branch_and_ignores_later_checkpoints(tmp_path):
+def test_eager_matches_step_and_foreach_branch_and_ignores_later_checkpoints(any_store):
+    """On local disk and S3 (where the per-run notes eager lists are S3 objects)."""
     from metaflow_extensions.implicit_checkpoint.engine.session import (
         AttributeSource,
         CheckpointSession,
@@ -362,7 +364,7 @@ def test_eager_matches_step_and_foreach_branch_and_ignores_later_checkpoints(tmp
 
     def session(run, task, branch, state, attempt=0, policy="fresh", start=True):
         s = CheckpointSession(
-            local_store(tmp_path),
+            any_store(),
             TaskIdentity("UnitFlow", run, "train", task, attempt, branch),
             AttributeSource(lambda: dict(vars(state))),
             target=state,

@@ -12,7 +12,7 @@ import torch
 
 from conftest import REPO
 from engine_helpers import State
-from s3_server import s3_server  # noqa: F401  (fixture)
+from s3_server import any_store, s3_server  # noqa: F401  (fixtures)
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
 from metaflow_extensions.implicit_checkpoint.engine.gang import Gang, GangSaveFailed
 from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
@@ -28,14 +28,14 @@ NODE_TASKS = ("7", "7_node_1")
 
 def node_session(root, node, state, attempt=0, timeout=60.0, num_nodes=2, directory=None):
     """The session of node ``node`` of a gang whose control task is 7, on its own store
-    of ``root`` (a folder, or a function making a backend) (with ``directory``: the
-    node's task folder)."""
+    of ``root`` (a folder, or a function making a store: the any_store fixture) (with
+    ``directory``: the node's task folder)."""
     task = TaskIdentity(
         "UnitFlow", "1", "train", NODE_TASKS[node], attempt,
         gang=Gang(node, num_nodes, "7", timeout),
     )
     session = CheckpointSession(
-        CheckpointStore(root() if callable(root) else LocalDirBackend(str(root))),
+        root() if callable(root) else CheckpointStore(LocalDirBackend(str(root))),
         task,
         AttributeSource(lambda: dict(vars(state))),
         target=state,
@@ -81,21 +81,9 @@ def node_states():
     return states
 
 
-@pytest.fixture(params=["local", "s3"])
-def gang_root(request, tmp_path):
-    """Where a gang's nodes store: a local folder, or a function making a backend on a
-    fresh root of the S3 server (test_gang_flow.py runs its flows on local disk; the
-    commit protocol is what S3's listing and overwrite rules could break)."""
-    if request.param == "local":
-        return tmp_path
-    server = request.getfixturevalue("s3_server")
-    root = server.new_root()
-    return lambda: server.backend(root)
-
-
-def test_a_gang_save_is_one_checkpoint_with_a_part_per_node(gang_root):
+def test_a_gang_save_is_one_checkpoint_with_a_part_per_node(any_store):
     states = node_states()
-    sessions = [node_session(gang_root, node, states[node]) for node in range(2)]
+    sessions = [node_session(any_store, node, states[node]) for node in range(2)]
     for step in (1, 2):
         for state in states:
             state.step = step
@@ -123,7 +111,7 @@ def test_a_gang_save_is_one_checkpoint_with_a_part_per_node(gang_root):
 
     # The restarted gang: each node loads its own part of the newest global checkpoint.
     fresh = [State(), State()]
-    resumed = [node_session(gang_root, node, fresh[node], attempt=1) for node in range(2)]
+    resumed = [node_session(any_store, node, fresh[node], attempt=1) for node in range(2)]
     for node, session in enumerate(resumed):
         assert session.loaded.key == artifact.key
         session.load()
@@ -133,11 +121,11 @@ def test_a_gang_save_is_one_checkpoint_with_a_part_per_node(gang_root):
         session.finish()
 
 
-def test_background_gang_saves_commit_one_global_checkpoint_each(gang_root):
+def test_background_gang_saves_commit_one_global_checkpoint_each(any_store):
     """save(blocking=False) on every node: each node's part is written in the background
     and the global checkpoint commits when the slower node's part is in."""
     states = node_states()
-    sessions = [node_session(gang_root, node, states[node]) for node in range(2)]
+    sessions = [node_session(any_store, node, states[node]) for node in range(2)]
     expected = []
     for step in (1, 2, 3):
         for state in states:
@@ -160,7 +148,7 @@ def test_background_gang_saves_commit_one_global_checkpoint_each(gang_root):
     for version, artifact in enumerate(listed[0]):
         for node in range(2):
             loaded = State()
-            reader = node_session(gang_root, node, loaded, attempt=1)
+            reader = node_session(any_store, node, loaded, attempt=1)
             reader.load(artifact)
             assert torch.equal(loaded.shard, expected[version][node])
             assert loaded.step == version + 1

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from s3_server import s3_server  # noqa: F401  (fixture)
+from s3_server import any_store, s3_server  # noqa: F401  (fixtures)
 from engine_helpers import State, local_store, make_session
 from metaflow_extensions.implicit_checkpoint.engine import locks
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
@@ -36,23 +36,13 @@ def blobs_of(store, artifact) -> set:
     return set(store.read_manifest(CheckpointKey.parse(artifact.key)).storage.blobs)
 
 
-def load_state(new_store, artifact) -> State:
+def load_state(any_store, artifact) -> State:
     loaded = State()
-    make_session(new_store(), loaded, attempt=9, task_id="reader").load(artifact)
+    make_session(any_store(), loaded, attempt=9, task_id="reader").load(artifact)
     return loaded
 
 
-@pytest.fixture(params=["local", "s3"])
-def new_store(request, tmp_path):
-    """Makes a store (a process's view) on one fresh root, local or on the S3 server."""
-    if request.param == "local":
-        return lambda: local_store(tmp_path)
-    server = request.getfixturevalue("s3_server")
-    root = server.new_root()
-    return lambda: CheckpointStore(server.backend(root))
-
-
-def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(new_store):
+def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(any_store):
     """Hole 1: a frozen tensor's blob is reused without being written again; gc lists,
     then the task commits N+1 and retention removes N (the only manifest gc had read
     that references the frozen blob). gc must still see N+1."""
@@ -60,7 +50,7 @@ def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(new_stor
     state = State()
     state.frozen = torch.randn(256, 1024)  # unchanged by every save: change tracking reuses it
     state.head = torch.zeros(1024)
-    store = new_store()
+    store = any_store()
     session = make_session(
         store, state, retention=RetentionPolicy(keep_last=1), options=SessionOptions(track_changes=True)
     )
@@ -74,26 +64,26 @@ def test_gc_that_listed_before_a_commit_keeps_the_frozen_blob_it_reuses(new_stor
             committed.append(session.save())  # reuses the frozen blob; retention removes `first`
 
     # No grace at all: the lock alone must keep the frozen blob.
-    report = collect_garbage(new_store(), "UnitFlow", grace=0, on_phase=at)
+    report = collect_garbage(any_store(), "UnitFlow", grace=0, on_phase=at)
     (second,) = committed
     assert [a.key for a in session.list()] == [second.key]
     assert first_blobs - blobs_of(store, second), "the test needs a blob only N had"
     assert not blobs_of(store, second) & set(report.deleted_blobs)
     assert report.deleted_blobs, "gc deleted nothing: the race was not exercised"
-    loaded = load_state(new_store, second)
+    loaded = load_state(any_store, second)
     assert torch.equal(loaded.frozen, state.frozen) and torch.equal(loaded.head, state.head)
 
 
-def test_a_save_reusing_a_blob_gc_is_deleting_waits_and_stores_it_again(new_store):
+def test_a_save_reusing_a_blob_gc_is_deleting_waits_and_stores_it_again(any_store):
     """Hole 2: gc has decided to delete an unreferenced old blob when a save of the same
     content checks it. The save waits for gc's delete, then finds the blob gone and
     writes it again."""
     state = State()
     state.weights = np.arange(300_000.0)
-    old = make_session(new_store(), state).save()
-    new_store().delete_manifest(CheckpointKey.parse(old.key))
+    old = make_session(any_store(), state).save()
+    any_store().delete_manifest(CheckpointKey.parse(old.key))
 
-    saver_store = new_store()
+    saver_store = any_store()
     waiting = threading.Event()
     saver_store.locks.on_phase = lambda phase: phase == "save-waiting-for-deleter" and waiting.set()
     saver = make_session(saver_store, state, task_id="2")
@@ -106,11 +96,11 @@ def test_a_save_reusing_a_blob_gc_is_deleting_waits_and_stores_it_again(new_stor
             threads.append(thread)
             assert waiting.wait(timeout=30)  # the save waits for gc rather than racing it
 
-    report = collect_garbage(new_store(), "UnitFlow", grace=0, on_phase=at)
+    report = collect_garbage(any_store(), "UnitFlow", grace=0, on_phase=at)
     threads[0].join(timeout=60)
     assert set(report.deleted_blobs) == blobs_of(saver_store, saved[0])
     assert saved[0].implicit_manifest["bytes_written"] > 0  # it stored the blob again
-    assert np.array_equal(load_state(new_store, saved[0]).weights, state.weights)
+    assert np.array_equal(load_state(any_store, saved[0]).weights, state.weights)
 
 
 class PausingBackend(LocalDirBackend):

@@ -35,8 +35,8 @@ def _variant(write_flow, flow_name, decorator):
 
 def test_resume_continues_a_step_that_failed_on_every_attempt(world, write_flow):
     # The default policy and eager (a flow of its own, so eager sees only its own runs).
-    # On local disk only: the origin run's task is found by the listing test_eager.py's
-    # eager-on-S3 flow goes through.
+    # On local disk only: the origin run's task is found through the per-run notes that
+    # test_engine.py's eager test lists on S3 too.
     policies = [("FreshResumeFlow", "@checkpoint"), ("EagerResumeFlow", '@checkpoint(load_policy="eager")')]
     runs = []
     for flow_name, decorator in policies:
