@@ -3,8 +3,8 @@
 Engine level: the S3 backend's round trip of a multi-chunk state (multipart uploads and
 ranged reads), existence checks that are batched and remembered, no second full copy in
 memory, transient failures retried and a persistent one failing cleanly (through a fault
-proxy). Flow level: crash and resume on the S3 datastore (SIGKILL, and an exception on a
-flaky S3), read back from a separate process.
+proxy). Flow level: a flow SIGKILLed and resumed on the S3 datastore through a flaky S3,
+read back from a separate process.
 """
 
 import time
@@ -290,35 +290,9 @@ def notebook_view(world, run_id):
     )
 
 
-# SIGKILL here; an exception on S3 is test_flow_resumes_through_a_flaky_s3's crash.
-@pytest.mark.parametrize("crash", ["kill"])
-def test_crash_and_resume_on_s3(s3_world, crash):
-    proc = s3_world.run_flow(RESUME_FLOW, "--crash", crash, "--crash-after", "3", "--saves", "5")
-    assert "Task is starting (retry)" in proc.stdout
-    run_id = s3_world.latest_run_id("ResumeFlow")
-    state = task_state(s3_world, run_id)
-    assert state["count"] == 5 and state["weights_sum"] == 5000
-    assert state["attempts_seen"] == [0, 0, 0, 1, 1]
-    assert state["resumed_from"].endswith("/train/2/0/odd/3")
-    assert [row[:3] for row in state["all"]] == [
-        [1, 0, "odd"], [2, 0, "even"], [3, 0, "odd"], [4, 1, "even"], [5, 1, "odd"],
-    ]
-    assert state["newest_values"] == {"count": 5, "attempts_seen": [0, 0, 0, 1, 1]}
-
-    # The checkpoints are in S3, under the flow's datastore root, and only there.
-    manifests = [k for k in s3_world.checkpoint_keys() if k.endswith(".manifest")]
-    assert len(manifests) == 5
-    assert all(k.startswith("ResumeFlow/_implicit_checkpoints/tasks/%s/train/2/" % run_id) for k in manifests)
-    assert not list(s3_world.root.rglob("_implicit_checkpoints"))
-
-    view = notebook_view(s3_world, run_id)
-    assert view["store"] == "S3Backend"
-    assert sorted(view["fields"]) == ["attempts_seen", "count", "resumed_from", "weights"]
-    assert view["fields"]["weights"] >= 1000 * 8
-    assert view["weights_sum"] == 5000 and view["holder_count"] == 5 and view["artifact_key"]
-
-
-def test_flow_resumes_through_a_flaky_s3(s3_server, tmp_path):
+def test_flow_killed_and_resumed_through_a_flaky_s3(s3_server, tmp_path):
+    """A real flow on the S3 datastore, SIGKILLed after 3 saves, while a quarter of the
+    checkpoint requests fail; the retry resumes, and a notebook reads it all back."""
     host = s3_server.endpoint.split("://")[1]
     # Only checkpoint requests fail: Metaflow's own artifact I/O has its own retries,
     # with pauses of seconds, and is not what is tested here.
@@ -326,14 +300,29 @@ def test_flow_resumes_through_a_flaky_s3(s3_server, tmp_path):
         root = tmp_path / "mf"
         root.mkdir()
         world = S3World(root, s3_server, endpoint=proxy.endpoint)
-        world.run_flow(RESUME_FLOW, "--crash", "exception", "--crash-after", "3", "--saves", "5")
+        proc = world.run_flow(RESUME_FLOW, "--crash", "kill", "--crash-after", "3", "--saves", "5")
+        assert "Task is starting (retry)" in proc.stdout
         run_id = world.latest_run_id("ResumeFlow")
         state = task_state(world, run_id)
         assert state["count"] == 5 and state["weights_sum"] == 5000
+        assert state["attempts_seen"] == [0, 0, 0, 1, 1]
         assert state["resumed_from"].endswith("/train/2/0/odd/3")
-        assert [row[0] for row in state["all"]] == [1, 2, 3, 4, 5]
+        assert [row[:3] for row in state["all"]] == [
+            [1, 0, "odd"], [2, 0, "even"], [3, 0, "odd"], [4, 1, "even"], [5, 1, "odd"],
+        ]
         assert state["newest_values"] == {"count": 5, "attempts_seen": [0, 0, 0, 1, 1]}
+        view = notebook_view(world, run_id)
     assert proxy.failed > 0, proxy.failures
+
+    # The checkpoints are in S3, under the flow's datastore root, and only there.
+    manifests = [k for k in world.checkpoint_keys() if k.endswith(".manifest")]
+    assert len(manifests) == 5
+    assert all(k.startswith("ResumeFlow/_implicit_checkpoints/tasks/%s/train/2/" % run_id) for k in manifests)
+    assert not list(world.root.rglob("_implicit_checkpoints"))
+    assert view["store"] == "S3Backend"
+    assert sorted(view["fields"]) == ["attempts_seen", "count", "resumed_from", "weights"]
+    assert view["fields"]["weights"] >= 1000 * 8
+    assert view["weights_sum"] == 5000 and view["holder_count"] == 5 and view["artifact_key"]
 
 
 # -- Azure / GCS: the generic path through Metaflow's storage layer -----------------------

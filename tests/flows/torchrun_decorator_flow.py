@@ -12,7 +12,6 @@ own rendezvous store refuses the local datastore, so this flow runs on S3.
 import os
 import tempfile
 
-import torch
 from metaflow import FlowSpec, Parameter, checkpoint, current, retry, step, torchrun
 from metaflow.plugins.parallel_decorator import ParallelDecorator
 from metaflow_extensions.torchrun.plugins.torchrun_libs.torchrun_decorator import TorchrunDecoratorParallel
@@ -49,6 +48,8 @@ class TorchrunDecoratorFlow(FlowSpec):
             entrypoint=WORKER, entrypoint_args=[str(self.epochs), str(crash), out], nproc_per_node=1
         )
         self.node = current.parallel.node_index
+        import torch  # here: the flow's other tasks (and the runtime) need not import it
+
         self.final = torch.load(out) if self.node == 0 else None  # rank 0 runs on node 0
         self.saved = [(a.metadata["epoch"], a.attempt) for a in current.checkpoint.list(name="ddp")]
         self.next(self.join)

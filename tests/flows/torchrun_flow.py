@@ -8,7 +8,6 @@ import subprocess
 import sys
 import tempfile
 
-import torch
 
 from metaflow import FlowSpec, Parameter, checkpoint, current, retry, step
 
@@ -35,6 +34,8 @@ class TorchrunFlow(FlowSpec):
                  "--nproc-per-node", "2", WORKER, str(self.epochs), str(crash), out],
                 check=True,
             )
+            import torch  # here: the flow's other tasks (and the runtime) need not import it
+
             self.final = torch.load(out)
         self.saved = [(a.metadata["epoch"], a.attempt) for a in current.checkpoint.list(name="ddp")]
         self.next(self.end)
