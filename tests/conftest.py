@@ -117,8 +117,8 @@ def write_flow(tmp_path):
 
 
 #: The modules whose tests take longest (real flows of many processes), slowest first.
-#: They start first, so the two xdist workers end together instead of one of them
-#: running a 2-minute flow alone at the end.
+#: They start first (make test steals work between the xdist workers), so the two
+#: workers end together instead of one of them running a 2-minute flow alone at the end.
 SLOWEST_FIRST = (
     "test_torchrun.py",
     "test_gang_flow.py",
