@@ -120,19 +120,15 @@ class Manifest:
 
     def public(self) -> Dict[str, Any]:
         """The manifest as ``inspect()`` shows it: everything but the storage layout."""
-        wire = self.to_wire()
-        wire.pop(STORAGE, None)
+        wire = dict(self.extra)
+        for name in _PUBLIC_KEYS:
+            value = getattr(self, name)
+            if value is not None or name not in _OMITTED_WHEN_NONE:
+                wire[name] = value
         return wire
 
     def to_wire(self) -> Dict[str, Any]:
-        wire = dict(self.extra)
-        for spec in dataclass_fields(self):
-            if spec.name in ("extra", "storage"):
-                continue
-            value = getattr(self, spec.name)
-            if value is None and spec.name in _OMITTED_WHEN_NONE:
-                continue
-            wire[spec.name] = value
+        wire = self.public()
         if self.storage is not None:
             wire[STORAGE] = self.storage.to_wire()
         return wire
@@ -156,15 +152,18 @@ class Manifest:
 
 #: Optional keys written only when set, as the formats always have.
 _OMITTED_WHEN_NONE = {"files", "directories", "gang"}
+#: The wire keys of a manifest's public part, one per typed field.
+_PUBLIC_KEYS = tuple(
+    spec.name for spec in dataclass_fields(Manifest) if spec.name not in ("extra", "storage")
+)
 
 
 def _from_wire_v2(wire: Dict[str, Any]) -> Manifest:
-    known = {spec.name for spec in dataclass_fields(Manifest)} - {"extra", "storage"}
-    values = {name: wire[name] for name in known if name in wire}
+    values = {name: wire[name] for name in _PUBLIC_KEYS if name in wire}
     storage = wire.get(STORAGE)
     return Manifest(
         storage=StorageLayout.from_wire(storage) if storage is not None else None,
-        extra={k: v for k, v in wire.items() if k not in known and k != STORAGE},
+        extra={k: v for k, v in wire.items() if k not in values and k != STORAGE},
         **values,
     )
 
