@@ -50,6 +50,24 @@ class CheckpointSerializationError(CheckpointException):
 
 
 class CheckpointStorageError(CheckpointException):
-    """The storage backend failed persistently; nothing partial was committed."""
+    """The store failed: the message names the operation, the key or path, and the OS
+    reason (full disk, read-only, permission, network). Nothing partial was committed.
+
+    ``operation`` ("write", "read", "list", ...), ``path`` (the backend's description of
+    the path or key) and ``reason`` (the OS's or the service's words) are also attributes,
+    None where not known."""
 
     headline = "Checkpoint storage failed"
+
+    def __init__(self, msg: str, operation: str = None, path: str = None, reason: str = None):
+        super().__init__(msg)
+        self.operation = operation
+        self.path = path
+        self.reason = reason
+
+
+class UnknownFormat(CheckpointCorrupted):
+    """A checkpoint written in a format this version cannot read (a newer package wrote
+    it, or the bytes are not a checkpoint). The message says which and what to do."""
+
+    headline = "Unknown checkpoint format"
