@@ -8,15 +8,20 @@ manifests again, so every save that could reference a blob has either committed 
 manifest is read) or not yet looked at any blob (it will check, and rewrite, what it
 needs). The listing before the lock only finds candidates and reads manifests ahead,
 to keep the time saves wait short.
+
+Under the lock gc also aborts the unfinished multipart uploads (S3) older than the
+grace: a save killed in the middle of a large blob leaves one, whose parts the storage
+keeps (and bills) forever. No save holds a lease then, so none of them is a live save's.
 """
 
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Set
 
+from .backends import PendingUpload
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .locks import StoreBusy
-from .store import CheckpointStore
+from .store import ROOT, CheckpointStore
 from .notices import warn
 
 #: Blobs and temp files younger than this are never collected (seconds). The lock
@@ -38,6 +43,7 @@ class GcReport:
     deleted_bytes: int = 0
     kept_young_blobs: int = 0
     deleted_temp_files: int = 0
+    aborted_uploads: int = 0  # unfinished multipart uploads (S3) of saves that died
     damaged_manifests: List[str] = field(default_factory=list)
     busy: List[str] = field(default_factory=list)  # leases gc gave up waiting for
 
@@ -72,6 +78,7 @@ def collect_garbage(
     on_phase("candidates-listed")
     if dry_run:
         _choose(candidates, references, cutoff, report)
+        report.aborted_uploads = len(_abandoned_uploads(store, flow, cutoff))
         return report
     try:
         with store.deleting(flow, wait):
@@ -86,11 +93,23 @@ def collect_garbage(
             temp_files += store.gang_files_without_commit(flow, set(references), cutoff)
             store.delete_temp_files(flow, temp_files)
             report.deleted_temp_files = len(temp_files)
+            uploads = _abandoned_uploads(store, flow, cutoff)
+            store.backend.abort_uploads(uploads)
+            report.aborted_uploads = len(uploads)
     except StoreBusy as ex:
         report.busy = ex.leases
         report.deleted_blobs, report.deleted_bytes = [], 0
         warn("checkpoint gc: %s" % ex)
     return report
+
+
+def _abandoned_uploads(store: CheckpointStore, flow: str, cutoff: float) -> List[PendingUpload]:
+    """The unfinished uploads in ``flow``'s store begun before ``cutoff`` (epoch seconds,
+    compared with the storage's clock as blob ages are). ``cutoff`` is at the latest
+    gc's start, before it took the lock: under the lock no save holds a lease, so an
+    upload begun before then belongs to a save that ended or died."""
+    prefix = "%s/%s" % (flow, ROOT)
+    return [u for u in store.backend.list_uploads(prefix) if u.initiated < cutoff]
 
 
 def _read_references(store, flow, references: Dict[str, Set[str]], report: GcReport, on_phase) -> None:

@@ -26,6 +26,10 @@ Markers are renewed every ``RENEW`` seconds while held; one not renewed for ``ST
 seconds belongs to a dead process and is ignored (and cleaned up). Ages are compared
 on the storage's own clock (modification times only), never the local one. A holder
 that could not renew for ``STALE / 2`` stops before acting (``Marker.check``).
+
+Storage failures arrive as CheckpointStorageError (the backend boundary). Taking a lock
+fails with them; letting one go never does (``_let_go``): the holder's work is committed,
+or its own error is the news, and a marker left behind counts as dead once stale.
 """
 
 import os
@@ -41,6 +45,7 @@ from typing import Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 from .backends import TEMP_PREFIX, StorageBackend, StoredFile
 from .errors import CheckpointStorageError
+from .notices import warn
 
 RENEW = 15.0
 STALE = 300.0
@@ -54,7 +59,7 @@ class StoreBusy(CheckpointStorageError):
     """A deleter gave up waiting for saves in progress."""
 
     def __init__(self, message: str, leases: List[str]):
-        super().__init__(message)
+        super().__init__(message, operation="lock", reason="saves in progress")
         self.leases = leases
 
 
@@ -74,7 +79,10 @@ class Marker:
             raise CheckpointStorageError(
                 "%s stopped: its marker %s could not be renewed for %.0f s, so others may "
                 "consider it dead. Nothing was committed or deleted; try again."
-                % (what, self.path, silent)
+                % (what, self.path, silent),
+                operation="touch",
+                path=self.path,
+                reason="not renewed for %.0f s" % silent,
             )
 
 
@@ -119,12 +127,13 @@ class Locks:
             try:
                 listing = self._list(locks_dir)
             except BaseException:
-                self._release(marker)
+                self._let_go(marker)
                 raise
             now = listing[SAVES].get(name, StoredFile(path, 0, time.time())).mtime
             deleters = [f for f in listing[DELETERS].values() if now - f.mtime < STALE]
             if not deleters:
                 break
+            # Strict: a lease left here would keep the deleter waiting for this save.
             self._release(marker)
             self.on_phase("save-waiting-for-deleter")
             self._wait_gone(locks_dir, now)
@@ -132,7 +141,7 @@ class Locks:
             self._forget_dead_leases(locks_dir, temp_root, listing[SAVES], task, attempt)
             yield Lease(marker, frozenset(listing[EPOCH]), _temp_prefix(temp_root, name))
         finally:
-            self._release(marker)
+            self._let_go(marker)
 
     def _forget_dead_leases(self, locks_dir, temp_root, leases, task, attempt) -> None:
         """Remove the leases (and temp files) of this task's earlier attempts: attempts
@@ -192,7 +201,7 @@ class Locks:
                 self.backend.delete(["%s/%s/%s" % (locks_dir, SAVES, n) for n in dead])
             yield marker
         finally:
-            self._release(marker)
+            self._let_go(marker)
 
     def new_epoch(self, locks_dir: str) -> None:
         """Record that blobs were deleted: processes drop what they remember checking."""
@@ -208,7 +217,8 @@ class Locks:
         return self._write(path, path.rsplit("/", 1)[-1], owner)
 
     def release(self, marker: Marker) -> None:
-        self._release(marker)
+        """Remove a marker ``hold`` wrote (a failure to is warned about, see ``_let_go``)."""
+        self._let_go(marker)
 
     def _list(self, locks_dir: str) -> Dict[str, Dict[str, StoredFile]]:
         listing: Dict[str, Dict[str, StoredFile]] = {SAVES: {}, DELETERS: {}, EPOCH: {}}
@@ -243,9 +253,22 @@ class Locks:
             marker.renewed = time.monotonic()
 
     def _release(self, marker: Marker) -> None:
+        """Stop renewing ``marker`` and remove it; raises CheckpointStorageError."""
         with self._lock:
             self._held.pop(marker.path, None)
         self.backend.delete([marker.path])
+
+    def _let_go(self, marker: Marker) -> None:
+        """``_release``, for a holder that is done or failing: a marker the storage
+        cannot remove is no reason to fail committed work or to hide the holder's own
+        error. Unrenewed, it counts as dead after ``STALE`` seconds."""
+        try:
+            self._release(marker)
+        except CheckpointStorageError as ex:
+            warn(
+                "checkpoint: could not remove the marker %s (others ignore it once it is "
+                "%.0f s old): %s" % (marker.path, STALE, ex)
+            )
 
     def _start_renewer(self) -> None:
         if self._renewer is not None and self._renewer.is_alive():
@@ -280,6 +303,6 @@ def _renew_forever(locks_ref) -> None:
         for marker in locks.held():
             try:
                 locks._renew(marker)
-            except Exception:
+            except CheckpointStorageError:
                 pass  # retried next round; the holder checks its marker before acting
         del locks

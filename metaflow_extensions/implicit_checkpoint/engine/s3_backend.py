@@ -11,30 +11,45 @@ boto3 request, and checking 51 keys took 4.5 s. This backend talks to S3 directl
   destination buffer;
 - existence checks, touches and deletes of many keys are parallel or batched requests;
 - every request is retried with exponential backoff and full jitter on server errors,
-  throttling and dropped connections, a bounded number of times; then it fails with
-  a CheckpointStorageError naming the operation and the S3 URL.
+  throttling and dropped connections, a bounded number of times; a request that fails
+  for good leaves through the backend boundary (backends.py) as a CheckpointStorageError
+  naming the operation, the S3 URL, the last error and what to do;
+- unfinished multipart uploads under a prefix can be listed and aborted (gc does, for
+  saves killed in the middle of a large blob).
 
 The client is handed in: the plugin side builds it the way Metaflow's S3 datastore
 does (credentials, role, endpoint and client options from Metaflow's configuration),
 so this module needs only boto3 and can be tested without a flow.
 """
 
+import errno
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from botocore.config import Config
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionError as BotoConnectionError,
+    CredentialRetrievalError,
     HTTPClientError,
     IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
     SSLError,
 )
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from .backends import TEMP_PREFIX, PartsReader, StorageBackend, StoredFile
+from .backends import (
+    TEMP_PREFIX,
+    FailureText,
+    PartsReader,
+    PendingUpload,
+    StorageBackend,
+    StoredFile,
+)
 from .errors import CheckpointStorageError
 from .parallel import LazyPool
 
@@ -71,6 +86,9 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_CREDENTIAL_CODES = frozenset(
+    {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+)
 
 T = TypeVar("T")
 
@@ -115,6 +133,23 @@ def client_config(user_config=None, connections: int = DEFAULT_CONCURRENCY) -> C
     return user_config.merge(Config(**ours)) if user_config is not None else Config(**ours)
 
 
+class _S3Failure(Exception):
+    """A request that failed for good: which request, on which path (relative to the
+    backend root), the last error (an exception, or the service's words) and how many
+    tries it took. The backend boundary turns it into a CheckpointStorageError."""
+
+    def __init__(self, request: str, path: str, error, attempts: int = 1):
+        super().__init__("S3 %s of %s: %s" % (request, path, error))
+        self.request = request
+        self.path = path
+        self.error = error
+        self.attempts = attempts
+
+
+class _BadResponse(Exception):
+    """S3 answered, but not what was asked (never worth a retry)."""
+
+
 class S3Backend(StorageBackend):
     """Objects under ``s3://bucket/prefix``, through a boto3 S3 client.
 
@@ -137,6 +172,9 @@ class S3Backend(StorageBackend):
     """
 
     TYPE = "s3"
+
+    #: Requests that failed for good (``_request``); the boundary words them.
+    SERVICE_ERRORS = (_S3Failure,)
 
     def __init__(
         self,
@@ -179,42 +217,48 @@ class S3Backend(StorageBackend):
 
     # -- requests --------------------------------------------------------------------
 
-    def _request(self, operation: str, path: str, action: Callable[[], T]) -> T:
+    def _request(self, request: str, path: str, action: Callable[[], T]) -> T:
         """Run ``action`` (one S3 request, reading its whole response), retrying
-        transient failures. A missing object raises FileNotFoundError."""
+        transient failures. A missing object raises FileNotFoundError; a request that
+        fails for good raises _S3Failure, which the backend's boundary words."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 return action()
             except ClientError as ex:
-                code = ex.response.get("Error", {}).get("Code", "")
-                status = ex.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                code = _error_code(ex)
                 if code in _MISSING_CODES:
-                    raise FileNotFoundError(self.describe(path)) from ex
-                if not (code in _TRANSIENT_CODES or status >= 500 or status == 429):
-                    raise CheckpointStorageError(
-                        "S3 %s of %s failed: %s%s"
-                        % (operation, self.describe(path), ex, _hint(code))
-                    ) from ex
+                    raise FileNotFoundError(errno.ENOENT, "no such object", self.describe(path)) from ex
+                if not _is_transient(ex):
+                    raise _S3Failure(request, path, ex) from ex
                 error = ex
             except SSLError as ex:
-                raise CheckpointStorageError(
-                    "S3 %s of %s failed: %s (check METAFLOW_S3_ENDPOINT_URL and "
-                    "METAFLOW_S3_VERIFY_CERTIFICATE)." % (operation, self.describe(path), ex)
-                ) from ex
+                raise _S3Failure(request, path, ex) from ex
             except _TRANSIENT_EXCEPTIONS as ex:
                 error = ex
+            except (BotoCoreError, _BadResponse) as ex:  # credentials, parameters, a broken answer
+                raise _S3Failure(request, path, ex) from ex
             if attempt >= self._retry.attempts:
-                raise CheckpointStorageError(
-                    "S3 %s of %s failed %d times in a row; the last error was %s: %s"
-                    % (operation, self.describe(path), attempt, type(error).__name__, error)
-                ) from error
+                raise _S3Failure(request, path, error, attempt) from error
             time.sleep(self._retry.pause(attempt))
+
+    def _explain(self, error: Exception) -> FailureText:
+        if not isinstance(error, _S3Failure):
+            return super()._explain(error)
+        cause = error.error
+        said = "%s: %s" % (type(cause).__name__, cause) if isinstance(cause, BaseException) else cause
+        if error.attempts > 1:
+            reason = "the %s request failed %d times in a row; the last error was %s" % (
+                error.request, error.attempts, said
+            )
+        else:
+            reason = "the %s request failed: %s" % (error.request, said)
+        return FailureText(reason, _advice(cause), error.path)
 
     # -- writing ---------------------------------------------------------------------
 
-    def write(
+    def _write(
         self, path: str, parts: Sequence, durable: bool, temp_prefix: Optional[str] = None
     ) -> None:
         # No temp files here: S3 stores a whole object or nothing (an interrupted
@@ -298,7 +342,7 @@ class S3Backend(StorageBackend):
 
     # -- reading ---------------------------------------------------------------------
 
-    def read_into(self, path: str, buffer: memoryview) -> int:
+    def _read_into(self, path: str, buffer: memoryview) -> int:
         view = memoryview(buffer).cast("B")
         if len(view) == 0:
             self._request("check", path, lambda: self._head(path))
@@ -321,14 +365,15 @@ class S3Backend(StorageBackend):
                     Bucket=self.bucket, Key=key, Range="bytes=%d-%d" % (start, end - 1)
                 )
             except ClientError as ex:
-                if ex.response.get("Error", {}).get("Code") == "InvalidRange":
+                if _error_code(ex) == "InvalidRange":
                     return 0  # the object ends before this range
                 raise
             wanted = response["ContentLength"]
             if wanted > end - start:
-                raise CheckpointStorageError(
-                    "S3 download of %s: the server ignored the byte range (sent %d bytes "
-                    "for a range of %d)." % (self.describe(path), wanted, end - start)
+                response["Body"].close()
+                raise _BadResponse(
+                    "the server ignored the byte range (sent %d bytes for a range of %d)"
+                    % (wanted, end - start)
                 )
             body = response["Body"]
             try:
@@ -341,7 +386,7 @@ class S3Backend(StorageBackend):
 
         return self._request("download", path, fetch)
 
-    def read(self, path: str) -> bytes:
+    def _read(self, path: str) -> bytes:
         key = self._key(path)
 
         def fetch() -> bytes:
@@ -356,7 +401,7 @@ class S3Backend(StorageBackend):
     def _head(self, path: str) -> dict:
         return self._client.head_object(Bucket=self.bucket, Key=self._key(path))
 
-    def exists_many(self, paths: Sequence[str]) -> List[bool]:
+    def _exists_many(self, paths: Sequence[str]) -> List[bool]:
         def exists(path: str) -> bool:
             try:
                 self._request("check", path, lambda: self._head(path))
@@ -366,7 +411,7 @@ class S3Backend(StorageBackend):
 
         return self._pool.map(exists, list(paths))
 
-    def stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
+    def _stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
         def size(path: str) -> Optional[int]:
             try:
                 return self._request("check", path, lambda: self._head(path))["ContentLength"]
@@ -377,8 +422,12 @@ class S3Backend(StorageBackend):
 
     # -- listing ---------------------------------------------------------------------
 
+    def _key_prefix(self, path: str) -> str:
+        """The key prefix of everything under ``path``."""
+        return self._key(path) + "/" if path.strip("/") or self.prefix else ""
+
     def _pages(self, path: str, **kwargs) -> Iterator[dict]:
-        prefix = self._key(path) + "/" if path.strip("/") or self.prefix else ""
+        prefix = self._key_prefix(path)
         token = None
         while True:
             args = dict(Bucket=self.bucket, Prefix=prefix, **kwargs)
@@ -390,7 +439,7 @@ class S3Backend(StorageBackend):
                 return
             token = page["NextContinuationToken"]
 
-    def list_dir(self, path: str) -> List[Tuple[str, bool]]:
+    def _list_dir(self, path: str) -> List[Tuple[str, bool]]:
         entries = []
         for page in self._pages(path, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
@@ -401,7 +450,7 @@ class S3Backend(StorageBackend):
                     entries.append((name, False))
         return entries
 
-    def walk_files(self, prefix: str) -> Iterator[StoredFile]:
+    def _walk_files(self, prefix: str) -> Iterator[StoredFile]:
         for page in self._pages(prefix):
             for obj in page.get("Contents", []):
                 yield StoredFile(
@@ -410,7 +459,7 @@ class S3Backend(StorageBackend):
 
     # -- maintenance -----------------------------------------------------------------
 
-    def delete(self, paths: Iterable[str]) -> None:
+    def _delete(self, paths: List[str]) -> None:
         keys = [self._key(p) for p in paths]
         batches = [keys[i : i + _DELETE_BATCH] for i in range(0, len(keys), _DELETE_BATCH)]
 
@@ -425,18 +474,16 @@ class S3Backend(StorageBackend):
             )
             errors = response.get("Errors", [])
             if errors:
-                raise CheckpointStorageError(
-                    "S3 delete failed for %d object(s), e.g. %s: %s"
-                    % (
-                        len(errors),
-                        self.describe(self._relative(errors[0]["Key"])),
-                        errors[0].get("Message", errors[0].get("Code")),
-                    )
+                raise _S3Failure(
+                    "delete",
+                    self._relative(errors[0]["Key"]),
+                    "%s (%d object(s) of the batch not deleted)"
+                    % (errors[0].get("Message", errors[0].get("Code")), len(errors)),
                 )
 
         self._pool.map(delete_batch, batches)
 
-    def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
+    def _touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
         # S3 cannot set a modification time; copying an object onto itself (with new,
         # empty metadata) renews it, server-side. That copies up to a whole blob, so
         # an object modified recently enough is only looked at (HEAD), not copied.
@@ -467,19 +514,87 @@ class S3Backend(StorageBackend):
 
         return self._pool.map(touch_one, list(paths))
 
-def _hint(code: str) -> str:
-    if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
-        return (
-            " (check the AWS credentials or role Metaflow uses: AWS_PROFILE, "
-            "AWS_ACCESS_KEY_ID, METAFLOW_DATATOOLS_SESSION_VARS)"
-        )
-    if code == "NoSuchBucket":
-        return " (the bucket does not exist: check METAFLOW_DATASTORE_SYSROOT_S3)"
-    return ""
+    # -- unfinished multipart uploads ------------------------------------------------
+
+    def _list_uploads(self, prefix: str) -> List[PendingUpload]:
+        uploads = []
+        markers = {}
+        while True:
+            args = dict(Bucket=self.bucket, Prefix=self._key_prefix(prefix), **markers)
+            page = self._request(
+                "upload listing", prefix, lambda: self._client.list_multipart_uploads(**args)
+            )
+            uploads.extend(
+                PendingUpload(self._relative(u["Key"]), u["UploadId"], u["Initiated"].timestamp())
+                for u in page.get("Uploads", [])
+            )
+            if not page.get("IsTruncated"):
+                return uploads
+            markers = {
+                "KeyMarker": page["NextKeyMarker"],
+                "UploadIdMarker": page["NextUploadIdMarker"],
+            }
+
+    def _abort_uploads(self, uploads: Sequence[PendingUpload]) -> None:
+        def abort(upload: PendingUpload) -> None:
+            try:
+                self._request(
+                    "upload abort",
+                    upload.path,
+                    lambda: self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=self._key(upload.path), UploadId=upload.upload_id
+                    ),
+                )
+            except _S3Failure as ex:
+                if _error_code(ex.error) != "NoSuchUpload":  # gone already: what we wanted
+                    raise
+
+        self._pool.map(abort, list(uploads))
 
 
 class _ShortRead(Exception):
     """A response body ended before the bytes it announced (a dropped connection)."""
+
+
+def _error_code(error) -> str:
+    """The S3 error code of a ClientError ("" for anything else)."""
+    if not isinstance(error, ClientError):
+        return ""
+    return error.response.get("Error", {}).get("Code", "")
+
+
+def _is_transient(error: ClientError) -> bool:
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return _error_code(error) in _TRANSIENT_CODES or status >= 500 or status == 429
+
+
+_CREDENTIALS_ADVICE = (
+    "Check the AWS credentials or role Metaflow uses (AWS_PROFILE, AWS_ACCESS_KEY_ID, "
+    "METAFLOW_DATATOOLS_SESSION_VARS) and that they may use this bucket."
+)
+_OUTAGE_ADVICE = (
+    "S3 kept failing (an outage, throttling or the network): check that it is reachable "
+    "(METAFLOW_S3_ENDPOINT_URL, proxies) and try again later."
+)
+
+
+def _advice(cause) -> str:
+    """What to do about the last error of a request that failed for good."""
+    code = _error_code(cause)
+    if code in _CREDENTIAL_CODES or isinstance(
+        cause, (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
+    ):
+        return _CREDENTIALS_ADVICE
+    if code == "NoSuchBucket":
+        return "The bucket does not exist: check METAFLOW_DATASTORE_SYSROOT_S3."
+    if isinstance(cause, SSLError):
+        return "Check METAFLOW_S3_ENDPOINT_URL and METAFLOW_S3_VERIFY_CERTIFICATE."
+    if isinstance(cause, _TRANSIENT_EXCEPTIONS) or (isinstance(cause, ClientError) and _is_transient(cause)):
+        return _OUTAGE_ADVICE
+    return (
+        "Check the datastore's S3 settings (METAFLOW_DATASTORE_SYSROOT_S3, "
+        "METAFLOW_S3_ENDPOINT_URL) and try again."
+    )
 
 
 #: Failures of the connection rather than answers from S3: always worth a retry.

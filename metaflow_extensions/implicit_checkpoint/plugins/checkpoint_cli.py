@@ -368,6 +368,8 @@ def gc(obj, dry_run, grace_seconds, wait, as_json):
         echo("Kept %d unreferenced blob(s) younger than %.0f s." % (report.kept_young_blobs, grace_seconds))
     if report.deleted_temp_files:
         echo("%s %d stale temp file(s)." % (verb, report.deleted_temp_files))
+    if report.aborted_uploads:
+        echo("%s %d abandoned multipart upload(s)." % ("Would abort" if dry_run else "Aborted", report.aborted_uploads))
     if report.busy:
         echo("Deleted nothing: %d save(s) in progress did not finish within %.0f s; run "
              "gc again later." % (len(report.busy), wait))

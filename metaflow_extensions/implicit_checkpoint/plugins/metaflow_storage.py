@@ -3,12 +3,15 @@ storage backend: for the datastores without a backend of ours (Azure, GCS), so t
 the same store code. That object is private Metaflow API, reached through
 metaflow_internals.py."""
 
+import errno
 import os
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..engine.backends import (
     TEMP_PREFIX,
     UNKNOWN_SIZE,
+    FailureText,
     LocalDirBackend,
     PartsReader,
     StorageBackend,
@@ -19,6 +22,10 @@ from ..engine.errors import CheckpointException
 
 class MetaflowStorageBackend(StorageBackend):
     """Metaflow's datastore storage, wrapped. Paths are relative to its ``datastore_root``."""
+
+    #: Azure's, Google's and Metaflow's own exceptions all mean the storage failed; the
+    #: boundary (backends.py) words them.
+    SERVICE_ERRORS = (Exception,)
 
     def __init__(self, storage_impl):
         self._storage = storage_impl
@@ -31,44 +38,54 @@ class MetaflowStorageBackend(StorageBackend):
     def can_delete(self) -> bool:
         return self.TYPE == "local"
 
-    def write(
+    def _explain(self, error: Exception) -> FailureText:
+        text = super()._explain(error)
+        if isinstance(error, OSError):
+            return text
+        return FailureText(
+            text.reason,
+            "Check the %s datastore's configuration, credentials and network (Metaflow's "
+            "settings for it), then try again." % self.TYPE,
+        )
+
+    def _write(
         self, path: str, parts: Sequence, durable: bool, temp_prefix: Optional[str] = None
     ) -> None:
         # Metaflow's storages write whole objects atomically (temp file + rename
         # locally, a single PUT on object stores).
         self._storage.save_bytes([(path, PartsReader(parts))], overwrite=True, len_hint=1)
 
-    def read_into(self, path: str, buffer: memoryview) -> int:
+    @contextmanager
+    def _downloaded(self, path: str) -> Iterator[Tuple[LocalDirBackend, str]]:
+        """``path`` as a local file (Metaflow downloads it to a temp folder), as
+        ``(a local backend on its folder, its name)``; FileNotFoundError when missing."""
         with self._storage.load_bytes([path]) as loaded:
             for _, local_path, _ in loaded:
-                if local_path is None:
-                    raise FileNotFoundError(self.describe(path))
-                return LocalDirBackend(os.path.dirname(local_path)).read_into(
-                    os.path.basename(local_path), buffer
-                )
-        raise FileNotFoundError(self.describe(path))
+                if local_path is not None:
+                    yield LocalDirBackend(os.path.dirname(local_path)), os.path.basename(local_path)
+                    return
+        raise FileNotFoundError(errno.ENOENT, "no such object", self.describe(path))
 
-    def read(self, path: str) -> bytes:
-        with self._storage.load_bytes([path]) as loaded:
-            for _, local_path, _ in loaded:
-                if local_path is None:
-                    raise FileNotFoundError(self.describe(path))
-                with open(local_path, "rb") as f:
-                    return f.read()
-        raise FileNotFoundError(self.describe(path))
+    def _read_into(self, path: str, buffer: memoryview) -> int:
+        with self._downloaded(path) as (local, name):
+            return local.read_into(name, buffer)
 
-    def exists_many(self, paths: Sequence[str]) -> List[bool]:
+    def _read(self, path: str) -> bytes:
+        with self._downloaded(path) as (local, name):
+            return local.read(name)
+
+    def _exists_many(self, paths: Sequence[str]) -> List[bool]:
         if not paths:
             return []
         return [bool(x) for x in self._storage.is_file(list(paths))]
 
-    def stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
+    def _stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
         if self.TYPE == "local":
             return self._local().stat_many(paths)
         # Metaflow's storage layer tells existence, not size, without a download.
         return [UNKNOWN_SIZE if found else None for found in self.exists_many(paths)]
 
-    def list_dir(self, path: str) -> List[Tuple[str, bool]]:
+    def _list_dir(self, path: str) -> List[Tuple[str, bool]]:
         prefix = path.rstrip("/")
         entries = []
         for result in self._storage.list_content([prefix]):
@@ -89,17 +106,17 @@ class MetaflowStorageBackend(StorageBackend):
             "need the local or the s3 datastore." % (operation, self.TYPE)
         )
 
-    def delete(self, paths: Iterable[str]) -> None:
+    def _delete(self, paths: List[str]) -> None:
         if self.TYPE != "local":
             raise self._unsupported("Deleting")
         self._local().delete(paths)
 
-    def walk_files(self, prefix: str) -> Iterator[StoredFile]:
+    def _walk_files(self, prefix: str) -> Iterator[StoredFile]:
         if self.TYPE != "local":
             raise self._unsupported("Listing the modification times of")
         return self._local().walk_files(prefix)
 
-    def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
+    def _touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
         if self.TYPE == "local":
             return self._local().touch(paths, older_than)
         # Metaflow's storage layer cannot set a modification time: writing the object
@@ -108,11 +125,9 @@ class MetaflowStorageBackend(StorageBackend):
         for i, path in enumerate(paths):
             if not found[i]:
                 continue
-            with self._storage.load_bytes([path]) as loaded:
-                for _, local_path, _ in loaded:
-                    if local_path is None:  # deleted meanwhile
-                        found[i] = False
-                        continue
-                    with open(local_path, "rb") as f:
-                        self._storage.save_bytes([(path, f)], overwrite=True, len_hint=1)
+            try:
+                with self._downloaded(path) as (local, name), open(local.describe(name), "rb") as f:
+                    self._storage.save_bytes([(path, f)], overwrite=True, len_hint=1)
+            except FileNotFoundError:  # deleted meanwhile
+                found[i] = False
         return found
