@@ -436,7 +436,12 @@ def _stage_folder_restore(store: CheckpointStore, manifest: Manifest, root: str)
     if not manifest.has_folder:
         return None
     restore = FolderRestore(
-        root, manifest.files, manifest.directories, manifest.storage.files, manifest.key
+        root,
+        manifest.files,
+        manifest.directories,
+        manifest.storage.files,
+        manifest.key,
+        blob_sizes=manifest.storage.blobs,
     )
     restore.stage(lambda requests: _read_extents(store, manifest, requests))
     return restore
