@@ -2,10 +2,10 @@
 from metaflow import current
 from metaflow.decorators import StepDecorator
 
-from ..engine.errors import CheckpointConfigError
+from ..engine.errors import CheckpointConfigError, CheckpointException, CheckpointSerializationError
 from ..engine.fields import FieldSelector, normalize_patterns
 from ..engine.retention import RetentionPolicy
-from ..engine.session import LOAD_POLICIES, AttributeSource, CheckpointSession, TaskIdentity
+from ..engine.session import LOAD_POLICIES, AttributeSource, TaskIdentity
 from .assignment_tracking import stop_tracking, track_assignments
 from .cards import final_card
 from .cards.attach import (
@@ -15,14 +15,17 @@ from .cards.attach import (
     wait_for_orphan_renders,
 )
 from .gang_identity import gang_of_task
+from .guidance import LeftOutNote, failure_note
 from .log_routing import NoticesToMetaflow
 from .metaflow_internals import foreach_indices, parent_artifact_names, publish_on_current
+from .package_clash import clash_message
+from . import retry_policy
 from .run_visibility import runs_in_current_namespace
 from .settings import settings
 from .store_binding import store_for_datastore
 from .task_handoff import HandedTask, hand_down
 from .task_folder import end_task_folder, start_task_folder, task_folder
-from .task_status import FAILED, attempt_statuses, client_reading, record_loaded
+from .task_status import FAILED, attempt_statuses, client_reading, record_loaded, record_process
 from ..engine.notices import warn
 
 
@@ -103,6 +106,12 @@ class CheckpointDecorator(StepDecorator):
         self._step_name = step_name
         self._flow_datastore = flow_datastore
         self._notices = NoticesToMetaflow(logger)
+        clash = clash_message()
+        if clash:
+            raise CheckpointConfigError("@checkpoint on step *%s*: %s" % (step_name, clash))
+        # With @catch, the last attempt of an error no retry fixes must still run (and
+        # fail at once) for @catch to catch it: no exit code that stops retries then.
+        self._has_catch = any(deco.name == "catch" for deco in decorators)
         attrs = self.attributes
         include = normalize_patterns(attrs["include"], "include", step_name)
         exclude = normalize_patterns(attrs["exclude"], "exclude", step_name)
@@ -196,7 +205,21 @@ class CheckpointDecorator(StepDecorator):
     ):
         self._flow = flow
         self._pathspec = "/".join((flow.name, str(run_id), step_name, str(task_id)))
+        self._metadata = metadata
+        self._run_id, self._task_id, self._attempt = str(run_id), str(task_id), int(retry_count)
         self._notices.start()
+        record_process(metadata, str(run_id), step_name, str(task_id), int(retry_count))
+        if int(retry_count) > 0:
+            # Where the scheduler retried an attempt that stopped retries (see
+            # retry_policy.py), fail at once, before the step's own work.
+            try:
+                with client_reading(metadata):
+                    found = retry_policy.recorded(self._pathspec, int(retry_count) - 1)
+            except Exception as ex:  # unreadable metadata: run the retry as usual
+                warn("@checkpoint: could not read how attempt %d ended: %s" % (int(retry_count) - 1, ex))
+                found = None
+            if found is not None:
+                raise retry_policy.fail_at_once(found, int(retry_count))
         log = track_assignments(flow)
         task = TaskIdentity(
             flow=flow.name,
@@ -218,7 +241,7 @@ class CheckpointDecorator(StepDecorator):
             self._flow_datastore.datastore_root, flow.name, str(run_id), step_name, str(task_id)
         )
         start_task_folder(self._folder)
-        self._session = CheckpointSession(
+        self._session = retry_policy.StepCheckpointSession(
             store,
             task,
             source,
@@ -232,6 +255,9 @@ class CheckpointDecorator(StepDecorator):
             options=settings().session,
         )
         self._session.start()
+        left_out = LeftOutNote(step_name, self._selector, lambda: log.assigned_values(flow))
+        self._session.on_commit.append(left_out.on_commit)
+        self._session.on_load.append(left_out.on_load)
         hand_down(
             HandedTask(
                 task,
@@ -276,6 +302,29 @@ class CheckpointDecorator(StepDecorator):
         session = getattr(self, "_session", None)
         if session is not None:
             session.finish(raise_failure=False)
+        _leave_out_unpicklable(exception, flow)
+        why = retry_policy.why_not_retryable(exception)
+        retries_left = int(retry_count) < int(max_user_code_retries)
+        if why and retries_left:
+            try:
+                retry_policy.record(
+                    self._metadata, self._run_id, step_name, self._task_id, int(retry_count), exception
+                )
+            except Exception as ex:  # without the record a retry runs the step again
+                warn("@checkpoint: could not record that no retry fixes this error: %s" % ex)
+            if not self._has_catch:
+                retry_policy.exit_without_retry()
+        if not self._has_catch and (not retries_left or why):
+            note = failure_note(
+                step_name,
+                _newest_key(session) if session is not None else None,
+                int(max_user_code_retries),
+                int(max_user_code_retries) - int(retry_count),
+                why,
+                self.attributes["load_policy"],
+            )
+            if note:
+                warn(note)
 
     def _remove_cards_of_earlier_attempts(self):
         remove_cards_of_earlier_attempts(self._flow_datastore, self._pathspec, self._card_id)
@@ -283,6 +332,8 @@ class CheckpointDecorator(StepDecorator):
     def task_finished(
         self, step_name, flow, graph, is_task_ok, retry_count, max_user_code_retries
     ):
+        if is_task_ok:  # another decorator handled the exception: retries as usual
+            retry_policy.cancel_exit_without_retry()
         if self._card_id and int(retry_count) > 0:
             wait_for_orphan_renders(self._pathspec, self._card_id)
             self._remove_cards_of_earlier_attempts()
@@ -290,6 +341,34 @@ class CheckpointDecorator(StepDecorator):
             end_task_folder(self._folder)
         stop_tracking(flow)
         self._notices.stop()
+
+
+def _newest_key(session):
+    """The key of the task's newest checkpoint (None when it has none)."""
+    try:
+        return session.inspect()["key"]
+    except CheckpointException:
+        return None
+
+
+def _leave_out_unpicklable(exception, flow) -> None:
+    """After save() failed on an attribute that cannot be pickled, take it off the flow.
+
+    Metaflow stores every public attribute when the step ends, even a failed one, and
+    its own failure to pickle it ("Cannot pickle dump artifact named ...") would replace
+    our error, which says what to do. Without it, the failed attempt's other artifacts
+    are stored and our error is the task's."""
+    name = getattr(exception, "field", None)
+    if (
+        isinstance(exception, CheckpointSerializationError)
+        and exception.__cause__ is not None  # raised from the pickling error itself
+        and name
+        and name in vars(flow)
+    ):
+        try:
+            delattr(flow, name)
+        except Exception:
+            pass
 
 
 def _note_replayed_randomness(artifact, pathspec: str, attempt: int, metadata_provider) -> None:

@@ -6,7 +6,7 @@ Metaflow changes one of them, this is the module to change.
 """
 
 from types import SimpleNamespace
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from metaflow import current
 
@@ -31,6 +31,28 @@ def num_parallel(flow: Any) -> int:
 def publish_on_current(name: str, value: Any) -> None:
     """Make ``current.<name>`` return ``value`` for the rest of the task."""
     current._update_env({name: value})
+
+
+def placeholder_on_current(name: str, error: Callable[[], Exception]) -> None:
+    """Until a task publishes ``current.<name>``, reading it raises ``error()`` (an
+    AttributeError, so ``name in current`` stays False). ``current`` resolves attributes
+    on its class: ``_update_env`` sets one property per name there, replacing this one.
+    A property another package put there first is left alone."""
+    cls = type(current)
+    if name not in cls.__dict__:
+
+        def fget(_self):
+            raise error()
+
+        setattr(cls, name, property(fget=fget))
+
+
+def step_decorators_named(name: str) -> list:
+    """The class paths every installed extension (and Metaflow) registers for the step
+    decorator ``name``, in load order: Metaflow uses the last one."""
+    from metaflow.extension_support import plugins
+
+    return [path for plugin, path in getattr(plugins, "_all_step_decorators", []) if plugin == name]
 
 
 def storage_of(datastore: Any) -> Any:
