@@ -3,6 +3,7 @@ with write access to the store (valid digest, altered files section) cannot make
 restore set privileged modes, create huge files, fail half way, or link outside the
 folder. Every refusal is a CheckpointException, raised before anything on disk changes."""
 
+import copy
 import errno
 import logging
 import os
@@ -17,7 +18,7 @@ import pytest
 
 from engine_helpers import State, local_store, make_session
 from metaflow_extensions.implicit_checkpoint.engine import directory
-from metaflow_extensions.implicit_checkpoint.engine.directory import RESTORING_MARK
+from metaflow_extensions.implicit_checkpoint.engine.directory import RESTORING_MARK, FolderRestore
 from metaflow_extensions.implicit_checkpoint.engine.errors import (
     CheckpointCorrupted,
     CheckpointException,
@@ -50,6 +51,7 @@ class Saved:
     key: CheckpointKey
     source: Path
     listing: dict
+    wire: dict  # the genuine manifest, as stored
 
     @property
     def manifest_file(self) -> Path:
@@ -69,6 +71,16 @@ class Saved:
         """What a step's load() and the client's do with the folder: the engine path."""
         store = local_store(self.store_root)
         load_snapshot(store, open_checkpoint(store, self.key).part, folder=str(target))
+
+    def restore_alone(self, target: Path, mutate: Callable[[dict], None]) -> FolderRestore:
+        """FolderRestore by itself over a changed copy of the genuine manifest: its own
+        checks, whatever the manifest's reader refuses before it."""
+        wire = copy.deepcopy(self.wire)
+        mutate(wire)
+        storage = wire["storage"]
+        return FolderRestore(
+            str(target), wire["files"], wire["directories"], storage["files"], str(self.key), storage["blobs"]
+        )
 
 
 @pytest.fixture
@@ -91,8 +103,10 @@ def saved(tmp_path) -> Saved:
     state = State()
     state.epoch = 3
     artifact = make_session(local_store(tmp_path / "store"), state, directory=str(source)).save()
-    result = Saved(tmp_path / "store", CheckpointKey.parse(artifact.key), source, listing(source))
-    storage = local_store(result.store_root).read_manifest(result.key).storage
+    key = CheckpointKey.parse(artifact.key)
+    manifest = local_store(tmp_path / "store").read_manifest(key)
+    result = Saved(tmp_path / "store", key, source, listing(source), manifest.to_wire())
+    storage = manifest.storage
     ((digest, offset, length),) = storage.files[EIGHT]
     assert (offset, length, storage.blobs[digest]) == (0, 8, 8)
     return result
@@ -110,18 +124,31 @@ def target(tmp_path) -> Path:
     return folder
 
 
-def assert_refused(saved: Saved, target: Path, match: str, error=CheckpointCorrupted, described: bool = True) -> None:
-    """The restore raises ``error`` matching ``match`` (for CheckpointCorrupted, naming the
-    checkpoint and, when ``described``, its invalid description), and changes nothing."""
+def assert_refused(saved: Saved, target: Path, mutate: Callable[[dict], None], match: str) -> None:
+    """The change ``mutate`` makes to the manifest is refused by FolderRestore itself (its
+    message matching ``match``) and, crafted into the store, by a load through the engine
+    (whichever check finds it first): CheckpointCorrupted naming the checkpoint; nothing
+    on disk changed."""
+    before = listing(target)
+    with pytest.raises(CheckpointCorrupted, match=match) as raised:
+        saved.restore_alone(target, mutate)
+    assert INVALID in str(raised.value) and raised.value.key == str(saved.key)
+    assert listing(target) == before
+    saved.craft(mutate)
+    assert_load_fails(saved, target, CheckpointCorrupted, "altered or damaged; load an earlier checkpoint")
+
+
+def assert_load_fails(saved: Saved, target: Path, error: type, match: str) -> BaseException:
+    """A load through the engine raises ``error`` matching ``match``, and leaves the
+    target as it was and no staging folder behind."""
     before = listing(target)
     with pytest.raises(error, match=match) as raised:
         saved.restore(target)
     assert listing(target) == before
     assert not [p for p in target.parent.iterdir() if RESTORING_MARK in p.name]
-    if error is CheckpointCorrupted:
-        message = str(raised.value)
-        assert raised.value.key == str(saved.key) and str(saved.key) in message
-        assert "load an earlier checkpoint" in message and (INVALID in message) == described
+    if isinstance(raised.value, CheckpointCorrupted):
+        assert raised.value.key == str(saved.key) and str(saved.key) in str(raised.value)
+    return raised.value
 
 
 def files(wire: dict) -> dict:
@@ -199,13 +226,17 @@ def test_a_folder_is_never_restored_setgid_or_sticky(saved, target):
 
 @pytest.mark.parametrize("mode", [0o100644, 0o170777, -1, "644", 6.5, True, None])
 def test_a_mode_that_is_not_permission_bits_is_refused(saved, target, mode):
-    saved.craft(lambda wire: files(wire)["tool.sh"].update(mode=mode))
-    assert_refused(saved, target, r"'tool\.sh' has the mode .*not permission bits")
+    def mutate(wire):
+        files(wire)["tool.sh"]["mode"] = mode
+
+    assert_refused(saved, target, mutate, r"'tool\.sh' has the mode .*not permission bits")
 
 
 def test_a_folder_mode_that_is_not_permission_bits_is_refused(saved, target):
-    saved.craft(lambda wire: wire["directories"]["sub/deep"].update(mode=0o40700))
-    assert_refused(saved, target, r"folder 'sub/deep' has the mode 0o40700")
+    def mutate(wire):
+        wire["directories"]["sub/deep"]["mode"] = 0o40700
+
+    assert_refused(saved, target, mutate, r"folder 'sub/deep' has the mode 0o40700")
 
 
 # -- sizes and extents ---------------------------------------------------------------------
@@ -235,8 +266,10 @@ def bytes_allocated_under(root: Path) -> int:
 
 def test_a_size_beyond_the_extents_is_refused_and_makes_no_large_file(saved, target, tmp_path):
     allocated = bytes_allocated_under(tmp_path)
-    saved.craft(lambda wire: files(wire)[EIGHT].update(size=10**12))
-    assert_refused(saved, target, r"'eight/x\.bin' has the size 1000000000000, but its extents hold 8 bytes")
+    def mutate(wire):
+        files(wire)[EIGHT]["size"] = 10**12
+
+    assert_refused(saved, target, mutate, r"'eight/x\.bin' has the size 1000000000000, but its extents hold 8 bytes")
     assert largest_file_under(tmp_path) < SMALL  # nothing large or sparse, staging included
     assert bytes_allocated_under(tmp_path) - allocated < SMALL
 
@@ -248,8 +281,7 @@ def test_a_size_matching_a_stretched_extent_and_blob_is_refused(saved, target, t
         extents(wire)[EIGHT] = [[digest, 0, 10**12]]
         wire["storage"]["blobs"][digest] = 10**12
 
-    saved.craft(stretch)
-    assert_refused(saved, target, r"'eight/x\.bin' is read from blob .* with the size 1000000000000")
+    assert_refused(saved, target, stretch, r"'eight/x\.bin' is read from blob .* with the size 1000000000000")
     assert largest_file_under(tmp_path) < SMALL
 
 
@@ -263,7 +295,7 @@ def test_a_blob_listed_larger_than_it_is_fails_its_check_and_leaves_nothing(save
         wire["storage"]["blobs"][digest] = claimed
 
     saved.craft(stretch)
-    assert_refused(saved, target, r"file 'eight/x\.bin' failed its integrity check", described=False)
+    assert_load_fails(saved, target, CheckpointCorrupted, r"file 'eight/x\.bin' failed its integrity check")
     assert largest_file_under(tmp_path) < SMALL
 
 
@@ -296,8 +328,7 @@ def test_a_malformed_extent_is_refused(saved, target, extent, match):
         if isinstance(bad, list) and len(bad) == 3 and _is_count(bad[2]):
             files(wire)[EIGHT]["size"] = bad[2]  # consistent, so only the extent is wrong
 
-    saved.craft(mutate)
-    assert_refused(saved, target, r"'eight/x\.bin' .*" + match)
+    assert_refused(saved, target, mutate, r"'eight/x\.bin' .*" + match)
 
 
 def _is_count(value) -> bool:
@@ -315,8 +346,7 @@ def _is_count(value) -> bool:
     ],
 )
 def test_missing_or_malformed_extent_sections_are_refused(saved, target, mutate, match):
-    saved.craft(mutate)
-    assert_refused(saved, target, match)
+    assert_refused(saved, target, mutate, match)
 
 
 # -- conflicting entries -------------------------------------------------------------------
@@ -334,8 +364,7 @@ def test_missing_or_malformed_extent_sections_are_refused(saved, target, mutate,
     ],
 )
 def test_conflicting_entries_are_refused_before_anything_changes(saved, target, mutate, match):
-    saved.craft(mutate)
-    assert_refused(saved, target, match)
+    assert_refused(saved, target, mutate, match)
 
 
 # -- symbolic links ------------------------------------------------------------------------
@@ -355,8 +384,10 @@ def test_conflicting_entries_are_refused_before_anything_changes(saved, target, 
     ],
 )
 def test_a_link_leading_out_of_the_folder_is_refused(saved, target, rel, link, match):
-    saved.craft(lambda wire: files(wire)[rel].update(symlink=link))
-    assert_refused(saved, target, r"symbolic link %r .*%s" % (rel, match))
+    def mutate(wire):
+        files(wire)[rel]["symlink"] = link
+
+    assert_refused(saved, target, mutate, r"symbolic link %r .*%s" % (rel, match))
 
 
 def test_a_link_climbing_back_out_of_another_link_is_refused(saved, target):
@@ -365,13 +396,14 @@ def test_a_link_climbing_back_out_of_another_link_is_refused(saved, target):
         add_link(wire, "here", ".")
         files(wire)["link"]["symlink"] = "here/../target/keep.txt"
 
-    saved.craft(mutate)
-    assert_refused(saved, target, r"'link' .*climbs back out of the symbolic link 'here'")
+    assert_refused(saved, target, mutate, r"'link' .*climbs back out of the symbolic link 'here'")
 
 
 def test_a_link_with_content_is_refused(saved, target):
-    saved.craft(lambda wire: files(wire)["link"].update(size=10))
-    assert_refused(saved, target, r"symbolic link 'link' has content")
+    def mutate(wire):
+        files(wire)["link"]["size"] = 10
+
+    assert_refused(saved, target, mutate, r"symbolic link 'link' has content")
 
 
 def test_a_link_leading_out_of_the_folder_is_not_saved(tmp_path):
@@ -405,8 +437,7 @@ def test_a_link_leading_out_of_the_folder_is_not_saved(tmp_path):
     ],
 )
 def test_every_field_of_the_files_section_is_checked(saved, target, mutate, match):
-    saved.craft(mutate)
-    assert_refused(saved, target, match)
+    assert_refused(saved, target, mutate, match)
 
 
 # -- the file system -----------------------------------------------------------------------
@@ -414,9 +445,9 @@ def test_every_field_of_the_files_section_is_checked(saved, target, mutate, matc
 
 def test_a_folder_the_disk_cannot_hold_is_refused_before_writing(saved, target, monkeypatch):
     monkeypatch.setattr(directory, "_free_space", lambda path: (1000, None))
-    assert_refused(saved, target, r"need \d+ bytes and 1000 are free", CheckpointStorageError)
+    assert_load_fails(saved, target, CheckpointStorageError, r"need \d+ bytes and 1000 are free")
     monkeypatch.setattr(directory, "_free_space", lambda path: (None, 3))
-    assert_refused(saved, target, r"inodes are free", CheckpointStorageError)
+    assert_load_fails(saved, target, CheckpointStorageError, r"inodes are free")
 
 
 def test_an_os_failure_while_staging_is_a_storage_error_and_changes_nothing(saved, target, monkeypatch):
