@@ -149,3 +149,33 @@ def tick_labels(values: List[float]) -> List[str]:
         return ["%.2e" % v for v in values]
     decimals = 0 if spread <= 0 else min(max(1 - math.floor(math.log10(spread)), 0), 6)
     return ["%.*f" % (decimals, v) for v in values]
+
+
+def missing_blobs(store, report) -> Dict[str, int]:
+    """``{digest: size}`` of the blobs a verify report found missing: verify counts every
+    referenced blob in ``blobs_read`` / ``bytes_read``, and a missing one was not read."""
+    from ..engine.errors import CheckpointException
+    from ..engine.keys import CheckpointKey
+
+    missing = {d.blob for v in report.checkpoints for d in v.damages if d.problem == "missing"}
+    if not missing:
+        return {}
+    sizes: Dict[str, int] = {}
+    for verdict in report.checkpoints:
+        if any(d.blob in missing for d in verdict.damages):
+            try:
+                blobs = store.read_manifest(CheckpointKey.parse(verdict.key)).storage.blobs
+            except CheckpointException:
+                continue
+            sizes.update({d: n for d, n in blobs.items() if d in missing})
+    return {d: sizes.get(d, 0) for d in missing}
+
+
+def verify_report_dict(report, missing: Dict[str, int]) -> Dict[str, Any]:
+    """A verify report as ``--json`` and ``Checkpoint().verify()`` return it: blobs and
+    bytes read without the missing blobs, which are listed in ``blobs_missing``."""
+    out = report.to_dict()
+    out["blobs_read"] = report.blobs_read - len(missing)
+    out["bytes_read"] = report.bytes_read - sum(missing.values())
+    out["blobs_missing"] = sorted(missing)
+    return out

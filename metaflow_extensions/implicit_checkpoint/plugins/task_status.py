@@ -38,6 +38,7 @@ class AttemptRecord:
     status: str
     loaded: Optional[str]  # key of the checkpoint the attempt loaded last, if any
     not_retryable: bool = False  # it failed with an error no retry fixes: not retried
+    alive: Optional[bool] = None  # the newest attempt's process still runs (None: unknown)
 
 
 def attempt_records(pathspec: str) -> List[AttemptRecord]:
@@ -52,18 +53,23 @@ def attempt_records(pathspec: str) -> List[AttemptRecord]:
     records = []
     for attempt in range(newest + 1):
         metadata = Task(pathspec, attempt=attempt).metadata_dict
+        alive = process_alive(metadata.get(PROCESS_FIELD)) if attempt == newest else False
         ok = metadata.get("attempt_ok")
         if ok == "True":
             status = SUCCEEDED
         elif ok == "False":
             status = FAILED
-        elif attempt < newest or process_alive(metadata.get(PROCESS_FIELD)) is False:
+        elif attempt < newest or alive is False:
             status = KILLED
         else:
             status = RUNNING
         records.append(
             AttemptRecord(
-                attempt, status, metadata.get(LOADED_FIELD), bool(metadata.get(NOT_RETRYABLE_FIELD))
+                attempt,
+                status,
+                metadata.get(LOADED_FIELD),
+                bool(metadata.get(NOT_RETRYABLE_FIELD)),
+                alive,
             )
         )
     return records

@@ -13,6 +13,7 @@ from ..engine.reading import inspect_checkpoint, list_run, list_task, open_check
 from ..engine.session import DEFAULT_NAME, AttributeSource, CheckpointSession
 from ..engine.snapshot import load_snapshot
 from ..engine.verify import VerifyReport, verify_checkpoints
+from ..plugins.formatting import missing_blobs, verify_report_dict
 from ..plugins.run_visibility import runs_in_current_namespace
 from ..plugins.settings import settings
 from ..plugins.store_binding import store_from_config
@@ -350,14 +351,17 @@ class Checkpoint(object):
         Dict[str, Any]
             `checkpoints`: per checkpoint its `key`, `intact`, and `damages` (each a
             `blob`, its `problem` and the `fields` it holds); counts of `intact` and
-            `damaged` checkpoints, `blobs_read`, `bytes_read`, `repaired_blobs`.
+            `damaged` checkpoints, `blobs_read` and `bytes_read` (the blobs read and
+            hashed), `blobs_missing` (the digests of those that are not stored),
+            `repaired_blobs`.
         """
         artifacts = self.list(task=task, run=run)
         keys = [key_of(a) for a in artifacts]
         flow = keys[0].flow if keys else None
         if flow is None:
-            return VerifyReport().to_dict()
-        return verify_checkpoints(self._store, flow, keys, repair).to_dict()
+            return verify_report_dict(VerifyReport(), {})
+        report = verify_checkpoints(self._store, flow, keys, repair)
+        return verify_report_dict(report, missing_blobs(self._store, report))
 
 
 def _split_run(pathspec: Any):
