@@ -18,7 +18,7 @@ from .metaflow_internals import step_decorators_named
 OURS = "metaflow_extensions.implicit_checkpoint."
 THIS_PACKAGE = "metaflow-implicit-checkpoint"
 #: Known extensions and the distribution that installs them.
-KNOWN = {"obcheckpoint": "metaflow-checkpoint (Outerbounds)"}
+KNOWN = {"obcheckpoint": "metaflow-checkpoint"}
 #: Set once the warning is printed, so that the tasks a run starts do not repeat it.
 REPORTED_ENV = "METAFLOW_CHECKPOINT_CLASH_REPORTED"
 
@@ -36,10 +36,10 @@ def _package_of(class_path: str) -> str:
             prefix = "metaflow_extensions/%s/" % extension
             for dist in distributions():
                 if any(str(f).startswith(prefix) for f in (dist.files or ())):
-                    return "%s (%s)" % (dist.metadata["Name"], "metaflow_extensions." + extension)
+                    return dist.metadata["Name"]
         except Exception:
             pass
-        return "the extension metaflow_extensions.%s" % extension
+        return "metaflow_extensions.%s" % extension
     return class_path
 
 
@@ -56,14 +56,16 @@ def clash_message() -> Optional[str]:
     registered = step_decorators_named("checkpoint")
     in_effect = registered[-1] if registered else ""
     winner = THIS_PACKAGE if in_effect.startswith(OURS) else _package_of(in_effect)
-    names = ", ".join(sorted({_package_of(path) for path in others}))
+    packages = sorted({_package_of(path) for path in others})
     return (
-        "Two packages that define @checkpoint are installed in this environment: %s and %s. "
-        "Both register the step decorator @checkpoint, current.checkpoint and `from "
-        "metaflow import Checkpoint`, and Metaflow keeps only the one it loads last (here "
-        "%s's @checkpoint), so a flow would mix the two. Use one per environment: `pip "
-        "uninstall %s` (or `pip uninstall %s`), or a virtual environment of its own for "
-        "each." % (THIS_PACKAGE, names, winner, names.split(" ")[0], THIS_PACKAGE)
+        "two packages that define @checkpoint are installed in this environment: %s and "
+        "%s (Outerbounds' metaflow-checkpoint ships with its platform images). Both "
+        "register the step decorator @checkpoint, current.checkpoint and `from metaflow "
+        "import Checkpoint`, and Metaflow keeps only the one it loads last (here, "
+        "@checkpoint is %s's), so a flow would mix the two. Keep one per environment: "
+        "`pip uninstall %s` (or `pip uninstall %s`), or give each its own virtual "
+        "environment."
+        % (THIS_PACKAGE, " and ".join(packages), winner, " ".join(packages), THIS_PACKAGE)
     )
 
 
@@ -76,4 +78,4 @@ def warn_once_per_process_tree() -> None:
         os.environ[REPORTED_ENV] = "1"
         from ..engine.notices import warn
 
-        warn("metaflow-implicit-checkpoint: " + message)
+        warn("metaflow-implicit-checkpoint: " + message[0].upper() + message[1:])

@@ -78,6 +78,8 @@ def metric_charts(checkpoints: List[dict]) -> Dict[str, Any]:
         "charts": charts,
         "not_charted": truncate(", ".join(names[MAX_CHARTS:]), 200),
         "has_resumes": bool(resumes),
+        # The metadata holds a counter and nothing else to chart: say so, not "no numbers".
+        "counter_only": counter if counter and not names else "",
     }
 
 

@@ -86,6 +86,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
     written = sum(m.get("bytes_written", 0) for m in checkpoints)
     saved = max(referenced - written, 0)
     this_resume = resume_key(checkpoints, task.attempt, task.loaded)
+    gaps = version_gaps(checkpoints)
     # A live card can be rendered after its attempt ended (Metaflow finishes a refresh
     # already started when the attempt dies): then it is a snapshot, not live.
     live = task.live and status_of[task.attempt] in (RUNNING, UNKNOWN)
@@ -102,6 +103,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
                 "status_cls": "ic-status-%s" % status_of[a],
                 "cls": attempt_class(a),
                 "count": sum(1 for m in checkpoints if m["attempt"] == a),
+                "count_text": _count_text(a, checkpoints, gaps),
                 "resumed_from": _describe_key(resume_key(checkpoints, a, task.loaded), run_id),
                 "current": a == task.attempt,
             }
@@ -115,7 +117,11 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
                 "status": status_of[a],
                 "status_cls": "ic-status-%s" % status_of[a],
                 "cls": attempt_class(a),
-                **_history_rows([m for m in checkpoints if m["attempt"] == a], loaded_by),
+                **_history_rows(
+                    [m for m in checkpoints if m["attempt"] == a],
+                    loaded_by,
+                    [g for g in gaps if g["attempts"][0] == a],
+                ),
             }
             for a in attempts
         ],
@@ -126,6 +132,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
         "chart": _chart_section(checkpoints, attempts, status_of),
         "totals": {
             "checkpoints": len(checkpoints),
+            "not_kept": sum(g["last"] - g["first"] + 1 for g in gaps),
             "attempts": len(attempts),
             "referenced": human_bytes(referenced),
             "written": human_bytes(written),
@@ -168,18 +175,84 @@ def _loaded_by(checkpoints: List[dict]) -> Dict[str, List[int]]:
     return found
 
 
-def _history_rows(of_attempt: List[dict], loaded_by: Dict[str, List[int]]) -> Dict[str, Any]:
-    """The rows of one attempt; the middle of a very long attempt is left out, and said so."""
-    if len(of_attempt) <= HEAD_ROWS + TAIL_ROWS:
-        return {"rows": [_history_row(m, loaded_by) for m in of_attempt], "elided": ""}
-    head, middle, tail = (
-        of_attempt[:HEAD_ROWS], of_attempt[HEAD_ROWS:-TAIL_ROWS], of_attempt[-TAIL_ROWS:]
+def version_gaps(checkpoints: List[dict]) -> List[Dict[str, Any]]:
+    """Versions the task used that are not in the store, with the attempts that may have
+    saved them.
+
+    Versions count up by one per save within a task, across attempts (a retry goes on
+    from the highest stored one). A version with no checkpoint was removed by retention
+    (``keep_last`` / ``keep_best``), or its save never committed (it failed, or the
+    attempt was killed during it). Between two checkpoints of one attempt it is that
+    attempt's; before the first checkpoint, attempt 0's when that is attempt 0's; between
+    attempts a and b, any of a to b. Returns ``[{"first", "last", "attempts"}]``, oldest
+    first.
+    """
+    gaps = []
+    previous_version, previous_attempt = 0, None
+    for version, attempt in sorted((m["version"], m["attempt"]) for m in checkpoints):
+        if version > previous_version + 1:
+            low = attempt if previous_attempt is None and attempt == 0 else (
+                0 if previous_attempt is None else previous_attempt)
+            gaps.append({
+                "first": previous_version + 1,
+                "last": version - 1,
+                "attempts": list(range(low, attempt + 1)),
+            })
+        previous_version, previous_attempt = version, attempt
+    return gaps
+
+
+def _versions(gap: Dict[str, Any]) -> str:
+    if gap["first"] == gap["last"]:
+        return "v%d" % gap["first"]
+    return "v%d\u2013v%d" % (gap["first"], gap["last"])
+
+
+def _count_text(attempt: int, checkpoints: List[dict], gaps: List[Dict[str, Any]]) -> str:
+    """'3 checkpoint(s)', or '3 saved, 1 kept' when retention (or a save that never
+    committed) took some of the attempt's versions."""
+    kept = sum(1 for m in checkpoints if m["attempt"] == attempt)
+    gone = sum(g["last"] - g["first"] + 1 for g in gaps if g["attempts"] == [attempt])
+    if not gone:
+        return "%d checkpoint(s)" % kept
+    return "%d checkpoint(s) saved or begun, %d kept" % (kept + gone, kept)
+
+
+def _gap_row(gap: Dict[str, Any]) -> Dict[str, Any]:
+    count = gap["last"] - gap["first"] + 1
+    who = (
+        "" if len(gap["attempts"]) == 1
+        else " (saved by attempt %s)" % " or ".join(str(a) for a in gap["attempts"])
     )
     return {
-        "rows": [_history_row(m, loaded_by) for m in head],
+        "gap": True,
+        "version": gap["first"],
+        "gap_attempt": "/".join(str(a) for a in gap["attempts"]),
+        "gap_versions": _versions(gap),
+        "gap_text": "%d version(s) not in the store%s: removed by retention (keep_last / "
+        "keep_best), or a save that never committed (it failed, or the attempt was killed "
+        "during it)" % (count, who),
+    }
+
+
+def _history_rows(
+    of_attempt: List[dict], loaded_by: Dict[str, List[int]], gaps: List[Dict[str, Any]] = ()
+) -> Dict[str, Any]:
+    """The rows of one attempt, with a row for each run of versions not kept; the middle
+    of a very long attempt is left out, and said so."""
+    items = sorted(
+        [_history_row(m, loaded_by) for m in of_attempt] + [_gap_row(g) for g in gaps],
+        key=lambda row: row["version"],
+    )
+    if len(items) <= HEAD_ROWS + TAIL_ROWS:
+        return {"rows": items, "elided": ""}
+    head, middle, tail = items[:HEAD_ROWS], items[HEAD_ROWS:-TAIL_ROWS], items[-TAIL_ROWS:]
+    shown = [r for r in middle if not r["gap"]]
+    return {
+        "rows": head,
         "elided": "%d checkpoints (v%d to v%d) not shown; `python flow.py checkpoint list` "
-        "lists them all" % (len(middle), middle[0]["version"], middle[-1]["version"]),
-        "tail": [_history_row(m, loaded_by) for m in tail],
+        "lists them all" % (len(shown), middle[0]["version"], middle[-1]["version"]),
+        "tail": tail,
     }
 
 
@@ -187,6 +260,7 @@ def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, A
     stored, written = stored_bytes(manifest), manifest.get("bytes_written", 0)
     resumed_by = loaded_by.get(manifest["key"], [])
     return {
+        "gap": False,
         "attempt": manifest["attempt"],
         "version": manifest["version"],
         "name": manifest["name"],
