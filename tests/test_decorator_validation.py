@@ -37,6 +37,9 @@ if __name__ == "__main__":
         ('best_mode="lowest"', ["best_mode", "'lowest'", "'min'"]),
         ('include="*", rng="maybe"', ["rng", "'maybe'"]),
         ("include=[3]", ["include", "list of attribute names"]),
+        ('include=["my-model"]', ["include", "'my-model'", "not a valid attribute name"]),
+        ('exclude=["_cache", "opt.state"]', ["exclude", "'opt.state'", "not a valid attribute name"]),
+        ('include=["_private"]', ["'_private'", "private attributes (a leading _) are never captured"]),
     ],
 )
 def test_bad_arguments_fail_before_any_task(world, write_flow, args, expected):

@@ -345,6 +345,21 @@ import os, signal, threading
 from metaflow import FlowSpec, checkpoint, current, retry, step
 
 
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def state_dict(self):
+        return {{"n": self.n}}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+class OtherCounter(Counter):
+    pass
+
+
 class {name}(FlowSpec):
     @step
     def start(self):
@@ -383,6 +398,16 @@ FAILURES = {
         "            print('resumed at epoch', self.epoch)\n"
         "        current.checkpoint.save()\n"
         "        if current.origin_run_id is None:\n"
+        "            raise RuntimeError('crash after a save')",
+    ),
+    # 2. A load that does not fit what the step built (another class than saved).
+    "mismatch": (
+        "@retry(times=2)\n    @checkpoint",
+        "self.counter = Counter() if current.retry_count == 0 else OtherCounter()\n"
+        "        if current.checkpoint.is_loaded:\n"
+        "            current.checkpoint.load()\n"
+        "        current.checkpoint.save()\n"
+        "        if current.retry_count == 0:\n"
         "            raise RuntimeError('crash after a save')",
     ),
     # 3. Killed hard after a save, no retry left.
@@ -427,6 +452,13 @@ def test_second_hour_failures_as_a_user_sees_them(tmp_path):
     assert "Attempt 0 failed with an error no retry can fix (CheckpointConfigError), so " \
            "attempt 1 fails at once, before the step's code runs" in retry.stdout
     assert "Did you mean 'model'?" in retry.stdout and "TRAINING STEP BODY" not in retry.stdout
+
+    # The retry after the crash cannot load into what it built: its last retry is spared.
+    mismatch = outputs["mismatch"]
+    assert mismatch.count("Task is starting (retry)") == 1
+    assert "self.counter is a live __main__.OtherCounter, but the checkpoint holds a " \
+           "__main__.Counter" in mismatch
+    assert "so it is not retried: its 1 remaining @retry attempt(s) would fail the same way" in mismatch
 
     # 6. Ours is what the user reads, not Metaflow's "Cannot pickle dump artifact".
     lock = outputs["lock"]
