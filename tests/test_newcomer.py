@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 README = REPO / "README.md"
@@ -55,12 +56,16 @@ def code_blocks(text: str, language: str) -> list:
     return re.findall(r"```%s\n(.*?)```" % language, text, flags=re.S)
 
 
-def card_files(root: Path, flow: str, step: str) -> list:
+def card_files(root: Path, flow: str, step: str, run_id: str = "*") -> list:
     cards = root / ".metaflow" / "mf.cards" / flow / "runs"
-    return sorted(cards.glob("*/steps/%s/tasks/*/cards/*.html" % step))
+    return sorted(cards.glob("%s/steps/%s/tasks/*/cards/*.html" % (run_id, step)))
 
 
-def test_readme_quick_start_as_printed(tmp_path):
+@pytest.fixture(scope="module")
+def quick_start(tmp_path_factory):
+    """The README's quick start, pasted as printed by carol (not the demo's user): the
+    project folder, its environment, and what the commands printed."""
+    tmp_path = tmp_path_factory.mktemp("quick_start")
     quick_start = section(README.read_text(), "Quick start")
     flow_source, notebook = code_blocks(quick_start, "python")
     (commands,) = code_blocks(quick_start, "sh")
@@ -69,8 +74,13 @@ def test_readme_quick_start_as_printed(tmp_path):
     work.mkdir()
     (work / "train_flow.py").write_text(flow_source)
     env = clean_env(tmp_path / "home", USERNAME="carol")
-
     out = bash(commands, work, env)
+    run_id = re.search(r"run-id (\d+)", out).group(1)
+    return {"work": work, "env": env, "out": out, "notebook": notebook, "run_id": run_id}
+
+
+def test_readme_quick_start_as_printed(quick_start):
+    work, env, out = quick_start["work"], quick_start["env"], quick_start["out"]
     assert "simulated crash after epoch 3" in out
     assert "resuming after epoch 3" in out and "trained 6 epochs" in out
     # The retry restored the RNG state after an exception: the log says what that means.
@@ -80,13 +90,42 @@ def test_readme_quick_start_as_printed(tmp_path):
     keys = re.findall(r"^(TrainFlow/\S+)", out, flags=re.M)
     assert [k.rsplit("/", 1)[-1] for k in keys] == ["1", "2", "3", "4", "5", "6"]
 
-    (work / "notebook.py").write_text(notebook)
+    (work / "notebook.py").write_text(quick_start["notebook"])
     shown = bash("python notebook.py", work, env)
     assert "'model'" in shown and "torch.Size([1, 8])" in shown
 
     # One card for the task, the final one, rendered by the attempt that succeeded.
-    (card,) = card_files(work, "TrainFlow", "train")
+    (card,) = card_files(work, "TrainFlow", "train", quick_start["run_id"])
     assert 'METAFLOW_RELOAD_TOKEN = "final"' in card.read_text()
+
+
+#: The fences the docs may use. `sh` blocks are commands, and every one is run below;
+#: `text` blocks are shown only: installs (they would change the environment the suite
+#: runs in) and `make bench`.
+FENCES = {"python", "sh", "text", "json", ""}
+DOCS = [README] + sorted((REPO / "docs").glob("*.md"))
+
+
+def test_docs_command_blocks_as_printed(quick_start):
+    """Every `sh` block of the README and of docs/*.md, run as printed, in order, in the
+    quick start's folder after its run (the guide says so), as carol."""
+    work, env = quick_start["work"], quick_start["env"]
+    outputs = {}
+    for doc in DOCS:
+        text = doc.read_text()
+        fences = re.findall(r"^```(\w*)$", text, flags=re.M)[::2]  # opening fences
+        assert set(fences) <= FENCES, "%s: fence languages %s" % (doc.name, set(fences) - FENCES)
+        blocks = code_blocks(text, "sh")
+        if doc == README:
+            blocks = [b for b in blocks if b not in code_blocks(section(text, "Quick start"), "sh")]
+        outputs[doc.name] = [bash(block, work, env) for block in blocks]
+    assert not outputs["README.md"]  # the README's only commands are the quick start's
+    guide = "\n".join(outputs["guide.md"])
+    assert "resuming after epoch 6" in guide  # `resume train` continued from the newest
+    assert re.search(r"^train\s+completed\s", guide, flags=re.M)  # status
+    assert "Field data" in guide and "intact" in guide and "Would delete 0" in guide
+    assert (work / "card.html").is_file()
+    assert "Usage:" in "\n".join(outputs["reference.md"])
 
 
 def pasted_block(demo_output: str) -> str:

@@ -36,6 +36,7 @@ may well get past, is left to ``@retry``.
 """
 
 import atexit
+import functools
 import json
 import os
 import sys
@@ -81,6 +82,7 @@ class StepCheckpointSession(CheckpointSession):
     """``current.checkpoint``: the engine's session; an error of ``load()`` about what the
     checkpoint holds (a plain ``CheckpointException``) is marked as one no retry can fix."""
 
+    @functools.wraps(CheckpointSession.load)  # its signature and docstring
     def load(self, *args: Any, **kwargs: Any):
         try:
             return super().load(*args, **kwargs)
