@@ -552,3 +552,40 @@ def test_an_attempt_that_loaded_but_never_saved_still_shows_what_it_resumed_from
     assert report["resumed_from"]["key"] == first["key"]
     assert report["attempts"][1]["resumed_from"]["key"] == first["key"]
     assert report["attempts"][0]["resumed_from"] is None
+
+
+def test_versions_not_in_the_store_are_told_per_attempt_and_a_counter_alone_is_not_no_metadata():
+    """Retention (keep_last=1) removed earlier versions: each attempt says how many it saved
+    and kept, the gaps are rows naming the attempts that may have saved them; metadata of
+    a counter only says the counter labels the x axis."""
+    from metaflow_extensions.implicit_checkpoint.plugins.cards.checkpoint.report import version_gaps
+
+    def manifest(version, attempt):
+        return {"key": "F/1/train/2/%d/checkpoint/%d" % (attempt, version), "attempt": attempt,
+                "version": version, "name": "checkpoint", "created_on": "2026-01-01T00:00:00+00:00",
+                "metadata": {"epoch": version}, "fields": {"w": {}}, "parent": None, "size": 1,
+                "bytes_written": 1}
+
+    # Attempt 0 saved v1-v3 (v1, v2 removed), attempt 1 saved v4-v7 (v4-v6 removed) ...
+    kept = [manifest(3, 0), manifest(7, 1), manifest(9, 1)]
+    assert version_gaps(kept) == [
+        {"first": 1, "last": 2, "attempts": [0]},   # before attempt 0's first: attempt 0's
+        {"first": 4, "last": 6, "attempts": [0, 1]},  # between attempts: either
+        {"first": 8, "last": 8, "attempts": [1]},   # inside attempt 1: attempt 1's
+    ]
+    report = build_report(TaskCheckpoints(pathspec="F/1/train/2", attempt=1,
+                                          statuses=["killed", "succeeded"], checkpoints=kept))
+    assert [a["count_text"] for a in report["attempts"]] == [
+        "3 checkpoint(s) saved or begun, 1 kept", "3 checkpoint(s) saved or begun, 2 kept"]
+    assert report["totals"]["not_kept"] == 6
+    html = render_page(report)
+    page = RenderedPage(html)
+    gaps = page.rows["ic-gap-row"]
+    assert [row[:2] for row in gaps] == [["0", "v1\u2013v2"], ["0/1", "v4\u2013v6"], ["1", "v8"]]
+    assert "(saved by attempt 0 or 1)" in gaps[1][2] and "removed by retention" in gaps[0][2]
+    assert page.text("ic-no-chart").startswith("Only epoch is in the metadata")
+    assert metric_charts(kept)["counter_only"] == "epoch"
+    # Without gaps, an attempt's line is as before.
+    whole = build_report(TaskCheckpoints(pathspec="F/1/train/2", attempt=0, statuses=["running"],
+                                         checkpoints=[manifest(1, 0), manifest(2, 0)]))
+    assert whole["attempts"][0]["count_text"] == "2 checkpoint(s)" and not whole["totals"]["not_kept"]

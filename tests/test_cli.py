@@ -68,3 +68,54 @@ def test_list_inspect_and_gc_commands(world):
 
     unknown_run = world.command(RESUME_FLOW, "checkpoint", "list", "--run-id", "424242", check=False)
     assert unknown_run.returncode != 0 and "does not exist" in unknown_run.stdout
+
+
+def test_a_task_state_is_never_in_progress_once_nothing_runs_it():
+    """`checkpoint status`'s decision, attempt by attempt (what each attempt's metadata
+    and process say), as the runs in test_newcomer.py reach it."""
+    from metaflow_extensions.implicit_checkpoint.plugins.checkpoint_cli import _task_state
+    from metaflow_extensions.implicit_checkpoint.plugins.task_status import AttemptRecord
+
+    def attempts(*statuses, alive=None, not_retryable=False):
+        *older, newest = statuses
+        return [AttemptRecord(i, s, None) for i, s in enumerate(older)] + [
+            AttemptRecord(len(older), newest, None, not_retryable, alive)
+        ]
+
+    # Running on this machine: in progress, even when another task ended the run.
+    assert _task_state(attempts("running", alive=True), 1, run_over=True) == "in_progress"
+    # Running elsewhere (unknown): in progress until the run is over, then killed.
+    assert _task_state(attempts("running"), 1, run_over=False) == "in_progress"
+    assert _task_state(attempts("running"), 1, run_over=True) == "killed"
+    # Failed with a retry left: the runtime starts the next attempt, unless the error is
+    # one no retry fixes, or the run is over.
+    assert _task_state(attempts("failed"), 3, run_over=False) == "in_progress"
+    assert _task_state(attempts("failed", not_retryable=True), 3, run_over=False) == "failed"
+    assert _task_state(attempts("killed"), 3, run_over=True) == "killed"
+    # No retry left.
+    assert _task_state(attempts("killed", "failed"), 2, run_over=False) == "failed"
+    assert _task_state(attempts("killed"), 1, run_over=False) == "killed"
+    assert _task_state(attempts("failed", "succeeded"), 2, run_over=False) == "completed"
+
+
+def test_an_attempt_whose_process_is_gone_reads_killed():
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from metaflow_extensions.implicit_checkpoint.plugins.task_status import process_alive, this_process
+
+    assert process_alive(json.dumps(this_process())) is True
+    child = subprocess.Popen([sys.executable, "-c", "import json, sys; sys.path[:0] = %r\n"
+                              "from metaflow_extensions.implicit_checkpoint.plugins.task_status import this_process\n"
+                              "print(json.dumps(this_process()))" % sys.path],
+                             stdout=subprocess.PIPE, text=True)
+    recorded, _ = child.communicate(timeout=60)
+    assert process_alive(recorded.strip()) is False  # exited (and reaped)
+    elsewhere = dict(this_process(), host=socket.gethostname() + "-elsewhere")
+    assert process_alive(json.dumps(elsewhere)) is None  # another machine: cannot tell
+    reused = dict(this_process(), start=this_process()["start"] + 1) if this_process()["start"] else None
+    if reused:
+        assert process_alive(json.dumps(reused)) is False  # a later process with that pid
+    assert process_alive(None) is None and process_alive("not json") is None
