@@ -141,3 +141,23 @@ def test_errors():
         except TypeError:
             pytest.fail("%s cannot be built from a message" % name)
         assert (retry_policy.why_not_retryable(instance) is not None) == never, name
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to dashes."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_links_between_the_docs_resolve():
+    docs = [REPO / "README.md"] + sorted((REPO / "docs").glob("*.md"))
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            assert linked.exists(), "%s links to %s" % (doc.name, target)
+            if anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), flags=re.M)
+                assert anchor in {_slug(h) for h in headings}, "%s links to %s" % (doc.name, target)
