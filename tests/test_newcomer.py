@@ -377,6 +377,11 @@ PY""" % keys[1], project, env)
     assert len(report["blobs_missing"]) == 1
     told = run([python, "flow.py", "checkpoint", "verify"], project, env).stdout
     assert "%d blob(s) read and hashed" % report["blobs_read"] in told and ", 1 missing." in told
+    # 7. list marks it, and says what (DAMAGED) means and what to run.
+    marked = bash("python flow.py checkpoint list", project, env)
+    assert "%s (DAMAGED)" % keys[1] in marked
+    assert "part of their data is missing or altered, so a retry never resumes from them" in marked
+    assert "checkpoint verify --run-id %s" % keys[1].split("/")[1] in marked
 
 
 FAILING_FLOW = """
