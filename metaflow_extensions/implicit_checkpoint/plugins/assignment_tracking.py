@@ -60,6 +60,11 @@ def track_assignments(flow: Any) -> AssignmentLog:
             "__qualname__": original.__qualname__,
             "_checkpoint_untracked_class": original,
             "_checkpoint_assignments": log,
+            # Metaflow persists every attribute of the flow object at task end, class
+            # attributes too, except the names in _EPHEMERAL: these two are ours, not the
+            # user's, and would be artifacts of every task (one needing this package to load).
+            "_EPHEMERAL": set(getattr(original, "_EPHEMERAL", ()))
+            | {"_checkpoint_untracked_class", "_checkpoint_assignments"},
         },
     )
     flow.__class__ = tracked
