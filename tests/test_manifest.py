@@ -12,13 +12,16 @@ from metaflow_extensions.implicit_checkpoint.engine.manifest import (
 )
 
 
+DIGEST = "ab" * 32
+
+
 def a_manifest(**changes) -> Manifest:
     values = dict(
         key="F/1/train/2/0/checkpoint/1", name="checkpoint", flow="F", run_id="1",
         step="train", task_id="2", pathspec="F/1/train/2", attempt=0, version=1,
         created_on="2026-12-01T00:00:00.000000+00:00", metadata={"epoch": 3},
         fields={"w": {"type": "torch.Tensor", "size": 16}}, size=16,
-        storage=StorageLayout(blobs={"ab": 16}, tensors=[["spec", [["ab", 0, 16]]]],
+        storage=StorageLayout(blobs={DIGEST: 16}, tensors=[["torch", 16, "cpu", [[DIGEST, 0, 16]]]],
                               graph=b"graph", fields={"w": {"tensors": [0]}}),
     )
     values.update(changes)
@@ -27,7 +30,7 @@ def a_manifest(**changes) -> Manifest:
 
 def test_round_trip_through_the_framed_wire_format():
     manifest = a_manifest(foreach_indices=[2], latest=False, files={"a.txt": {"size": 1}},
-                          directories=["sub"])
+                          directories={"sub": {"mode": 0o755, "mtime_ns": 1}})
     back = unpack_manifest(pack_manifest(manifest), manifest.key)
     assert back == manifest
     assert back.has_folder and back.latest is False and back.foreach_indices == [2]

@@ -17,42 +17,99 @@ is one of:
 - ``pickled``: anything else, with cloudpickle (pickling.py).
 
 The document is msgpack: a class table, each node packed on its own (so a partial load
-unpacks only the nodes it needs), the fields, and the RNG state.
+unpacks only the nodes it needs), the fields, and the RNG state. graph_format.py holds
+the records of each node kind, their wire form, and the checks a stored graph passes.
 """
 
 import dataclasses
 import sys
+import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import msgpack
 
 from . import notices
-from .errors import CheckpointException, CheckpointSerializationError
+from .errors import CheckpointCorrupted, CheckpointException, CheckpointSerializationError
+from .graph_format import (
+    ArrayNode,
+    BigIntNode,
+    BytearrayNode,
+    ClassRef,
+    ComplexNode,
+    DataclassNode,
+    DictNode,
+    Node,
+    NumpyScalarNode,
+    PickledNode,
+    Ref,
+    SequenceNode,
+    StatefulNode,
+    TensorNode,
+    Value,
+    pack_node,
+    unpack_document,
+    unpack_node,
+    value_wire,
+)
 from .pickling import (
-    class_name,
-    class_wire,
+    class_ref,
+    new_instance,
     pickle_with_references,
     resolve_class,
+    set_attribute,
     unpickle_with_references,
 )
-from .tensors import StorageBuffer, StorageTable, is_tensor_like, is_torch_tensor
+from .tensors import StorageBuffer, StorageSpec, StorageTable, is_tensor_like, is_torch_tensor
+from .validation import MAX_DEPTH, InvalidRecord
 
 MSGPACK = "msgpack"  # plain data only
 TENSORS = "tensors"  # plain data and tensors/arrays
 STATE_DICT = "state_dict"  # stateful objects (loadable into live objects without pickle)
 PICKLE = "cloudpickle"  # needs unpickling to load
 
-_REF = 1
 _INT64 = (-(2**63), 2**64)
+#: Python frames one level of nesting takes while encoding or building a graph.
+_FRAMES_PER_LEVEL = 6
+_recursion_lock = threading.Lock()
+_recursion_users = [0, 0]  # how many encodes/builds are running, the limit before them
 
 
-@dataclass(frozen=True)
-class Ref:
-    """A reference to node ``index`` of the graph."""
+@contextmanager
+def deep_recursion() -> Iterator[None]:
+    """Room for values nested ``MAX_DEPTH`` levels deep: Python's default limit (1000
+    frames) stops at about 170 levels of encoding. Only Python frames recurse here (no
+    C code in between), so a higher limit costs no C stack."""
+    with _recursion_lock:
+        if _recursion_users[0] == 0:
+            _recursion_users[1] = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(_recursion_users[1], MAX_DEPTH * _FRAMES_PER_LEVEL + 1000))
+        _recursion_users[0] += 1
+    try:
+        yield
+    finally:
+        with _recursion_lock:
+            _recursion_users[0] -= 1
+            if _recursion_users[0] == 0:
+                sys.setrecursionlimit(_recursion_users[1])
 
-    index: int
+
+@contextmanager
+def ordinary_recursion() -> Iterator[None]:
+    """Inside ``deep_recursion``, the room Python normally gives, for pickle: it
+    recurses in C, where a raised limit would let a deep object overflow the C stack
+    instead of raising RecursionError."""
+    raised = sys.getrecursionlimit()
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    sys.setrecursionlimit(min(raised, depth + (_recursion_users[1] or raised)))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(raised)
 
 
 def type_name(value: Any) -> str:
@@ -80,6 +137,10 @@ def instance_attributes(obj: Any) -> List[Tuple[str, Any]]:
 
 
 class _ImmutableCycle(Exception):
+    pass
+
+
+class _TooDeep(Exception):
     pass
 
 
@@ -123,6 +184,10 @@ class GraphEncoder:
         self._pickle_root: Any = None
 
     def encode(self, fields: Mapping[str, Any], rng_state: Optional[dict] = None) -> EncodedGraph:
+        with deep_recursion():
+            return self._encode(fields, rng_state)
+
+    def _encode(self, fields: Mapping[str, Any], rng_state: Optional[dict]) -> EncodedGraph:
         # Every field's root is a node before any is encoded, so a pickled object that
         # refers to another field's object refers to that node; plain and stateful
         # fields go first, so objects they reach are nodes before pickles look for them.
@@ -147,8 +212,8 @@ class GraphEncoder:
             {
                 "classes": self._classes,
                 "nodes": self._nodes,
-                "fields": {name: _to_msgpack(root) for name, root in roots.items()},
-                "rng": _to_msgpack(rng_wire),
+                "fields": {name: value_wire(root) for name, root in roots.items()},
+                "rng": value_wire(rng_wire),
             },
             use_bin_type=True,
         )
@@ -172,10 +237,10 @@ class GraphEncoder:
                 "contains itself. Use a list instead." % (name, where, type_name(value)),
                 field=name,
             )
-        except RecursionError:
+        except (RecursionError, _TooDeep):
             raise CheckpointSerializationError(
-                "Cannot checkpoint self.%s%s (type %s): it is nested too deeply."
-                % (name, where, type_name(value)),
+                "Cannot checkpoint self.%s%s (type %s): it is nested more than %d levels "
+                "deep." % (name, where, type_name(value), MAX_DEPTH),
                 field=name,
             )
 
@@ -187,11 +252,11 @@ class GraphEncoder:
         self._keep.append(obj)
         return index
 
-    def _value(self, obj: Any) -> Any:
-        """The wire form of ``obj``: inline, or a reference to its node."""
+    def _value(self, obj: Any) -> Value:
+        """``obj`` as a value of the graph: inline, or a reference to its node."""
         if _inline(obj):
             return obj
-        return _ref_wire(self._index(obj))
+        return Ref(self._index(obj))
 
     def _index(self, obj: Any) -> int:
         """The node of ``obj`` (encoded on first sight), noted as a child of the node
@@ -207,53 +272,57 @@ class GraphEncoder:
         return index
 
     def _fill(self, index: int, obj: Any) -> None:
+        if len(self._stack) >= MAX_DEPTH:
+            raise _TooDeep()
         self._stack.append(index)
         try:
             node = self._node(index, obj)
         finally:
             self._stack.pop()
-        self._nodes[index] = msgpack.packb(node, use_bin_type=True)
+        self._nodes[index] = pack_node(node)
 
-    def _node(self, index: int, obj: Any) -> list:
+    def _node(self, index: int, obj: Any) -> Node:
         t = type(obj)
         if is_tensor_like(obj):
             storage, view = self.table.add(obj)
             self._storage_of[index] = storage
             if is_torch_tensor(obj):
-                parameter = t is sys.modules["torch"].nn.Parameter
-                return ["tensor", storage, view, parameter, bool(obj.requires_grad)]
-            return ["ndarray", storage, view, bool(obj.flags.writeable)]
+                return TensorNode(
+                    storage, view, t is sys.modules["torch"].nn.Parameter, bool(obj.requires_grad),
+                    conj=bool(obj.is_conj()), neg=bool(obj.is_neg()),
+                )
+            return ArrayNode(storage, view, bool(obj.flags.writeable))
         if t in (tuple, frozenset):
             self._immutable_in_progress.add(index)
             try:
-                return [t.__name__, [self._value(item) for item in obj]]
+                return SequenceNode(t.__name__, tuple([self._value(item) for item in obj]))
             finally:
                 self._immutable_in_progress.discard(index)
         if t in (list, set):
-            return [t.__name__, [self._value(item) for item in obj]]
+            return SequenceNode(t.__name__, tuple([self._value(item) for item in obj]))
         if t is dict:
-            return ["dict", [[self._value(k), self._value(v)] for k, v in obj.items()]]
+            return DictNode(tuple([(self._value(k), self._value(v)) for k, v in obj.items()]))
         if t is OrderedDict:
-            items = [[self._value(k), self._value(v)] for k, v in obj.items()]
-            return ["odict", items, self._value(getattr(obj, "_metadata", None))]
+            items = tuple([(self._value(k), self._value(v)) for k, v in obj.items()])
+            return DictNode(items, True, self._value(getattr(obj, "_metadata", None)))
         if t is bytearray:
-            return ["bytearray", bytes(obj)]
+            return BytearrayNode(bytes(obj))
         if t is int:
-            return ["int", str(obj)]
+            return BigIntNode(str(obj))
         if t is complex:
-            return ["complex", obj.real, obj.imag]
+            return ComplexNode(obj.real, obj.imag)
         if _is_numpy_scalar(obj):
-            return ["npscalar", obj.dtype.str, obj.tobytes()]
+            return NumpyScalarNode(obj.dtype.str, obj.tobytes())
         if is_stateful(obj):
             state = self._state_dict(obj)
             if state is not None:
                 self._stateful.add(index)
-                return ["stateful", self._class(t), self._value(state), self._skeleton(obj)]
+                return StatefulNode(self._class(t), self._value(state), self._skeleton(obj))
         if dataclasses.is_dataclass(obj):
-            attributes = [[k, self._value(v)] for k, v in instance_attributes(obj)]
-            return ["dataclass", self._class(t), attributes]
+            attributes = tuple([(k, self._value(v)) for k, v in instance_attributes(obj)])
+            return DataclassNode(self._class(t), attributes)
         self._pickled.add(index)
-        return ["pickled", self._class(t), self._pickle(obj, required=True)]
+        return PickledNode(self._class(t), self._pickle(obj, required=True))
 
     def _state_dict(self, obj: Any) -> Optional[Any]:
         try:
@@ -280,9 +349,10 @@ class GraphEncoder:
     def _pickle(self, obj: Any, required: bool) -> bytes:
         outer_root, self._pickle_root = self._pickle_root, obj
         try:
-            return pickle_with_references(obj, self._reference_in_pickle)
+            with ordinary_recursion():
+                return pickle_with_references(obj, self._reference_in_pickle)
         except Exception as ex:
-            if not required or isinstance(ex, (_ImmutableCycle, RecursionError)):
+            if not required or isinstance(ex, (_ImmutableCycle, RecursionError, _TooDeep)):
                 raise
             raise _Unpicklable(obj, ex) from ex
         finally:
@@ -299,7 +369,7 @@ class GraphEncoder:
         index = self._class_index.get(cls)
         if index is None:
             index = self._class_index[cls] = len(self._classes)
-            self._classes.append(class_wire(cls))
+            self._classes.append(class_ref(cls).to_wire())
         return index
 
     # -- what each field reaches -------------------------------------------------------
@@ -383,55 +453,53 @@ def _is_numpy_scalar(obj: Any) -> bool:
     )
 
 
-def _ref_wire(index: int) -> msgpack.ExtType:
-    return msgpack.ExtType(_REF, index.to_bytes(4, "little"))
-
-
-def _to_msgpack(value: Any) -> Any:
-    """A field root (or the RNG state's) as stored: a Ref becomes its extension value."""
-    return _ref_wire(value.index) if isinstance(value, Ref) else value
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == _REF:
-        return Ref(int.from_bytes(data, "little"))
-    return msgpack.ExtType(code, data)
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
-
-
 # -- reading a graph back -----------------------------------------------------------------
 
 
 class GraphReader:
-    """A stored graph document: nodes are unpacked on first use."""
+    """A stored graph document, checked: its top level at once, each node on first use
+    (graph_format.py). A malformed or out-of-bounds record is CheckpointCorrupted naming
+    the checkpoint and the record.
 
-    def __init__(self, document: bytes):
-        parsed = msgpack.unpackb(document, raw=False, strict_map_key=False)
-        self.classes: List[list] = parsed["classes"]
-        self._packed: List[bytes] = parsed["nodes"]
-        self._nodes: Dict[int, list] = {}
-        self.fields: Dict[str, Any] = {
-            name: _ext_hook(v.code, v.data) if isinstance(v, msgpack.ExtType) else v
-            for name, v in parsed["fields"].items()
-        }
-        rng = parsed.get("rng")
-        self.rng = _ext_hook(rng.code, rng.data) if isinstance(rng, msgpack.ExtType) else rng
+    ``storages`` are the checkpoint's storage specs: a view is checked against its
+    storage's kind and size before any tensor or array is made of it.
+    """
+
+    def __init__(self, document: bytes, storages: Sequence[StorageSpec], key: str):
+        self.key = key
+        with self._checked():
+            parsed, self._bounds = unpack_document(document, [(s.kind, s.nbytes) for s in storages])
+        self.classes: List[ClassRef] = parsed.classes
+        self._packed: List[bytes] = parsed.packed_nodes
+        self._nodes: Dict[int, Node] = {}
+        self.fields: Dict[str, Value] = parsed.fields
+        self.rng: Value = parsed.rng
+
+    @contextmanager
+    def _checked(self) -> Iterator[None]:
+        try:
+            yield
+        except InvalidRecord as ex:
+            raise CheckpointCorrupted(
+                "Checkpoint %s: its object graph is invalid: %s. The checkpoint was altered "
+                "or damaged; load an earlier one." % (self.key, ex),
+                key=self.key,
+            ) from None
 
     @property
     def node_count(self) -> int:
         return len(self._packed)
 
-    def node(self, index: int) -> list:
+    def node(self, index: int) -> Node:
         node = self._nodes.get(index)
         if node is None:
-            node = self._nodes[index] = _unpack(self._packed[index])
+            with self._checked():
+                node = unpack_node(self._packed[index], index, self._bounds)
+            self._nodes[index] = node
         return node
 
     def class_name(self, index: int) -> str:
-        return class_name(self.classes[index])
+        return self.classes[index].name
 
 
 _BUILDING = object()
@@ -441,8 +509,11 @@ class GraphBuilder:
     """Builds values from a graph, with the bytes of its storages already read.
 
     ``live`` maps nodes to the live objects they restore into (restore.py decides);
-    everything else is built new. With ``allow_pickle=False`` nothing is unpickled: a
-    value that needs it raises, naming the field.
+    everything else is built new. With ``allow_pickle=False`` nothing is unpickled, no
+    module is imported and no code of a class runs: dataclasses are made without their
+    constructor and their declared fields set straight into the instance; a stateful
+    object without a live one comes back as its state dict; a value that needs
+    unpickling raises, naming the field.
     """
 
     def __init__(
@@ -461,20 +532,31 @@ class GraphBuilder:
         self._built: Dict[int, Any] = {}
         self._classes: Dict[int, type] = {}
         self._what = ""
+        self._depth = 0
 
-    def build(self, wire: Any, what: str) -> Any:
+    def build(self, wire: Value, what: str) -> Any:
         """The value of ``wire`` (a field's root, say); ``what`` names it in errors."""
         self._what = what
         if not isinstance(wire, Ref):
             return wire
-        return self._node(wire.index)
+        with deep_recursion():
+            return self._node(wire.index)
 
     def build_new(self, index: int, what: str) -> Any:
         """Node ``index`` built new even if it restores into a live object."""
         self._what = what
-        return self._make(index, self._reader.node(index))
+        with deep_recursion():
+            return self._make(index, self._reader.node(index))
 
-    def _value(self, wire: Any) -> Any:
+    def _corrupted(self, problem: str) -> CheckpointCorrupted:
+        return CheckpointCorrupted(
+            "Checkpoint %s: %s %s. The checkpoint was altered or damaged; load an earlier "
+            "one." % (self._key, self._what, problem),
+            key=self._key,
+            field=self._what,
+        )
+
+    def _value(self, wire: Value) -> Any:
         return self._node(wire.index) if isinstance(wire, Ref) else wire
 
     def _node(self, index: int) -> Any:
@@ -482,67 +564,93 @@ class GraphBuilder:
             return self._live[index]
         built = self._built.get(index, None)
         if built is _BUILDING:
-            raise CheckpointException(
-                "Checkpoint %s: %s holds objects that refer to each other through pickled "
-                "state and can only be restored into live objects. Build them before "
-                "load() so they are restored in place." % (self._key, self._what)
-            )
+            node = self._reader.node(index)
+            if isinstance(node, (StatefulNode, PickledNode)):
+                raise CheckpointException(
+                    "Checkpoint %s: %s holds objects that refer to each other through "
+                    "pickled state and can only be restored into live objects. Build them "
+                    "before load() so they are restored in place." % (self._key, self._what)
+                )
+            raise self._corrupted("holds a tuple or frozenset that contains itself (node %d), which no save writes" % index)
         if index in self._built:
             return built
-        return self._make(index, self._reader.node(index))
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise self._corrupted("is nested more than %d levels deep" % MAX_DEPTH)
+            return self._make(index, self._reader.node(index))
+        finally:
+            self._depth -= 1
 
-    def _make(self, index: int, node: list) -> Any:
-        kind = node[0]
-        if kind == "list":
-            shell = self._built[index] = []
-            shell.extend(self._value(item) for item in node[1])
-            return shell
-        if kind == "dict" or kind == "odict":
-            shell = self._built[index] = {} if kind == "dict" else OrderedDict()
-            for k, v in node[1]:
-                shell[self._value(k)] = self._value(v)
-            if kind == "odict" and node[2] is not None:
-                shell._metadata = self._value(node[2])
-            return shell
-        if kind == "set":
-            shell = self._built[index] = set()
-            shell.update(self._value(item) for item in node[1])
-            return shell
-        if kind in ("tuple", "frozenset"):
+    def _make(self, index: int, node: Node) -> Any:
+        try:
+            return self._make_unchecked(index, node)
+        except TypeError as ex:  # an unhashable set item or dict key: no save writes one
+            if isinstance(node, (SequenceNode, DictNode)):
+                raise self._corrupted("holds a set item or dict key that cannot be hashed (node %d: %s)" % (index, ex))
+            raise
+
+    def _make_unchecked(self, index: int, node: Node) -> Any:
+        if isinstance(node, SequenceNode):
+            if node.kind == "list":
+                shell = self._built[index] = []
+                for item in node.items:
+                    shell.append(self._value(item))
+                return shell
+            if node.kind == "set":
+                shell = self._built[index] = set()
+                for item in node.items:
+                    shell.add(self._value(item))
+                return shell
             self._built[index] = _BUILDING
-            items = [self._value(item) for item in node[1]]
-            value = self._built[index] = tuple(items) if kind == "tuple" else frozenset(items)
+            items = [self._value(item) for item in node.items]
+            value = self._built[index] = tuple(items) if node.kind == "tuple" else frozenset(items)
             return value
-        if kind == "dataclass":
+        if isinstance(node, DictNode):
+            shell = self._built[index] = OrderedDict() if node.ordered else {}
+            for k, v in node.items:
+                shell[self._value(k)] = self._value(v)
+            if node.ordered and node.metadata is not None:
+                shell._metadata = self._value(node.metadata)
+            return shell
+        if isinstance(node, DataclassNode):
             return self._dataclass(index, node)
-        if kind in ("stateful", "pickled"):
-            return self._unpickled(index, node)
+        if isinstance(node, StatefulNode):
+            if self._allow_pickle:
+                return self._unpickled(index, node, node.skeleton)
+            # Without pickling, a stateful object with no live one to restore into
+            # comes back as its state dict, as torch.load(weights_only=True) would.
+            value = self._built[index] = self._value(node.state)
+            return value
+        if isinstance(node, PickledNode):
+            return self._unpickled(index, node, node.payload)
         value = self._built[index] = self._leaf(node)
         return value
 
-    def _leaf(self, node: list) -> Any:
-        kind = node[0]
-        if kind == "tensor":
-            _, storage, view, parameter, requires_grad = node
-            return self._storages[storage].torch_view(view, parameter, requires_grad)
-        if kind == "ndarray":
-            _, storage, view, writeable = node
-            return self._storages[storage].numpy_view(view, writeable)
-        if kind == "bytearray":
-            return bytearray(node[1])
-        if kind == "int":
-            return int(node[1])
-        if kind == "complex":
-            return complex(node[1], node[2])
-        if kind == "npscalar":
+    def _leaf(self, node: Node) -> Any:
+        if isinstance(node, TensorNode):
+            return self._storages_of(node).torch_view(node)
+        if isinstance(node, ArrayNode):
+            return self._storages_of(node).numpy_view(node.view, node.writeable)
+        if isinstance(node, BytearrayNode):
+            return bytearray(node.data)
+        if isinstance(node, BigIntNode):
+            return int(node.text)
+        if isinstance(node, ComplexNode):
+            return complex(node.real, node.imag)
+        if isinstance(node, NumpyScalarNode):
             import numpy as np
 
-            return np.frombuffer(node[2], dtype=np.dtype(node[1]))[0]
-        raise CheckpointException(
-            "Checkpoint %s: %s holds a value of kind %r that this version of "
-            "metaflow-implicit-checkpoint does not know. Upgrade the package."
-            % (self._key, self._what, kind)
-        )
+            return np.frombuffer(node.data, dtype=np.dtype(node.dtype))[0]
+        raise AssertionError("unhandled node %r" % (node,))
+
+    def _storages_of(self, node: Union[TensorNode, ArrayNode]) -> StorageBuffer:
+        buffer = self._storages.get(node.storage)
+        if buffer is None:
+            raise self._corrupted(
+                "refers to storage %d, which the checkpoint's layout does not list for it" % node.storage
+            )
+        return buffer
 
     def _class(self, index: int) -> type:
         cls = self._classes.get(index)
@@ -553,44 +661,32 @@ class GraphBuilder:
             )
         return cls
 
-    def _dataclass(self, index: int, node: list) -> Any:
-        cls = self._class(node[1])
-        if not dataclasses.is_dataclass(cls):
-            raise CheckpointException(
-                "Checkpoint %s: %s was saved as a dataclass %s, but %s here is not a "
-                "dataclass." % (self._key, self._what, self._reader.class_name(node[1]), cls)
-            )
-        obj = self._built[index] = cls.__new__(cls)
-        for name, wire in node[2]:
-            object.__setattr__(obj, name, self._value(wire))
+    def _dataclass(self, index: int, node: DataclassNode) -> Any:
+        cls = self._class(node.class_index)
+        what = "Checkpoint %s: %s" % (self._key, self._what)
+        obj = self._built[index] = new_instance(cls, self._reader.class_name(node.class_index), self._allow_pickle, what)
+        for name, wire in node.attributes:
+            set_attribute(obj, cls, name, self._value(wire), self._allow_pickle, what)
         return obj
 
-    def _unpickled(self, index: int, node: list) -> Any:
-        kind, class_index = node[0], node[1]
-        payload = node[3] if kind == "stateful" else node[2]
-        saved_type = self._reader.class_name(class_index)
-        if kind == "stateful" and payload is None:
+    def _unpickled(self, index: int, node: Union[StatefulNode, PickledNode], payload: Optional[bytes]) -> Any:
+        saved_type = self._reader.class_name(node.class_index)
+        if isinstance(node, StatefulNode) and payload is None:
             raise CheckpointException(
                 "Checkpoint %s: %s (a %s) was saved through its state dict only; build a "
                 "%s on self before load() and it is restored in place."
                 % (self._key, self._what, saved_type, saved_type.rsplit(".", 1)[-1])
             )
         if not self._allow_pickle:
-            fix = (
-                "build a live %s before load() to restore its state dict in place, or "
-                % saved_type.rsplit(".", 1)[-1]
-                if kind == "stateful"
-                else ""
-            )
             raise CheckpointException(
                 "Checkpoint %s: %s holds a %s that can only be rebuilt by unpickling, and "
-                "load() was called with allow_pickle=False. To load it, %sload with "
-                "allow_pickle=True if you trust this checkpoint."
-                % (self._key, self._what, saved_type, fix)
+                "load() was called with allow_pickle=False. To load it, load with "
+                "allow_pickle=True if you trust this checkpoint." % (self._key, self._what, saved_type)
             )
         self._built[index] = _BUILDING
         try:
-            value = unpickle_with_references(payload, self._node)
+            with ordinary_recursion():
+                value = unpickle_with_references(payload, self._node)
         except CheckpointException:
             raise
         except Exception as ex:

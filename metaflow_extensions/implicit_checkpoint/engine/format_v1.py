@@ -7,7 +7,6 @@ every save writes format 2. Values come back as format 1 decoded them; loading o
 target restores stateful objects in place when the live one has the same type.
 """
 
-import importlib
 import io
 import pickle
 from collections import OrderedDict
@@ -16,9 +15,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 
 from .errors import CheckpointException
+from .graph_format import ClassRef, TensorNode, View
 from .manifest import Manifest
+from .pickling import new_instance, resolve_class, set_attribute
 from .restore import live_value
 from .tensors import StorageBuffer, StorageSpec
+from .validation import numpy_itemsize
 
 _EXT_TUPLE, _EXT_TENSOR, _EXT_ORDERED_DICT, _EXT_DATACLASS = 1, 2, 3, 4
 RNG_FIELD = "<rng state>"
@@ -44,7 +46,7 @@ def load_v1(
                     storage.tensors[index]
                 )
                 buffer = StorageBuffer(StorageSpec(kind, nbytes, device))
-                view = [dtype, shape, _contiguous_strides(kind, dtype, shape), 0]
+                view = View(dtype, tuple(shape), _contiguous_strides(kind, dtype, shape), 0)
                 tensors[index] = (buffer, view, parameter, requires_grad)
                 requests.append((extents, buffer.buffer, "tensor %d" % index))
     payloads = {}
@@ -60,7 +62,7 @@ def load_v1(
     built = {}
     for index, (buffer, view, parameter, requires_grad) in tensors.items():
         if buffer.spec.kind == "torch":
-            built[index] = buffer.torch_view(view, parameter, requires_grad)
+            built[index] = buffer.torch_view(TensorNode(index, view, parameter, requires_grad))
         else:
             built[index] = buffer.numpy_view(view, True)
     values = {}
@@ -71,7 +73,9 @@ def load_v1(
                 "allow_pickle=False." % (manifest.key, name)
             )
         try:
-            values[name] = _decode(entry["codec"], bytes(payloads[name]), built)
+            values[name] = _decode(entry["codec"], bytes(payloads[name]), built, allow_pickle)
+        except CheckpointException:
+            raise
         except Exception as ex:
             raise CheckpointException(
                 "Checkpoint %s (format 1): field %r could not be decoded (%s: %s)."
@@ -94,48 +98,44 @@ def apply_v1(target: Any, values: Dict[str, Any]) -> None:
             setattr(target, name, value)
 
 
-def _contiguous_strides(kind: str, dtype: str, shape: list) -> list:
-    if kind == "torch":
-        itemsize = 1  # torch strides count elements
-    else:
-        import numpy as np
-
-        itemsize = np.dtype(dtype).itemsize
+def _contiguous_strides(kind: str, dtype: str, shape: list) -> Tuple[int, ...]:
+    # The dtype was checked against the allow-lists when the manifest was read.
+    itemsize = 1 if kind == "torch" else numpy_itemsize(dtype, "dtype")  # torch strides count elements
     strides, step = [], itemsize
     for size in reversed(shape):
         strides.append(step)
         step *= size
-    return list(reversed(strides))
+    return tuple(reversed(strides))
 
 
-def _decode(codec: str, payload: bytes, tensors: Dict[int, Any]) -> Any:
+def _decode(codec: str, payload: bytes, tensors: Dict[int, Any], allow_pickle: bool) -> Any:
     if codec in ("msgpack", "tensors"):
-        return _unpack(payload, tensors)
+        return _unpack(payload, tensors, allow_pickle)
     if codec == "cloudpickle":
         return _Unpickler(io.BytesIO(payload), tensors).load()
     raise ValueError("unknown codec %r" % (codec,))
 
 
-def _unpack(data: bytes, tensors: Dict[int, Any]) -> Any:
+def _unpack(data: bytes, tensors: Dict[int, Any], allow_pickle: bool) -> Any:
     def hook(code: int, raw: bytes):
         if code == _EXT_TUPLE:
-            return tuple(_unpack(raw, tensors))
+            return tuple(_unpack(raw, tensors, allow_pickle))
         if code == _EXT_TENSOR:
-            return tensors[_unpack(raw, tensors)]
+            return tensors[_unpack(raw, tensors, allow_pickle)]
         if code == _EXT_ORDERED_DICT:
-            items, extra = _unpack(raw, tensors)
+            items, extra = _unpack(raw, tensors, allow_pickle)
             result = OrderedDict(items)
             if extra is not None:
                 result._metadata = extra
             return result
         if code == _EXT_DATACLASS:
-            module, qualname, attributes = _unpack(raw, tensors)
-            cls = importlib.import_module(module)
-            for part in qualname.split("."):
-                cls = getattr(cls, part)
-            obj = cls.__new__(cls)
+            module, qualname, attributes = _unpack(raw, tensors, allow_pickle)
+            ref = ClassRef(module, qualname)
+            what = "a format-1 value"
+            cls = resolve_class(ref, allow_pickle, what)
+            obj = new_instance(cls, ref.name, allow_pickle, what)
             for key, value in attributes.items():
-                object.__setattr__(obj, key, value)
+                set_attribute(obj, cls, key, value, allow_pickle, what)
             return obj
         return msgpack.ExtType(code, raw)
 

@@ -19,7 +19,23 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import blake3
 import msgpack
 
-from .errors import CheckpointCorrupted, CheckpointSerializationError
+from .errors import CheckpointCorrupted, CheckpointSerializationError, UnknownFormat
+from .keys import CheckpointKey, is_valid_name
+from .tensors import StorageSpec
+from .validation import (
+    MAX_DIMS,
+    InvalidRecord,
+    describe,
+    expect_dict,
+    expect_digest,
+    expect_int,
+    expect_list,
+    expect_str,
+    expect_type,
+    fail,
+    numpy_itemsize,
+    torch_itemsize,
+)
 
 FORMAT_VERSION = 2
 STORAGE = "storage"
@@ -81,6 +97,49 @@ class StorageLayout:
         """The extents of the object graph; [] when it is inline (or absent)."""
         return self.graph if isinstance(self.graph, list) else []
 
+    def storage_specs(self) -> List[StorageSpec]:
+        """Each storage's spec (format 2; checked when the manifest was read)."""
+        return [StorageSpec.from_wire(wire) for wire in self.tensors]
+
+    def check(self, format_version: int) -> None:
+        """Raise InvalidRecord unless every value is well formed: digests are digests,
+        every extent lies inside its blob, storages are as long as their extents,
+        indices are in range. Sizes are claims until a read compares them with the
+        blobs themselves (store.py)."""
+        blobs = expect_dict(self.blobs, "storage blobs")
+        for digest, size in blobs.items():
+            expect_digest(digest, "storage blob")
+            expect_int(size, "the size of blob %s" % digest)
+        if self.blob_fields is not None:  # a gang's global manifest
+            for digest, names in expect_dict(self.blob_fields, "storage blob_fields").items():
+                expect_digest(digest, "storage blob_fields")
+                for name in expect_list(names, "the fields of blob %s" % digest):
+                    expect_str(name, "a field of blob %s" % digest)
+            return
+        tensors = expect_list(self.tensors, "storage tensors")
+        for index, wire in enumerate(tensors):
+            where = "storage %d" % index
+            if format_version == 1:
+                _check_v1_tensor(wire, blobs, where)
+            else:
+                spec = StorageSpec.from_wire(wire, where)
+                if len(wire) != 4:
+                    fail(where, "has %d items, expected 4 (kind, bytes, device, extents)" % len(wire))
+                _check_extents(wire[3], blobs, where, total=spec.nbytes)
+        if isinstance(self.graph, list):
+            _check_extents(self.graph, blobs, "the object graph")
+        elif not isinstance(self.graph, (bytes, type(None))):
+            fail("the object graph", "is %s, neither bytes nor extents" % describe(self.graph))
+        for name, entry in expect_dict(self.fields, "storage fields").items():
+            expect_str(name, "a field name", max_length=1024)
+            _check_storage_entry(entry, len(tensors), blobs, "field %r" % name, format_version)
+        if self.rng is not None:
+            _check_storage_entry(self.rng, len(tensors), blobs, "the RNG state", format_version)
+        if self.files is not None:
+            for rel, extents in expect_dict(self.files, "storage files").items():
+                expect_str(rel, "a file name")
+                _check_extents(extents, blobs, "file %r" % rel)
+
 
 @dataclass
 class Manifest:
@@ -107,7 +166,7 @@ class Manifest:
     bytes_written: int = 0
     bytes_referenced: int = 0
     files: Optional[Dict[str, dict]] = None  # the task folder's files, when saved with one
-    directories: Optional[List[str]] = None
+    directories: Optional[Dict[str, dict]] = None  # every folder, empty ones too: mode, mtime
     gang: Optional[Dict[str, Any]] = None  # a gang's global manifest: its parts
     storage: Optional[StorageLayout] = None
     format_version: int = FORMAT_VERSION
@@ -137,12 +196,13 @@ class Manifest:
     def from_wire(cls, wire: Dict[str, Any], key: str = "") -> "Manifest":
         """Decode a wire dict with the reader of its format version."""
         version = wire.get("format_version", 1)
-        reader = _READERS.get(version)
+        reader = _READERS.get(version) if type(version) is int else None
         if reader is None:
-            raise CheckpointCorrupted(
-                "Checkpoint %s has format version %r, which no reader here decodes."
-                % (key or wire.get("key"), version),
-                key=key or wire.get("key"),
+            raise UnknownFormat(
+                "Checkpoint %s has format version %s, which this metaflow-implicit-checkpoint "
+                "cannot read (it reads %s). Upgrade the package if a newer one wrote it."
+                % (key, describe(version), ", ".join(map(str, sorted(_READERS)))),
+                key=key,
             )
         return reader(wire)
 
@@ -179,6 +239,92 @@ def _from_wire_v1(wire: Dict[str, Any]) -> Manifest:
 _READERS: Dict[int, Callable[[Dict[str, Any]], Manifest]] = {1: _from_wire_v1, 2: _from_wire_v2}
 
 
+def _check_extents(wire: Any, blobs: Dict[str, int], where: str, total: Optional[int] = None) -> None:
+    length_sum = 0
+    for i, extent in enumerate(expect_list(wire, where + " extents")):
+        here = "%s extent %d" % (where, i)
+        digest, offset, length = expect_list(extent, here, length=3)
+        expect_digest(digest, here + " blob")
+        if digest not in blobs:
+            fail(here, "names blob %s, which the manifest's blob list lacks" % digest)
+        expect_int(offset, here + " offset")
+        expect_int(length, here + " length")
+        if offset + length > blobs[digest]:
+            fail(here, "reaches byte %d of blob %s, which has %d" % (offset + length, digest, blobs[digest]))
+        length_sum += length
+    if total is not None and length_sum != total:
+        fail(where, "claims %d bytes, but its extents hold %d" % (total, length_sum))
+
+
+def _check_storage_entry(entry: Any, storages: int, blobs: Dict[str, int], where: str, format_version: int) -> None:
+    expect_dict(entry, where)
+    for index in expect_list(entry.get("tensors", []), where + " storages"):
+        expect_int(index, where + " storage index", 0, storages - 1)
+    if format_version == 1:
+        payload = entry.get("payload")
+        if isinstance(payload, list):
+            _check_extents(payload, blobs, where + " payload")
+        elif not isinstance(payload, (bytes, type(None))):
+            fail(where + " payload", "is %s, neither bytes nor extents" % describe(payload))
+        if "alias_of" in entry:
+            expect_str(entry["alias_of"], where + " alias_of", max_length=1024)
+
+
+def _check_v1_tensor(wire: Any, blobs: Dict[str, int], where: str) -> None:
+    """Format 1's whole-buffer spec: [kind, dtype, shape, bytes, device, parameter,
+    requires_grad, extents] of a contiguous tensor or array."""
+    kind, dtype, shape, nbytes, device, parameter, requires_grad, extents = expect_list(wire, where, length=8)
+    itemsize = torch_itemsize(dtype, where + " dtype") if kind == "torch" else numpy_itemsize(dtype, where + " dtype")
+    StorageSpec.from_wire([kind, nbytes, device], where)
+    elements = 1
+    for n in expect_list(shape, where + " shape", max_length=MAX_DIMS):
+        expect_int(n, where + " shape")
+        elements *= n
+    if elements * itemsize > nbytes:
+        fail(where, "holds %d elements of %d bytes in %d bytes" % (elements, itemsize, nbytes))
+    expect_type(parameter, (bool,), where + " parameter")
+    expect_type(requires_grad, (bool,), where + " requires_grad")
+    _check_extents(extents, blobs, where, total=nbytes)
+
+
+#: The types of a manifest's public values, as stored (None allowed where the field's
+#: default is None).
+_PUBLIC_TYPES = {
+    "key": (str,), "name": (str,), "flow": (str,), "run_id": (str,), "step": (str,),
+    "task_id": (str,), "pathspec": (str,), "attempt": (int,), "version": (int,),
+    "created_on": (str,), "metadata": (dict,), "fields": (dict,), "parent": (str, type(None)),
+    "rng": (list, type(None)), "size": (int,), "foreach_indices": (list,), "latest": (bool,),
+    "storage_format": (str,), "bytes_written": (int,), "bytes_referenced": (int,),
+    "files": (dict, type(None)), "directories": (dict, type(None)), "gang": (dict, type(None)),
+    "format_version": (int,),
+}
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Raise InvalidRecord unless ``manifest`` (as read) is well formed."""
+    for name, types in _PUBLIC_TYPES.items():
+        expect_type(getattr(manifest, name), types, "the manifest's %r" % name)
+    if not is_valid_name(manifest.name):
+        fail("the manifest's 'name'", "is %s, not a checkpoint name" % describe(manifest.name))
+    try:  # the key's own rules: no part can hold a path separator
+
+        CheckpointKey(manifest.flow, manifest.run_id, manifest.step, manifest.task_id,
+                      manifest.attempt, manifest.name, manifest.version)
+    except Exception as ex:
+        fail("the manifest's identity", "is invalid (%s)" % ex)
+    for name in ("attempt", "version", "size", "bytes_written", "bytes_referenced"):
+        expect_int(getattr(manifest, name), "the manifest's %r" % name)
+    for i, index in enumerate(manifest.foreach_indices):
+        expect_int(index, "the manifest's foreach index %d" % i)
+    for name, entry in manifest.fields.items():
+        expect_str(name, "a field name", max_length=1024)
+        expect_dict(entry, "the public entry of field %r" % name)
+    if manifest.gang is not None:
+        expect_int(manifest.gang.get("num_nodes"), "the gang's 'num_nodes'", 1, 1 << 20)
+    if manifest.storage is not None:
+        manifest.storage.check(manifest.format_version)
+
+
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
@@ -197,7 +343,7 @@ def unpack_manifest(data: bytes, key: str) -> Manifest:
         )
     version = data[len(_MAGIC)]
     if version > FORMAT_VERSION:
-        raise CheckpointCorrupted(
+        raise UnknownFormat(
             "Checkpoint %s has format version %d; this metaflow-implicit-checkpoint reads "
             "up to %d. Upgrade the package to read it." % (key, version, FORMAT_VERSION),
             key=key,
@@ -207,7 +353,32 @@ def unpack_manifest(data: bytes, key: str) -> Manifest:
         raise CheckpointCorrupted(
             "The manifest of checkpoint %s failed its integrity check." % key, key=key
         )
-    return Manifest.from_wire(msgpack.unpackb(body, raw=False, strict_map_key=False), key)
+    try:
+        wire = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as ex:  # msgpack's own errors: the digest matched, so it was written so
+        raise CheckpointCorrupted(
+            "The manifest of checkpoint %s is not valid msgpack (%s: %s); it was altered "
+            "or damaged." % (key, type(ex).__name__, ex),
+            key=key,
+        ) from None
+    if not isinstance(wire, dict):
+        raise CheckpointCorrupted("The manifest of checkpoint %s is not a manifest (a %s)." % (key, type(wire).__name__), key=key)
+    try:
+        manifest = Manifest.from_wire(wire, key)
+        check_manifest(manifest)
+    except InvalidRecord as ex:
+        raise CheckpointCorrupted(
+            "The manifest of checkpoint %s is invalid: %s. It was altered or damaged; "
+            "load an earlier checkpoint." % (key, ex),
+            key=key,
+        ) from None
+    except TypeError as ex:  # a key the manifest type does not take, or one missing
+        raise CheckpointCorrupted(
+            "The manifest of checkpoint %s is invalid: %s. It was altered or damaged; "
+            "load an earlier checkpoint." % (key, ex),
+            key=key,
+        ) from None
+    return manifest
 
 
 #: msgpack stores ints from -2**63 to 2**64-1.

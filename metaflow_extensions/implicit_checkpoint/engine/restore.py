@@ -21,8 +21,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .codecs import GraphBuilder, GraphReader, Ref
+from .codecs import GraphBuilder, GraphReader
 from .errors import CheckpointException
+from .graph_format import ArrayNode, DataclassNode, DictNode, Ref, SequenceNode, StatefulNode, TensorNode, View
 from .tensors import StorageSpec, can_receive_in_place, dtype_name, is_torch_tensor
 
 MISSING = object()
@@ -81,29 +82,33 @@ class _Planner:
             return
         self._visited.add(index)
         node = self.reader.node(index)
-        kind = node[0]
-        if kind == "stateful":
+        if isinstance(node, StatefulNode):
             self._stateful(index, node, live, what)
-        elif kind == "tensor":
+        elif isinstance(node, TensorNode):
             self._tensor(index, node, live, what, in_state)
-        elif kind == "ndarray":
+        elif isinstance(node, ArrayNode):
             self._array(index, node, live, what)
-        elif kind in ("list", "tuple") and type(live).__name__ == kind and len(live) == len(node[1]):
-            for i, (item, live_item) in enumerate(zip(node[1], live)):
+        elif (
+            isinstance(node, SequenceNode)
+            and node.kind in ("list", "tuple")
+            and type(live).__name__ == node.kind
+            and len(live) == len(node.items)
+        ):
+            for i, (item, live_item) in enumerate(zip(node.items, live)):
                 self.match(item, live_item, "%s[%d]" % (what, i), in_state)
-        elif kind in ("dict", "odict") and isinstance(live, dict):
-            for k, v in node[1]:
+        elif isinstance(node, DictNode) and isinstance(live, dict):
+            for k, v in node.items:
                 if not isinstance(k, Ref) and k in live:
                     self.match(v, live[k], "%s[%r]" % (what, k), in_state)
-        elif kind == "dataclass" and _class_of(live) == self.reader.class_name(node[1]):
+        elif isinstance(node, DataclassNode) and _class_of(live) == self.reader.class_name(node.class_index):
             holder = getattr(live, "__dict__", {})
-            for name, v in node[2]:
+            for name, v in node.attributes:
                 self.match(v, holder.get(name, MISSING), "%s.%s" % (what, name), in_state)
 
-    def _stateful(self, index: int, node: list, live: Any, what: str) -> None:
+    def _stateful(self, index: int, node: StatefulNode, live: Any, what: str) -> None:
         if not callable(getattr(live, "load_state_dict", None)):
             return  # not a stateful object: the saved one replaces it
-        saved_class = self.reader.class_name(node[1])
+        saved_class = self.reader.class_name(node.class_index)
         if _class_of(live) != saved_class:
             raise CheckpointException(
                 "Checkpoint %s: %s is a live %s, but the checkpoint holds a %s. Build the "
@@ -111,7 +116,7 @@ class _Planner:
                 "saved object back." % (self.key, what, _class_of(live), saved_class, what)
             )
         torch = sys.modules.get("torch")
-        state = node[2]
+        state = node.state
         if torch is not None and isinstance(live, torch.nn.Module):
             self._check_module(live, state, what)
             for tensor in list(live.parameters()) + list(live.buffers()):
@@ -132,16 +137,16 @@ class _Planner:
             if index in self.plan.live:
                 continue
             node = self.reader.node(index)
-            if node[0] != "tensor" or node[1] not in self.plan.direct or node[2][3] != 0:
+            if not isinstance(node, TensorNode) or node.storage not in self.plan.direct or node.view.offset != 0:
                 continue
-            candidate = self._live_parameters.get(self.plan.direct[node[1]].data_ptr())
-            if candidate is not None and _same_layout(node[2], candidate):
-                if node[3] == isinstance(candidate, sys.modules["torch"].nn.Parameter):
+            candidate = self._live_parameters.get(self.plan.direct[node.storage].data_ptr())
+            if candidate is not None and _same_layout(node.view, candidate) and not (node.conj or node.neg):
+                if node.parameter == isinstance(candidate, sys.modules["torch"].nn.Parameter):
                     self.plan.live[index] = candidate
 
-    def _tensor(self, index: int, node: list, live: Any, what: str, in_state: bool) -> None:
-        _, storage, view, _, _ = node
-        if not (is_torch_tensor(live) and _same_layout(view, live)):
+    def _tensor(self, index: int, node: TensorNode, live: Any, what: str, in_state: bool) -> None:
+        storage, view = node.storage, node.view
+        if not (is_torch_tensor(live) and _same_layout(view, live)) or node.conj != live.is_conj():
             return
         if self._receives_storage(storage, view, live):
             self.plan.direct[storage] = live
@@ -152,12 +157,12 @@ class _Planner:
             self.plan.live[index] = live
             self.plan.copies.append((index, live, what))
 
-    def _array(self, index: int, node: list, live: Any, what: str) -> None:
+    def _array(self, index: int, node: ArrayNode, live: Any, what: str) -> None:
         np = sys.modules.get("numpy")
-        _, storage, view, _ = node
+        storage, view = node.storage, node.view
         if np is None or type(live) is not np.ndarray or not live.flags.writeable:
             return
-        if live.dtype.str != view[0] or list(live.shape) != list(view[1]):
+        if live.dtype.str != view.dtype or list(live.shape) != list(view.shape):
             return
         self.plan.live[index] = live
         if self._receives_storage(storage, view, live):
@@ -165,10 +170,10 @@ class _Planner:
         else:
             self.plan.copies.append((index, live, what))
 
-    def _receives_storage(self, storage: int, view: list, live: Any) -> bool:
+    def _receives_storage(self, storage: int, view: View, live: Any) -> bool:
         """The view is its whole storage, and ``live`` can take the bytes in place."""
         nbytes = self.specs[storage].nbytes
-        if storage in self.plan.direct or view[3] != 0 or not _contiguous(view, live):
+        if storage in self.plan.direct or view.offset != 0 or not _contiguous(view, live):
             return False
         return can_receive_in_place(live, nbytes)
 
@@ -197,7 +202,7 @@ class _Planner:
                 raise CheckpointException(
                     "Checkpoint %s: %s parameter %r is %s %s in the checkpoint but %s %s in "
                     "the live model. Build the model as it was when saved."
-                    % (self.key, what, name, view[0], list(view[1]),
+                    % (self.key, what, name, view.dtype, list(view.shape),
                        dtype_name(tensor), list(tensor.shape))
                 )
 
@@ -205,7 +210,7 @@ class _Planner:
         groups = self._plain(self._entry(state, "param_groups"))
         if not isinstance(groups, list):
             return
-        saved_sizes = [len(self._plain(self._entry(g, "params")) or []) for g in groups]
+        saved_sizes = [_count(self._plain(self._entry(g, "params"))) for g in groups]
         live_sizes = [len(g["params"]) for g in live.param_groups]
         if saved_sizes != live_sizes:
             raise CheckpointException(
@@ -214,30 +219,36 @@ class _Planner:
                 "when it was saved." % (self.key, what, saved_sizes, type(live).__name__, live_sizes)
             )
 
-    def _tensors_of_state(self, state: Any) -> Optional[Dict[str, Optional[list]]]:
-        """``{key: tensor view wire or None}`` of a saved module state dict."""
-        if not isinstance(state, Ref) or self.reader.node(state.index)[0] not in ("dict", "odict"):
+    def _tensors_of_state(self, state: Any) -> Optional[Dict[str, Optional[View]]]:
+        """``{key: tensor view or None}`` of a saved module state dict."""
+        node = self.reader.node(state.index) if isinstance(state, Ref) else None
+        if not isinstance(node, DictNode):
             return None
         found = {}
-        for k, v in self.reader.node(state.index)[1]:
+        for k, v in node.items:
             tensor = self.reader.node(v.index) if isinstance(v, Ref) else None
-            found[k] = tensor[2] if tensor is not None and tensor[0] == "tensor" else None
+            found[k] = tensor.view if isinstance(tensor, TensorNode) else None
         return found
 
     def _entry(self, wire: Any, name: str) -> Any:
         node = self._plain(wire)
-        if isinstance(node, list) and node and node[0] in ("dict", "odict"):
-            for k, v in node[1]:
+        if isinstance(node, DictNode):
+            for k, v in node.items:
                 if k == name:
                     return v
         return None
 
     def _plain(self, wire: Any) -> Any:
-        """A list node's items, or the node itself for other kinds (no values built)."""
+        """A list or tuple node's items, or the node itself for other kinds (no values
+        built)."""
         if not isinstance(wire, Ref):
             return wire
         node = self.reader.node(wire.index)
-        return node[1] if node[0] in ("list", "tuple") else node
+        return list(node.items) if isinstance(node, SequenceNode) and node.kind in ("list", "tuple") else node
+
+
+def _count(items: Any) -> int:
+    return len(items) if isinstance(items, list) else 0
 
 
 def _names(keys: List[str]) -> str:
@@ -250,12 +261,12 @@ def _class_of(obj: Any) -> str:
     return "%s.%s" % (cls.__module__, cls.__qualname__)
 
 
-def _same_layout(view: list, live: Any) -> bool:
-    return view[0] == dtype_name(live) and list(view[1]) == list(live.shape)
+def _same_layout(view: View, live: Any) -> bool:
+    return view.dtype == dtype_name(live) and list(view.shape) == list(live.shape)
 
 
-def _contiguous(view: list, live: Any) -> bool:
-    _, shape, strides, _ = view
+def _contiguous(view: View, live: Any) -> bool:
+    shape, strides = view.shape, view.strides
     itemsize = live.element_size() if is_torch_tensor(live) else live.itemsize
     expected, step = [], 1 if is_torch_tensor(live) else itemsize
     for size in reversed(shape):
@@ -276,7 +287,7 @@ def build_values(
     values = {name: builder.build(reader.fields[name], "self.%s" % name) for name in names}
     calls = []
     for index, live, what in plan.stateful:
-        state_wire = reader.node(index)[2]
+        state_wire = reader.node(index).state
         calls.append((live, builder.build(state_wire, "%s.state_dict()" % what), what))
     copies = [(live, builder.build_new(index, what), what) for index, live, what in plan.copies]
     return values, calls, copies

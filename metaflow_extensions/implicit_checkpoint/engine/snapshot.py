@@ -392,8 +392,16 @@ def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_r
         if target is not None:
             apply_v1(target, values)
         return values, rng_state
-    reader = GraphReader(_read_graph(store, manifest))
-    specs = [StorageSpec.from_wire(wire) for wire in storage.tensors]
+    specs = storage.storage_specs()
+    reader = GraphReader(_read_graph(store, manifest), specs, key)
+    absent = [name for name in wanted if name not in reader.fields]
+    if absent:
+        raise CheckpointCorrupted(
+            "Checkpoint %s: its object graph has no field(s) %s that its manifest lists. "
+            "The checkpoint was altered or damaged; load an earlier one."
+            % (key, ", ".join(map(repr, absent))),
+            key=key,
+        )
     live = {name: live_value(target, name) for name in wanted} if target is not None else {}
     plan = plan_restore(reader, specs, live, key)
 

@@ -9,12 +9,18 @@ torch and numpy are optional and slow to import, so neither is ever imported her
 unless the user already did (on save) or a checkpoint holds such data (on load).
 """
 
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
+from .errors import CheckpointException
+from .graph_format import TensorNode, View
+from .validation import TORCH_DTYPES, describe, expect_int, expect_list, fail
+
 TORCH = "torch"
 NUMPY = "numpy"
+_DEVICE = re.compile(r"[a-z][a-z0-9_]{0,15}(:\d{1,4})?\Z")
 
 
 @dataclass(frozen=True)
@@ -29,9 +35,17 @@ class StorageSpec:
         return [self.kind, self.nbytes, self.device]
 
     @classmethod
-    def from_wire(cls, wire: list) -> "StorageSpec":
+    def from_wire(cls, wire: list, where: str = "a storage") -> "StorageSpec":
+        """A stored spec, checked (raises validation.InvalidRecord)."""
+        wire = expect_list(wire, where, max_length=16)
+        if len(wire) < 3:
+            fail(where, "has %d items, expected at least 3" % len(wire))
         kind, nbytes, device = wire[:3]
-        return cls(kind, nbytes, device)
+        if kind not in (TORCH, NUMPY):
+            fail(where, "is of kind %s, not %r or %r" % (describe(kind), TORCH, NUMPY))
+        if not isinstance(device, str) or _DEVICE.match(device) is None:
+            fail(where, "is on the device %s, which is no device name" % describe(device))
+        return cls(kind, expect_int(nbytes, where + " size"), device)
 
     def describe(self) -> str:
         return "%s storage of %d bytes on %s" % (self.kind, self.nbytes, self.device)
@@ -86,21 +100,18 @@ class StorageTable:
         self._flat: List[Any] = []
         self._index_by_memory: Dict[tuple, int] = {}
 
-    def add(self, obj: Any) -> Tuple[int, list]:
-        """Register ``obj``; return its storage index and its view wire.
-
-        A torch view wire is ``[dtype, shape, stride, storage offset (elements)]``; a
-        numpy one ``[dtype, shape, strides (bytes), offset (bytes)]``.
-        """
+    def add(self, obj: Any) -> Tuple[int, View]:
+        """Register ``obj``; return its storage index and its view (graph_format.View:
+        torch strides and offset in elements, numpy's in bytes)."""
         if is_torch_tensor(obj):
             storage = obj.untyped_storage()
             memory = (TORCH, storage.data_ptr(), storage.nbytes(), obj.device)
-            view = [dtype_name(obj), list(obj.shape), list(obj.stride()), obj.storage_offset()]
+            view = View(dtype_name(obj), tuple(obj.shape), tuple(obj.stride()), obj.storage_offset())
         else:
             root = _numpy_root(obj)
             start = _address(root)
             memory = (NUMPY, start, root.nbytes, "cpu")
-            view = [obj.dtype.str, list(obj.shape), list(obj.strides), _address(obj) - start]
+            view = View(obj.dtype.str, tuple(obj.shape), tuple(obj.strides), _address(obj) - start)
         index = self._index_by_memory.get(memory)
         if index is None:
             index = self._index_by_memory[memory] = len(self.specs)
@@ -203,28 +214,30 @@ class StorageBuffer:
             raise ValueError("unknown storage kind %r" % (spec.kind,))
         self._on_device = None
 
-    def torch_view(self, view: list, parameter: bool, requires_grad: bool) -> Any:
+    def torch_view(self, node: TensorNode) -> Any:
+        """The tensor ``node`` describes, over this buffer (its view was checked against
+        the storage by graph_format.py)."""
         import torch
 
-        dtype_text, shape, stride, offset = view
-        dtype = getattr(torch, dtype_text, None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError("unknown torch dtype %r" % (dtype_text,))
-        t = torch.empty(0, dtype=dtype, device=self._storage_device()).set_(
-            self._torch_storage(), offset, tuple(shape), tuple(stride)
+        view = node.view
+        t = torch.empty(0, dtype=torch_dtype(view.dtype), device=self._storage_device()).set_(
+            self._torch_storage(), view.offset, view.shape, view.strides
         )
-        if parameter:
-            return torch.nn.Parameter(t, requires_grad=requires_grad)
-        if requires_grad:
+        if node.conj:
+            t = t.conj()
+        if node.neg:
+            t = t._neg_view()
+        if node.parameter:
+            return torch.nn.Parameter(t, requires_grad=node.requires_grad)
+        if node.requires_grad:
             t.requires_grad_(True)
         return t
 
-    def numpy_view(self, view: list, writeable: bool) -> Any:
+    def numpy_view(self, view: View, writeable: bool) -> Any:
         import numpy as np
 
-        dtype_text, shape, strides, offset = view
         raw = self._raw if self.live is None else np.frombuffer(self.buffer, dtype=np.uint8)
-        array = np.ndarray(tuple(shape), np.dtype(dtype_text), raw, offset, tuple(strides))
+        array = np.ndarray(view.shape, np.dtype(view.dtype), raw, view.offset, view.strides)
         if not writeable:
             array.flags.writeable = False
         return array
@@ -241,6 +254,20 @@ class StorageBuffer:
             device = self._storage_device()
             self._on_device = raw if device == "cpu" else raw.to(device)
         return self._on_device.untyped_storage()
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype of an allowed name, looked up without ``getattr(torch, ...)``
+    (whose lazy ``__getattr__`` imports submodules)."""
+    import torch
+
+    dtype = vars(torch).get(name) if name in TORCH_DTYPES else None
+    if not isinstance(dtype, torch.dtype):
+        raise CheckpointException(
+            "This torch (%s) has no dtype %r; load the checkpoint with the torch version "
+            "that saved it" % (torch.__version__, name)
+        )
+    return dtype
 
 
 def _uint8_over(live: Any) -> Any:
