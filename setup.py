@@ -40,6 +40,8 @@ setup(
             "transformers>=5.24",
             "accelerate>=1.15",
             "lightning>=2.6",
+            # tests/test_fuzz_trust.py fuzzes what a load reads back from the store.
+            "hypothesis>=6.100",
         ],
     },
 )

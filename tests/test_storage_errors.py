@@ -437,9 +437,11 @@ def test_s3_errors_that_persist_name_the_operation_and_the_key(s3_server):
             with pytest.raises(CheckpointStorageError) as failure:
                 call()
             error = failure.value
-            assert error.operation == operation, error
+            assert error.operation in ((operation,) if isinstance(operation, str) else operation), error
             assert error.path.startswith(prefix + root[len(prefix):]) and error.path in str(error)
-            assert "failed 3 times in a row" in error.reason and "InternalError" in error.reason
+            # a HEAD's error has no body, so S3's code reads "Internal Server Error" there
+            assert "failed 3 times in a row" in error.reason
+            assert "InternalError" in error.reason or "Internal Server Error" in error.reason
             assert s3_server.endpoint not in str(error) and proxy.endpoint not in str(error)
             return error
 
@@ -450,13 +452,15 @@ def test_s3_errors_that_persist_name_the_operation_and_the_key(s3_server):
         assert reading.path == store().backend.describe(CheckpointStore.manifest_path(key))
         failure_of(lambda: list_task(store(), FLOW, "1", "train", "1"), "list")
         failure_of(lambda: collect_garbage(store(), FLOW, grace=0), "list")
-        failure_of(lambda: verify_checkpoints(store(), FLOW, [key]), "read")
+        # verify asks each blob's real size (a manifest's claim is not trusted), then reads it
+        failure_of(lambda: verify_checkpoints(store(), FLOW, [key]), ("check", "read"))
 
         # The manifest is read, then S3 fails: the blob read names the blob.
         proxy.configure(0.0)
         reader = make_session(store(), State(), attempt=1)
         proxy.configure(1.0, faults=("500",), max_consecutive=None, only="/blobs/")
-        blob_read = failure_of(lambda: reader.load(saved[0][0]), "read")
+        # (a load first checks the blobs' real sizes against the manifest's claims)
+        blob_read = failure_of(lambda: reader.load(saved[0][0]), ("check", "read"))
         assert "/blobs/" in blob_read.path
 
         proxy.configure(0.0)

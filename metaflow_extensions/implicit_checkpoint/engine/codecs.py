@@ -476,24 +476,27 @@ class GraphReader:
         self.rng: Value = parsed.rng
 
     @contextmanager
-    def _checked(self) -> Iterator[None]:
+    def _checked(self, what: Optional[str] = None) -> Iterator[None]:
         try:
             yield
         except InvalidRecord as ex:
             raise CheckpointCorrupted(
-                "Checkpoint %s: its object graph is invalid: %s. The checkpoint was altered "
-                "or damaged; load an earlier one." % (self.key, ex),
+                "Checkpoint %s: %sits object graph is invalid: %s. The checkpoint was altered "
+                "or damaged; load an earlier one." % (self.key, "%s: " % what if what else "", ex),
                 key=self.key,
+                field=what,
             ) from None
 
     @property
     def node_count(self) -> int:
         return len(self._packed)
 
-    def node(self, index: int) -> Node:
+    def node(self, index: int, what: Optional[str] = None) -> Node:
+        """Node ``index``, checked on first use; ``what`` (the field it belongs to, say)
+        names it in the error if it is invalid."""
         node = self._nodes.get(index)
         if node is None:
-            with self._checked():
+            with self._checked(what):
                 node = unpack_node(self._packed[index], index, self._bounds)
             self._nodes[index] = node
         return node
@@ -546,7 +549,7 @@ class GraphBuilder:
         """Node ``index`` built new even if it restores into a live object."""
         self._what = what
         with deep_recursion():
-            return self._make(index, self._reader.node(index))
+            return self._make(index, self._reader.node(index, self._what))
 
     def _corrupted(self, problem: str) -> CheckpointCorrupted:
         return CheckpointCorrupted(
@@ -564,7 +567,7 @@ class GraphBuilder:
             return self._live[index]
         built = self._built.get(index, None)
         if built is _BUILDING:
-            node = self._reader.node(index)
+            node = self._reader.node(index, self._what)
             if isinstance(node, (StatefulNode, PickledNode)):
                 raise CheckpointException(
                     "Checkpoint %s: %s holds objects that refer to each other through "
@@ -578,7 +581,7 @@ class GraphBuilder:
         try:
             if self._depth > MAX_DEPTH:
                 raise self._corrupted("is nested more than %d levels deep" % MAX_DEPTH)
-            return self._make(index, self._reader.node(index))
+            return self._make(index, self._reader.node(index, self._what))
         finally:
             self._depth -= 1
 
@@ -628,6 +631,13 @@ class GraphBuilder:
         return value
 
     def _leaf(self, node: Node) -> Any:
+        try:
+            return self._leaf_unchecked(node)
+        except (RuntimeError, ValueError, TypeError) as ex:  # torch or numpy refused the view
+            raise self._corrupted("holds a %s that cannot be made (%s: %s)" % (
+                type(node).__name__, type(ex).__name__, ex))
+
+    def _leaf_unchecked(self, node: Node) -> Any:
         if isinstance(node, TensorNode):
             return self._storages_of(node).torch_view(node)
         if isinstance(node, ArrayNode):

@@ -57,6 +57,10 @@ from .validation import (
 )
 
 REF_CODE = 1
+#: torch dtypes whose tensors can require gradients (floating point and complex).
+GRADIENT_DTYPES = frozenset(
+    {"float16", "bfloat16", "float32", "float64", "complex32", "complex64", "complex128"}
+)
 _INLINE_TYPES = (type(None), bool, int, float, str, bytes)
 
 
@@ -343,8 +347,11 @@ def _tensor(wire: list, bounds: GraphBounds, where: str) -> TensorNode:
     for bit in bits:
         if bit not in ("conj", "neg"):
             fail(where + " flags", "hold %s, not 'conj' or 'neg'" % describe(bit))
+    requires_grad = _flag(wire[4], where + " requires_grad")
+    if requires_grad and view.dtype not in GRADIENT_DTYPES:
+        fail(where, "requires grad, which a %s tensor cannot" % view.dtype)
     return TensorNode(
-        storage, view, _flag(wire[3], where + " parameter"), _flag(wire[4], where + " requires_grad"),
+        storage, view, _flag(wire[3], where + " parameter"), requires_grad,
         conj="conj" in bits, neg="neg" in bits,
     )
 

@@ -23,6 +23,11 @@ def is_valid_name(name: object) -> bool:
     return isinstance(name, str) and bool(_NAME_RE.fullmatch(name))
 
 
+def is_valid_flow(name: object) -> bool:
+    """A flow name as Metaflow allows it (a Python identifier): never a path."""
+    return isinstance(name, str) and bool(_IDENTIFIER_RE.fullmatch(name))
+
+
 def validate_name(name: object, step: str = None) -> str:
     """Return ``name`` if it is a valid checkpoint name, else raise a clear error."""
     if not is_valid_name(name):

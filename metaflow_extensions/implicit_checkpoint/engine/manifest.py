@@ -128,7 +128,7 @@ class StorageLayout:
                 _check_extents(wire[3], blobs, where, total=spec.nbytes)
         if isinstance(self.graph, list):
             _check_extents(self.graph, blobs, "the object graph")
-        elif not isinstance(self.graph, (bytes, type(None))):
+        elif format_version >= 2 and not isinstance(self.graph, bytes):
             fail("the object graph", "is %s, neither bytes nor extents" % describe(self.graph))
         for name, entry in expect_dict(self.fields, "storage fields").items():
             expect_str(name, "a field name", max_length=1024)
@@ -321,8 +321,9 @@ def check_manifest(manifest: Manifest) -> None:
         expect_dict(entry, "the public entry of field %r" % name)
     if manifest.gang is not None:
         expect_int(manifest.gang.get("num_nodes"), "the gang's 'num_nodes'", 1, 1 << 20)
-    if manifest.storage is not None:
-        manifest.storage.check(manifest.format_version)
+    if manifest.storage is None:  # every stored manifest is a committed one
+        fail("the manifest", "has no storage layout")
+    manifest.storage.check(manifest.format_version)
 
 
 def utc_now_iso() -> str:

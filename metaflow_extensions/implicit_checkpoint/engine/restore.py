@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .codecs import GraphBuilder, GraphReader
-from .errors import CheckpointException
+from .errors import CheckpointCorrupted, CheckpointException
 from .graph_format import ArrayNode, DataclassNode, DictNode, Ref, SequenceNode, StatefulNode, TensorNode, View
 from .tensors import StorageSpec, can_receive_in_place, dtype_name, is_torch_tensor
 
@@ -81,7 +81,7 @@ class _Planner:
         if index in self._visited:
             return
         self._visited.add(index)
-        node = self.reader.node(index)
+        node = self.reader.node(index, what)
         if isinstance(node, StatefulNode):
             self._stateful(index, node, live, what)
         elif isinstance(node, TensorNode):
@@ -120,7 +120,8 @@ class _Planner:
         if torch is not None and isinstance(live, torch.nn.Module):
             self._check_module(live, state, what)
             for tensor in list(live.parameters()) + list(live.buffers()):
-                self._live_parameters.setdefault(tensor.data_ptr(), tensor)
+                if not _uninitialized(tensor):
+                    self._live_parameters.setdefault(tensor.data_ptr(), tensor)
         if torch is not None and isinstance(live, torch.optim.Optimizer):
             self._check_optimizer(live, state, what)
         self.plan.live[index] = live
@@ -136,7 +137,10 @@ class _Planner:
         for index in range(self.reader.node_count):
             if index in self.plan.live:
                 continue
-            node = self.reader.node(index)
+            try:
+                node = self.reader.node(index)
+            except CheckpointCorrupted:
+                continue  # building the field that holds it fails, naming the field
             if not isinstance(node, TensorNode) or node.storage not in self.plan.direct or node.view.offset != 0:
                 continue
             candidate = self._live_parameters.get(self.plan.direct[node.storage].data_ptr())
@@ -146,7 +150,7 @@ class _Planner:
 
     def _tensor(self, index: int, node: TensorNode, live: Any, what: str, in_state: bool) -> None:
         storage, view = node.storage, node.view
-        if not (is_torch_tensor(live) and _same_layout(view, live)) or node.conj != live.is_conj():
+        if not is_torch_tensor(live) or _uninitialized(live) or not _same_layout(view, live) or node.conj != live.is_conj():
             return
         if self._receives_storage(storage, view, live):
             self.plan.direct[storage] = live
@@ -178,7 +182,7 @@ class _Planner:
         return can_receive_in_place(live, nbytes)
 
     def _check_module(self, live: Any, state: Any, what: str) -> None:
-        saved = self._tensors_of_state(state)
+        saved = self._tensors_of_state(state, what)
         if saved is None:
             return
         current = live.state_dict()
@@ -198,7 +202,7 @@ class _Planner:
             )
         for name, tensor in current.items():
             view = saved[name]
-            if view is not None and is_torch_tensor(tensor) and not _same_layout(view, tensor):
+            if view is not None and is_torch_tensor(tensor) and not _uninitialized(tensor) and not _same_layout(view, tensor):
                 raise CheckpointException(
                     "Checkpoint %s: %s parameter %r is %s %s in the checkpoint but %s %s in "
                     "the live model. Build the model as it was when saved."
@@ -219,14 +223,14 @@ class _Planner:
                 "when it was saved." % (self.key, what, saved_sizes, type(live).__name__, live_sizes)
             )
 
-    def _tensors_of_state(self, state: Any) -> Optional[Dict[str, Optional[View]]]:
+    def _tensors_of_state(self, state: Any, what: str) -> Optional[Dict[str, Optional[View]]]:
         """``{key: tensor view or None}`` of a saved module state dict."""
-        node = self.reader.node(state.index) if isinstance(state, Ref) else None
+        node = self.reader.node(state.index, what) if isinstance(state, Ref) else None
         if not isinstance(node, DictNode):
             return None
         found = {}
         for k, v in node.items:
-            tensor = self.reader.node(v.index) if isinstance(v, Ref) else None
+            tensor = self.reader.node(v.index, what) if isinstance(v, Ref) else None
             found[k] = tensor.view if isinstance(tensor, TensorNode) else None
         return found
 
@@ -245,6 +249,12 @@ class _Planner:
             return wire
         node = self.reader.node(wire.index)
         return list(node.items) if isinstance(node, SequenceNode) and node.kind in ("list", "tuple") else node
+
+
+def _uninitialized(tensor: Any) -> bool:
+    """A lazy module's parameter before its first forward: it has no memory or shape."""
+    lazy = getattr(sys.modules["torch"].nn.parameter, "UninitializedTensorMixin", ())
+    return isinstance(tensor, lazy)
 
 
 def _count(items: Any) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from .artifact import CheckpointArtifact, Reference, key_of
 from .change_tracking import ChangeTracker, WriteHistory
 from .directory import scan_folder
-from .errors import CheckpointException, CheckpointNotFound
+from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
 from .fields import FieldSelector
 from .gang import Gang, GangMember
 from .integrity import check_blobs, describe as describe_damage
@@ -439,12 +439,34 @@ class CheckpointSession:
         Stateful objects the step already built are restored in place; everything is
         read, verified and built before anything is changed. ``allow_pickle=False``
         never unpickles: a field that needs it raises, naming it.
+
+        With no ``reference``, a resume point that fails verification while it is read
+        (its bytes were altered since the task started, with their size kept) is passed
+        over with a warning for the newest intact earlier checkpoint of this task.
         """
+        if reference is not None or self._task.gang is not None:
+            return self._load(self._resolve(reference, for_what="load"), allow_pickle)
+        while True:
+            key = self._resolve(None, for_what="load")
+            try:
+                return self._load(key, allow_pickle)
+            except CheckpointCorrupted as ex:
+                fallback = self._newest_intact(
+                    [k for k in self._task_keys_known or [] if k.attempt < self._task.attempt and k.version < key.version]
+                )
+                if fallback is None:
+                    raise
+                warn(
+                    "@checkpoint: the checkpoint to resume from, %s, failed verification "
+                    "while loading (%s). Resuming from the newest intact earlier checkpoint, "
+                    "%s, instead; it is loaded whole, so values read from the damaged one are "
+                    "replaced." % (key, ex, fallback.key)
+                )
+                self._resume_point = fallback
+
+    def _load(self, key: CheckpointKey, allow_pickle: bool) -> CheckpointArtifact:
         gang = self._task.gang
-        opened = open_checkpoint(
-            self._store, self._resolve(reference, for_what="load"),
-            gang.node_index if gang is not None else None,
-        )
+        opened = open_checkpoint(self._store, key, gang.node_index if gang is not None else None)
         _, rng_state = load_snapshot(
             self._store,
             opened.part,

@@ -393,6 +393,7 @@ def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_r
             apply_v1(target, values)
         return values, rng_state
     specs = storage.storage_specs()
+    wires = storage.tensors
     reader = GraphReader(_read_graph(store, manifest), specs, key)
     absent = [name for name in wanted if name not in reader.fields]
     if absent:
@@ -414,6 +415,7 @@ def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_r
     for name in wanted:
         for index in stored[name]["tensors"]:
             labels.setdefault(index, "field %r" % name)
+    _check_claims(store, manifest, [(wires[i][-1], labels.get(i, "the RNG state")) for i in sorted(needed)])
     buffers = {i: StorageBuffer(specs[i], live=plan.direct.get(i)) for i in sorted(needed)}
     fresh = {i: b for i, b in buffers.items() if b.live is None}
     into_live = {i: b for i, b in buffers.items() if b.live is not None}
@@ -459,6 +461,7 @@ def _read_graph(store: CheckpointStore, manifest: Manifest) -> bytes:
     where = manifest.storage.graph
     if isinstance(where, (bytes, bytearray)):
         return bytes(where)
+    _check_claims(store, manifest, [(where, "the object graph")])
     buffer = bytearray(sum(length for _, _, length in where))
     _read_extents(store, manifest, [(where, memoryview(buffer), "the object graph")])
     return bytes(buffer)
@@ -479,6 +482,25 @@ def _read_storages(
             for i, buffer in buffers.items()
         ],
     )
+
+
+def _check_claims(store: CheckpointStore, manifest: Manifest, wanted: List[Tuple[list, str]]) -> None:
+    """The blobs of these ``(extents, label)`` are stored with the sizes the manifest
+    claims, checked before anything is allocated for them."""
+    blobs = manifest.storage.blobs
+    problems = store.claimed_size_problems(
+        manifest.flow, {digest: blobs[digest] for extents, _ in wanted for digest, _, _ in extents}
+    )
+    for extents, label in wanted:
+        for digest, _, _ in extents:
+            if digest in problems:
+                raise CheckpointCorrupted(
+                    "Checkpoint %s: the data of %s is missing or damaged (blob %s %s). Load "
+                    "an earlier checkpoint; `checkpoint verify` lists what is damaged."
+                    % (manifest.key, label, digest, problems[digest]),
+                    key=manifest.key,
+                    field=label,
+                )
 
 
 def _read_extents(store: CheckpointStore, manifest: Manifest, wanted: List[tuple]) -> None:

@@ -10,7 +10,7 @@ from .gc import DEFAULT_WAIT
 from .integrity import Damage, verify_blobs
 from .keys import CheckpointKey
 from .locks import StoreBusy
-from .store import CheckpointStore
+from .store import MISDESCRIBED, MISSING, CheckpointStore
 from .notices import warn
 
 
@@ -85,16 +85,22 @@ def verify_checkpoints(
     report.blobs_read, report.bytes_read = len(sizes), sum(sizes.values())
     for verdict, damages in zip(verdicts, verify_blobs(store, flow, manifests)):
         verdict.damages = damages
-    damaged = sorted({d.blob: sizes[d.blob] for v in verdicts for d in v.damages if d.problem != "missing"})
+    damaged = sorted({d.blob: sizes[d.blob] for v in verdicts for d in v.damages if _repairable(d.problem)})
     if repair and damaged:
         try:
             with store.deleting(flow, wait):
                 # A save may have rewritten a damaged blob since: delete only what still is.
                 still = store.verify_blobs(flow, {d: sizes[d] for d in damaged})
-                doomed = sorted(d for d, problem in still.items() if problem != "missing")
+                doomed = sorted(d for d, problem in still.items() if _repairable(problem))
                 store.delete_blobs(flow, doomed)
                 report.repaired_blobs = doomed
         except StoreBusy as ex:
             report.busy = ex.leases
             warn("checkpoint verify --repair: %s" % ex)
     return report
+
+
+def _repairable(problem: str) -> bool:
+    """A blob whose bytes do not hash to its name is damaged and may go; a missing one
+    has nothing to delete, and one a manifest misdescribes is intact."""
+    return not problem.startswith((MISSING, MISDESCRIBED))
