@@ -27,7 +27,6 @@ folder. An OS failure of the restore's own writes is a CheckpointStorageError.
 
 import mmap
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -39,6 +38,7 @@ from .errors import CheckpointCorrupted, CheckpointException, CheckpointStorageE
 from .host_memory import populated_buffer
 from .layout import CHUNK_BYTES, PACK_BYTES
 from .notices import warn
+from .validation import is_digest
 
 #: Staging folders of a restore in progress sit beside the target: ``.<name>.restoring-*``.
 RESTORING_MARK = ".restoring-"
@@ -63,7 +63,6 @@ _NAME_MAX_BYTES, _PATH_MAX_BYTES = 255, 4095
 #: The largest blob layout.py makes (a chunk; packs are smaller): none of a file's bytes
 #: come from a larger one, so a hostile blob size cannot make a read allocate more.
 _MAX_FILE_BLOB_BYTES = max(CHUNK_BYTES, PACK_BYTES)
-_DIGEST = re.compile(r"[0-9a-f]{64}\Z")  # BLAKE3, hex
 
 
 @dataclass
@@ -604,8 +603,7 @@ def _parse_extents(rel: str, extents: Any, blob_sizes: dict) -> Tuple[Tuple[str,
         if not (
             isinstance(extent, (list, tuple))
             and len(extent) == 3
-            and isinstance(extent[0], str)
-            and _DIGEST.match(extent[0])
+            and is_digest(extent[0])
             and _is_count(extent[1])
             and _is_count(extent[2])
         ):
