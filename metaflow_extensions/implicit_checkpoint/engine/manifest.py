@@ -221,6 +221,8 @@ _PUBLIC_KEYS = tuple(
 def _from_wire_v2(wire: Dict[str, Any]) -> Manifest:
     values = {name: wire[name] for name in _PUBLIC_KEYS if name in wire}
     storage = wire.get(STORAGE)
+    if storage is not None:
+        expect_dict(storage, "the manifest's storage layout")
     return Manifest(
         storage=StorageLayout.from_wire(storage) if storage is not None else None,
         extra={k: v for k, v in wire.items() if k not in values and k != STORAGE},
