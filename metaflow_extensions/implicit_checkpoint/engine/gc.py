@@ -9,6 +9,12 @@ manifest is read) or not yet looked at any blob (it will check, and rewrite, wha
 needs). The listing before the lock only finds candidates and reads manifests ahead,
 to keep the time saves wait short.
 
+A save paused so long that gc took its lease for dead may commit after gc listed the
+manifests; its commit fence (store.commit, locks.Locks.fence) finds its lease removed,
+waits for gc to finish, and uncommits if a blob it references is gone. For that, gc
+removes the dead leases and writes the new epoch (store.deleting) before it lists the
+manifests under the lock.
+
 Under the lock gc also aborts the unfinished multipart uploads (S3) older than the
 grace: a save killed in the middle of a large blob leaves one, whose parts the storage
 keeps (and bills) forever. No save holds a lease then, so none of them is a live save's.

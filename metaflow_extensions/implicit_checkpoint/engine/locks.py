@@ -14,13 +14,27 @@ after the commit.
 
 A **deleter** first waits (up to half its patience) for a moment with no lease, so saves
 are not held up behind a long one; then it writes its marker and lists the locks dir
-until no live lease is left (new saves see the marker and wait). Only then does it read
-the committed manifests and delete; it writes a new epoch and removes its marker.
+until no live lease is left (new saves see the marker and wait). It removes the leases
+it took for dead, writes a new epoch (before deleting anything: a deleter that fails to
+write it deletes nothing), then reads the committed manifests, deletes, and removes its
+marker.
 
 Each side writes its own marker *before* it looks for the other's, so at least one of
 them sees the other (Dekker's argument): a deleter never deletes while a save is
 between its first blob check and its commit. The epoch tells a process that blobs it
 checked earlier may be gone since.
+
+**The commit fence** (``fence``). A live lease is a promise, not a fact: a saver
+stopped (SIGSTOP, a paused VM) after its last look and before its manifest write, for
+longer than ``STALE``, is taken for dead, and gc may delete a blob it is about to
+reference. So after writing its manifest the saver lists the locks dir once more
+(Dekker again, on the other pair): the deleter removed the dead lease and wrote the new
+epoch before it listed the manifests; the saver wrote its manifest before this listing.
+If the listing still shows its lease and its epoch, any deleter yet to list will see
+the manifest, and none listed earlier (it would have removed the lease first). If
+not, the saver lets its lease go, waits until no deleter marker is live (every
+deletion that may have missed the manifest is done), and checks every blob the
+manifest references; with one missing it removes the manifest again (store.py).
 
 Markers are renewed every ``RENEW`` seconds while held; one not renewed for ``STALE``
 seconds belongs to a dead process and is ignored (and cleaned up). Ages are compared
@@ -143,6 +157,31 @@ class Locks:
         finally:
             self._let_go(marker)
 
+    def fence(self, locks_dir: str, lease: Lease) -> Optional[float]:
+        """Call right after the write the lease was for (a manifest). None when no
+        deleter can have missed that write; otherwise the storage's time (a lower bound)
+        for ``wait_for_deleters``: the caller must then check its blobs itself.
+
+        One listing. A deleter that missed the write listed the manifests before it,
+        after writing its marker, and deletes only after removing every lease it took for
+        dead (and writing a new epoch). So if this lease is still listed, and the epoch
+        is the lease's, every deleter that could delete has yet to list the manifests and
+        will see the write (see the module docstring)."""
+        listing = self._list(locks_dir)
+        self.on_phase("save-fenced")
+        if lease.marker.name in listing[SAVES] and frozenset(listing[EPOCH]) == lease.epoch:
+            return None
+        mtimes = [f.mtime for kind in listing.values() for f in kind.values()]
+        return max(mtimes, default=time.time())
+
+    def wait_for_deleters(self, locks_dir: str, lease: Lease, server_now: float) -> None:
+        """After a ``fence`` that failed: let the lease go (what it protected is written,
+        and a deleter may be waiting for it) and wait until no live deleter marker is
+        left, so every deletion that may have missed the write is done."""
+        self._let_go(lease.marker)
+        self.on_phase("save-fence-waiting-for-deleters")
+        self._wait_gone(locks_dir, server_now, first_look=True)
+
     def _forget_dead_leases(self, locks_dir, temp_root, leases, task, attempt) -> None:
         """Remove the leases (and temp files) of this task's earlier attempts: attempts
         run one after another, so those processes are gone."""
@@ -204,7 +243,9 @@ class Locks:
             self._let_go(marker)
 
     def new_epoch(self, locks_dir: str) -> None:
-        """Record that blobs were deleted: processes drop what they remember checking."""
+        """Record that blobs may be deleted from now on (a deleter writes it before its
+        first deletion): processes drop what they remember checking, and a commit whose
+        lease began in an older epoch checks its blobs (``fence``)."""
         old = list(self._list(locks_dir)[EPOCH])
         self.backend.write("%s/%s/%s" % (locks_dir, EPOCH, uuid.uuid4().hex), [b""], durable=True)
         self.backend.delete(["%s/%s/%s" % (locks_dir, EPOCH, name) for name in old])
@@ -228,12 +269,14 @@ class Locks:
                 listing[kind][name] = entry
         return listing
 
-    def _wait_gone(self, locks_dir: str, server_now: float) -> None:
+    def _wait_gone(self, locks_dir: str, server_now: float, first_look: bool = False) -> None:
         """Wait until no live deleter marker is left. ``server_now`` is the storage's
         clock when waiting began; local elapsed time extends it."""
         began = time.monotonic()
         while True:
-            time.sleep(self.poll)
+            if not first_look:
+                time.sleep(self.poll)
+            first_look = False
             now = server_now + time.monotonic() - began
             markers = self._list(locks_dir)[DELETERS].values()
             if all(now - f.mtime >= STALE for f in markers):

@@ -145,15 +145,18 @@ class CheckpointStore:
     @contextmanager
     def deleting(self, flow: str, wait: float) -> Iterator[None]:
         """Hold the deleter's lock on ``flow``'s blobs (gc, verify --repair): no save is
-        between its blob checks and its commit meanwhile. Raises locks.StoreBusy."""
+        between its blob checks and its commit meanwhile. Raises locks.StoreBusy.
+
+        The new deletion epoch is written before the block runs, so before any blob is
+        deleted: were it written after, a failure to write it would leave blobs gone
+        that processes (and the commit fence of a paused save) still trust."""
         with self.locks.deleting(self._locks_dir(flow), self._temp_root(flow), wait) as marker:
+            self.locks.new_epoch(self._locks_dir(flow))  # fails: nothing is deleted
             self._deleters[flow] = marker
             try:
                 yield
             finally:
                 del self._deleters[flow]
-                if marker.deleted:  # processes drop what they checked before this
-                    self.locks.new_epoch(self._locks_dir(flow))
 
     def _temp_prefix(self, flow: str) -> str:
         """How this save's temp files are named: after its lease, when it holds one."""
@@ -327,9 +330,13 @@ class CheckpointStore:
         Every blob it references must have been written or checked under this save's
         lease; those that were not (blobs reused from an earlier save without a look)
         are checked now, and a missing or damaged one fails the save.
+
+        After the write, the commit is fenced (``_fence``): a save paused longer than
+        the lease timeout anywhere before it never leaves a checkpoint missing a blob.
         """
         self._write_manifest(key, manifest, self.manifest_path(key))
         self._manifest_cache[str(key)] = manifest
+        self._fence(key, manifest)
 
     def commit_part(self, key: CheckpointKey, node: int, manifest: Manifest) -> None:
         """Write one node's part of gang checkpoint ``key`` (gang.py), checked as a commit
@@ -358,11 +365,70 @@ class CheckpointStore:
             lease.marker.check("Saving checkpoint %s" % key)
         try:
             self.backend.write(path, [pack_manifest(manifest)], self.durable, self._temp_prefix(key.flow))
+        except CheckpointStorageError:
+            raise  # the backend boundary named the operation, path and reason already
         except Exception as ex:
             raise CheckpointStorageError(
                 "Could not commit checkpoint %s to %s: %s"
                 % (key, self.backend.describe(path), ex)
             ) from ex
+
+    def _fence(self, key: CheckpointKey, manifest: Manifest) -> None:
+        """After the manifest write: make sure no deleter missed it and deleted one of
+        its blobs (locks.Locks.fence). One listing of the locks dir when the save's
+        lease still stands; otherwise wait for the deleters to finish, check every blob
+        (one batched stat), and with one missing uncommit: remove the manifest (no load
+        could have used it: a blob is missing) and raise ReusedBlobDamaged, which the
+        next save (and a blocking save's retry) answers by storing every tensor anew."""
+        lease = getattr(self._lease, "current", None)
+        if lease is None:
+            return
+        locks_dir = self._locks_dir(key.flow)
+        try:
+            server_now = self.locks.fence(locks_dir, lease)
+            if server_now is None:
+                return
+            self.locks.wait_for_deleters(locks_dir, lease, server_now)
+            with self._lock:  # deleted blobs may be among those this process checked
+                self._checked_blobs[key.flow] = (None, set())
+            problems = self.blob_problems(key.flow, manifest.storage.blobs)
+        except CheckpointStorageError as ex:
+            self._uncommit(key)
+            raise CheckpointStorageError(
+                "Checkpoint %s was not committed: after writing its manifest, the check "
+                "that no gc deleted its data meanwhile failed: %s" % (key, ex),
+                operation=ex.operation, path=ex.path, reason=ex.reason,
+            ) from ex
+        if problems:
+            self._uncommit(key)
+            raise ReusedBlobDamaged(
+                "Checkpoint %s was not committed: the save was stopped longer than the "
+                "lease timeout (%.0f s) before its manifest was written, and gc took it "
+                "for dead and deleted data it references: %s. Its manifest was removed "
+                "again; save again (unchanged tensors are then stored anew)."
+                % (
+                    key,
+                    STALE,
+                    "; ".join(
+                        "blob %s %s" % (self.backend.describe(self.blob_path(key.flow, d)), p)
+                        for d, p in sorted(problems.items())
+                    ),
+                ),
+                key=str(key),
+            )
+
+    def _uncommit(self, key: CheckpointKey) -> None:
+        """Remove a manifest the fence refused; if that fails too, say so (a resume
+        skips it: its blobs are checked before it is chosen)."""
+        from .notices import warn
+
+        try:
+            self.delete_manifest(key)
+        except CheckpointStorageError as ex:
+            warn(
+                "checkpoint: could not remove the manifest of %s, which references deleted "
+                "data (resume skips it as damaged; `checkpoint verify` lists it): %s" % (key, ex)
+            )
 
     def manifest_exists(self, key: CheckpointKey) -> bool:
         return str(key) in self._manifest_cache or self.backend.stat_many([self.manifest_path(key)])[0] is not None
