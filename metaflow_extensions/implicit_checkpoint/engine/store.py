@@ -27,13 +27,16 @@ from .errors import (
     CheckpointStorageError,
 )
 from .hashing import content_hash
-from .keys import CheckpointKey, is_valid_name
+from .keys import CheckpointKey, is_valid_flow, is_valid_name
 from .layout import PlannedBlob
 from .locks import STALE, Locks, Marker, marker_owner
 from .manifest import Manifest, pack_manifest, unpack_manifest
 from .parallel import LazyPool
+from .validation import describe, is_digest
 
 ROOT = "_implicit_checkpoints"
+#: Blob problems that are no damage of the blob itself: repair never deletes for them.
+MISSING, MISDESCRIBED = "missing", "misdescribed"
 #: Above this many blobs to check, one listing of every blob beats a check per blob.
 LISTING_THRESHOLD = 256
 _MANIFEST_SUFFIX = ".manifest"
@@ -78,12 +81,20 @@ class CheckpointStore:
         self._lease = threading.local()
         self._deleters: Dict[str, Marker] = {}  # flow -> the deleter marker held on it
         self._manifest_cache: Dict[str, Manifest] = {}
+        self._damaged: Dict[str, set] = {}  # flow -> blobs a read found altered (rewritten by saves)
         self._noted = set()  # per-run notes this process has written
 
     # -- paths -----------------------------------------------------------------------
 
     @staticmethod
     def blob_path(flow: str, digest: str) -> str:
+        """Where blob ``digest`` lives. Paths into the store are built only from checked
+        parts: a digest from a manifest that is no digest never becomes a path."""
+        if not is_digest(digest) or not is_valid_flow(flow):
+            raise CheckpointCorrupted(
+                "%s is not a blob of flow %s (a blob is named by 64 lowercase hex digits); "
+                "the manifest naming it was altered or damaged." % (describe(digest), describe(flow))
+            )
         return "%s/%s/blobs/%s/%s" % (flow, ROOT, digest[:2], digest)
 
     @staticmethod
@@ -193,12 +204,17 @@ class CheckpointStore:
 
         claimed = set()
 
+        damaged = self._damaged.setdefault(flow, set())
+
         def write(i: int) -> Tuple[str, bool]:
             blob = blobs[i]
             if one_pass[i]:
                 digest, written = self.backend.write_hashed(
                     blob.parts, self.durable, lambda d: self.blob_path(flow, d), temp_prefix
                 )
+                if not written and digest in damaged:  # the stored one was altered: replace it
+                    self.backend.write(self.blob_path(flow, digest), blob.parts, self.durable, temp_prefix)
+                    written = True
             else:
                 digest = digests[i]
                 with self._lock:
@@ -209,6 +225,7 @@ class CheckpointStore:
                 written = True
             with self._lock:
                 checked_set.add(digest)
+                damaged.discard(digest)
             return digest, written
 
         results = self._guarded(flow, lambda: self._pool.map(write, range(len(blobs))))
@@ -216,14 +233,25 @@ class CheckpointStore:
 
     def _check_sizes(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
         """Check, in one batched call, the blobs not checked yet in this deletion epoch;
-        remember the intact ones and return ``{digest: problem}`` for the others."""
+        remember the intact ones and return ``{digest: problem}`` for the others. A blob
+        found altered by a read is never taken as intact again by its size."""
         checked_set = self._checked(flow)
+        damaged = self._damaged.setdefault(flow, set())
         with self._lock:
             unknown = {d: size for d, size in sizes.items() if d not in checked_set}
         problems = self.blob_problems(flow, unknown)
         with self._lock:
+            problems.update({d: "failed its integrity check when read" for d in unknown if d in damaged})
             checked_set.update(d for d in unknown if d not in problems)
         return problems
+
+    def forget_damaged(self, flow: str, digest: str) -> None:
+        """A read found blob ``digest`` altered: this process's saves write it again
+        instead of reusing it (content addressing puts the right bytes back)."""
+        checked = self._checked(flow)
+        with self._lock:
+            checked.discard(digest)
+            self._damaged.setdefault(flow, set()).add(digest)
 
     def blob_problems(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
         """``{digest: problem}`` for the blobs of ``sizes`` (digest -> expected size) that
@@ -242,7 +270,7 @@ class CheckpointStore:
         problems = {}
         for digest, size in zip(digests, found):
             if size is None:
-                problems[digest] = "missing"
+                problems[digest] = MISSING
             elif size not in (sizes[digest], UNKNOWN_SIZE):
                 problems[digest] = "has %d bytes, expected %d" % (size, sizes[digest])
         return problems
@@ -279,6 +307,7 @@ class CheckpointStore:
                     field=request.label,
                 )
             if n != request.size or content_hash([buffer]) != request.hash:
+                self.forget_damaged(flow, request.hash)
                 raise CheckpointCorrupted(
                     "Checkpoint %s: the data of %s failed its integrity check (blob %s "
                     "at %s has %d bytes, expected %d, or different content). The stored "
@@ -302,25 +331,42 @@ class CheckpointStore:
 
     def verify_blobs(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
         """Read and hash every blob of ``sizes`` (digest -> expected size); return
-        ``{digest: problem}`` for those missing, of the wrong size, or altered."""
+        ``{digest: problem}`` for those missing, altered, or described with another size.
+
+        A problem starting with ``MISSING`` or ``MISDESCRIBED`` is no damage of the blob
+        (its bytes hash to its name; the manifest that lists it is wrong): repair must
+        never delete such a blob. Each blob is read at its real size (one batched
+        stat first), never at the size a manifest claims."""
+        digests = sorted(sizes)
+        real = dict(zip(digests, self._guarded(
+            flow, lambda: self.backend.stat_many([self.blob_path(flow, d) for d in digests])
+        )))
 
         def verify(digest: str) -> Optional[str]:
-            path = self.blob_path(flow, digest)
-            size = sizes[digest]
-            buffer = memoryview(bytearray(size + 1))  # one byte more shows a longer blob
+            claimed, size = sizes[digest], real[digest]
+            if size is None:
+                return MISSING
+            length = claimed if size == UNKNOWN_SIZE else size
+            buffer = memoryview(bytearray(length + 1))  # one byte more shows a longer blob
             try:
-                n = self.backend.read_into(path, buffer)
+                n = self.backend.read_into(self.blob_path(flow, digest), buffer)
             except FileNotFoundError:
-                return "missing"
-            if n != size:
-                return "has %s bytes, expected %d" % ("more" if n > size else n, size)
+                return MISSING
             if content_hash([buffer[:n]]) != digest:
                 return "content does not match its hash (altered)"
+            if n != claimed:
+                return "%s: the blob is intact (%d bytes), but the manifest says %d" % (MISDESCRIBED, n, claimed)
             return None
 
-        digests = sorted(sizes)
         found = self._guarded(flow, lambda: self._pool.map(verify, digests))
         return {digest: problem for digest, problem in zip(digests, found) if problem}
+
+    def claimed_size_problems(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
+        """Before a load allocates memory for ``sizes`` (digest -> size its manifest
+        claims): ``{digest: problem}`` for blobs not stored with that size (one batched
+        stat of the blobs not checked yet in this deletion epoch), so a crafted manifest
+        cannot make a load allocate far beyond the bytes that are there."""
+        return self._check_sizes(flow, sizes)
 
     # -- manifests -------------------------------------------------------------------
 
