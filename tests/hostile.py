@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -127,6 +128,12 @@ class LocalBucket:
     def write(self, path: str, data: bytes) -> None:
         full = self.full(path)
         full.parent.mkdir(parents=True, exist_ok=True)
+        # An earlier mutation may have put a folder, FIFO or link at this blob's path
+        # (writing through a FIFO would block): an attacker replaces it.
+        if full.is_dir() and not full.is_symlink():
+            shutil.rmtree(full)
+        elif full.is_symlink() or full.exists():
+            full.unlink()
         full.write_bytes(data)
 
     def exists(self, path: str) -> bool:
