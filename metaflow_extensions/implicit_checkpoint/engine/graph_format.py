@@ -100,10 +100,6 @@ class View:
     def to_wire(self) -> list:
         return [self.dtype, list(self.shape), list(self.strides), self.offset]
 
-    @property
-    def is_whole_start(self) -> bool:
-        return self.offset == 0
-
 
 @dataclass(frozen=True)
 class TensorNode:

@@ -17,7 +17,7 @@ import importlib
 import io
 import pickle
 import sys
-from types import GetSetDescriptorType, MappingProxyType, MemberDescriptorType, ModuleType
+from types import GetSetDescriptorType, MemberDescriptorType, ModuleType
 from typing import Any, Callable, Mapping, Optional
 
 import cloudpickle

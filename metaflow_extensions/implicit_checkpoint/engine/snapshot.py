@@ -37,7 +37,7 @@ from .manifest import Manifest, StorageLayout, utc_now_iso
 from .restore import apply_restore, build_values, live_value, plan_restore
 from .staging import StagingArea
 from .store import BlobRead, CheckpointStore
-from .tensors import StorageBuffer, StorageSpec, is_tensor_like, to_raw
+from .tensors import StorageBuffer, is_tensor_like, to_raw
 
 #: A graph document up to this size lives inside the manifest instead of a blob.
 INLINE_BYTES = 1024
