@@ -142,6 +142,16 @@ def assert_refused(root, key, field, parts, kind=CheckpointCorrupted):
 
 # -- 1. allow_pickle=False is memory-safe -------------------------------------------------------
 
+#: The two ways a user loads, as the subprocess scripts below define them.
+LOADER_SOURCE = """def session_load(key):
+    loaded = State()
+    make_session(local_store(ROOT), loaded, task_id="reader", rng=False).load(key, allow_pickle=False)
+    return dict(vars(loaded))
+
+def client_load(key):
+    return Checkpoint(datastore="local", root=ROOT).load(key, allow_pickle=False)
+"""
+
 SUBPROCESS_LOAD = LOAD_OUTCOME + """
 import sys, time
 import numpy, torch
@@ -150,14 +160,7 @@ from engine_helpers import State, local_store, make_session
 from metaflow_extensions.implicit_checkpoint.toplevel.checkpoint_client import Checkpoint
 ROOT, KEY, PRISTINE = %(root)r, %(key)r, %(pristine)r
 
-def session_load(key):
-    loaded = State()
-    make_session(local_store(ROOT), loaded, task_id="reader", rng=False).load(key, allow_pickle=False)
-    return dict(vars(loaded))
-
-def client_load(key):
-    return Checkpoint(datastore="local", root=ROOT).load(key, allow_pickle=False)
-
+%(loaders)s
 # Warm up: every module a normal load needs is imported before the crafted load.
 session_load(PRISTINE)
 client_load(PRISTINE)
@@ -165,7 +168,7 @@ client_load(PRISTINE)
 
 
 def subprocess_script(base, body: str) -> str:
-    return SUBPROCESS_LOAD % {"root": str(base.root), "key": base.key, "pristine": base.pristine} + body
+    return SUBPROCESS_LOAD % {"root": str(base.root), "key": base.key, "pristine": base.pristine, "loaders": LOADER_SOURCE} + body
 
 
 def assert_subprocess_refused(base, result, field, parts):
@@ -242,14 +245,7 @@ from metaflow_extensions.implicit_checkpoint.toplevel.checkpoint_client import C
 ROOT, KEY, PRISTINE = %(root)r, %(key)r, %(pristine)r
 TARGETS = %(targets)r
 
-def session_load(key):
-    loaded = State()
-    make_session(local_store(ROOT), loaded, task_id="reader", rng=False).load(key, allow_pickle=False)
-    return dict(vars(loaded))
-
-def client_load(key):
-    return Checkpoint(datastore="local", root=ROOT).load(key, allow_pickle=False)
-
+%(loaders)s
 session_load(PRISTINE)
 client_load(PRISTINE)
 before = set(sys.modules)
@@ -297,7 +293,7 @@ def test_a_class_reference_never_imports_a_module(base, class_ref, targets):
     doc["classes"][node[1]] = [class_ref[0], class_ref[1], None]
     crafted.set_graph(doc)
     crafted.commit()
-    script = IMPORT_PROBE % {"root": str(base.root), "key": base.key, "pristine": base.pristine, "targets": targets}
+    script = IMPORT_PROBE % {"root": str(base.root), "key": base.key, "pristine": base.pristine, "targets": targets, "loaders": LOADER_SOURCE}
     assert_imports_nothing(base, run_python(script), targets, "config")
 
 
@@ -308,7 +304,7 @@ def test_a_tensor_dtype_never_imports_a_module(base, dtype, targets):
     doc["nodes"][crafted.root("bias", doc)][2][0] = dtype  # getattr(torch, dtype) imports it
     crafted.set_graph(doc)
     crafted.commit()
-    script = IMPORT_PROBE % {"root": str(base.root), "key": base.key, "pristine": base.pristine, "targets": targets}
+    script = IMPORT_PROBE % {"root": str(base.root), "key": base.key, "pristine": base.pristine, "targets": targets, "loaders": LOADER_SOURCE}
     assert_imports_nothing(base, run_python(script), targets, "bias")
 
 
