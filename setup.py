@@ -42,6 +42,8 @@ setup(
             "lightning>=2.6",
             # tests/test_fuzz_trust.py fuzzes what a load reads back from the store.
             "hypothesis>=6.100",
+            # tests/test_preemption_flow.py resumes a StatefulDataLoader mid-epoch.
+            "torchdata>=0.8",
         ],
     },
 )
