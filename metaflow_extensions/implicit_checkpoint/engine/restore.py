@@ -9,7 +9,9 @@ is read, ``plan_restore`` walks each saved field beside its live value:
   optimizer with other parameter groups is an error naming field, parameter and shapes;
 - a saved tensor or array whose live counterpart has the same dtype and shape keeps
   the live object: its bytes are read straight into the live memory when it is a whole
-  contiguous CPU buffer (no second copy of a model), copied in otherwise;
+  contiguous buffer (no second copy of a model; on CUDA through a bounded bounce buffer,
+  on whatever device the live tensor is), copied in otherwise; a module on the meta
+  device is an error (it has no memory to load into);
 - lists, tuples, dicts and dataclasses are walked, so models inside a list are
   restored in place too. Everything else is built new.
 
@@ -118,6 +120,7 @@ class _Planner:
         torch = sys.modules.get("torch")
         state = node.state
         if torch is not None and isinstance(live, torch.nn.Module):
+            self._check_materialized(live, what)
             self._check_module(live, state, what)
             for tensor in list(live.parameters()) + list(live.buffers()):
                 if not _uninitialized(tensor):
@@ -180,6 +183,17 @@ class _Planner:
         if storage in self.plan.direct or view.offset != 0 or not _contiguous(view, live):
             return False
         return can_receive_in_place(live, nbytes)
+
+    def _check_materialized(self, live: Any, what: str) -> None:
+        """A module built on the meta device has no memory to load into: load_state_dict
+        would leave it empty without a word."""
+        on_meta = [name for name, t in live.state_dict().items() if is_torch_tensor(t) and t.is_meta]
+        if on_meta:
+            raise CheckpointException(
+                "Checkpoint %s: %s is on the meta device (%s has no memory), so nothing can "
+                "be loaded into it. Materialize it first, e.g. %s.to_empty(device=\"cpu\") or "
+                "device=\"cuda\", then load." % (self.key, what, _names(on_meta), what)
+            )
 
     def _check_module(self, live: Any, state: Any, what: str) -> None:
         saved = self._tensors_of_state(state, what)

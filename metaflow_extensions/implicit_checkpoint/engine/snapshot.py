@@ -28,6 +28,8 @@ from .change_tracking import (
     observe,
 )
 from .codecs import EncodedGraph, GraphBuilder, GraphEncoder, GraphReader, Ref, plain_preview
+from .device_load import DeviceRead, read_into_device
+from .device_streams import on_device, process_ordering
 from .directory import FileEntry, FolderRestore, FolderScan, capture_files
 from .errors import CheckpointCorrupted, CheckpointException
 from .format_v1 import apply_v1, load_v1
@@ -35,9 +37,9 @@ from .keys import CheckpointKey
 from .layout import PlannedBlob, plan_blobs
 from .manifest import Manifest, StorageLayout, utc_now_iso
 from .restore import apply_restore, build_values, live_value, plan_restore
-from .staging import StagingArea
+from .staging import StagingArea, copy_device_storages
 from .store import BlobRead, CheckpointStore
-from .tensors import StorageBuffer, is_tensor_like, to_raw
+from .tensors import DevicePlacement, StorageBuffer, is_tensor_like, to_raw
 
 #: A graph document up to this size lives inside the manifest instead of a blob.
 INLINE_BYTES = 1024
@@ -152,9 +154,16 @@ def _capture(
         read = [(f, v) for f, v in zip(files, views[len(changed) :]) if v is not None]
         return _Captured(dict(zip(changed, views)), read, True, [])
     storages, keepalive = {}, []
+    on_devices = [i for i in changed if on_device(table.flat(i))]
+    # Device storages: copied to pinned host memory together, on a side stream.
+    if on_devices:
+        for index, host in zip(on_devices, copy_device_storages([table.flat(i) for i in on_devices])):
+            storages[index], holder = to_raw(host)
+            keepalive.append(holder)
     for index in changed:
-        storages[index], holder = to_raw(table.flat(index))
-        keepalive.append(holder)
+        if index not in storages:
+            storages[index], holder = to_raw(table.flat(index))
+            keepalive.append(holder)
     return _Captured(storages, capture_files(files), False, keepalive)
 
 
@@ -353,17 +362,20 @@ def load_snapshot(
     allow_pickle: bool = True,
     with_rng: bool = False,
     folder: Optional[str] = None,
+    map_location: Any = None,
 ) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """Load a committed checkpoint (all fields, or only ``fields``), verified.
 
     With ``target``, live objects it holds are restored in place and the fields are
     set on it, all or nothing. With ``folder``, the checkpoint's files are put there
     (staged and verified before any field is loaded, moved in place after). Returns the
-    values and, with ``with_rng``, the RNG state.
+    values and, with ``with_rng``, the RNG state. ``map_location``: the device of the
+    tensors no live tensor receives (tensors.DevicePlacement); live ones keep theirs.
     """
+    placement = DevicePlacement(map_location)
     restore = _stage_folder_restore(store, manifest, folder) if folder is not None else None
     try:
-        loaded = _load_fields(store, manifest, fields, target, allow_pickle, with_rng)
+        loaded = _load_fields(store, manifest, fields, target, allow_pickle, with_rng, placement)
     except BaseException:
         if restore is not None:
             restore.discard()
@@ -373,7 +385,7 @@ def load_snapshot(
     return loaded
 
 
-def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_rng):
+def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_rng, placement):
     key = manifest.key
     storage = manifest.storage
     stored = storage.fields
@@ -416,7 +428,10 @@ def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_r
         for index in stored[name]["tensors"]:
             labels.setdefault(index, "field %r" % name)
     _check_claims(store, manifest, [(wires[i][-1], labels.get(i, "the RNG state")) for i in sorted(needed)])
-    buffers = {i: StorageBuffer(specs[i], live=plan.direct.get(i)) for i in sorted(needed)}
+    buffers = {
+        i: StorageBuffer(specs[i], live=plan.direct.get(i), device=placement.device_for(specs[i]))
+        for i in sorted(needed)
+    }
     fresh = {i: b for i, b in buffers.items() if b.live is None}
     into_live = {i: b for i, b in buffers.items() if b.live is not None}
     _read_storages(store, manifest, fresh, labels)
@@ -480,8 +495,21 @@ def _read_storages(
         [
             (wires[i][-1], buffer.buffer, labels.get(i, "the RNG state"))
             for i, buffer in buffers.items()
+            if buffer.on_host
         ],
     )
+    into_devices = [
+        DeviceRead(wires[i][-1], buffer.device_bytes, labels.get(i, "the RNG state"))
+        for i, buffer in buffers.items()
+        if not buffer.on_host
+    ]
+    if into_devices:
+        read_into_device(
+            lambda reads: store.read_blobs(manifest.flow, reads, manifest.key),
+            manifest.storage.blobs,
+            into_devices,
+            process_ordering(),
+        )
 
 
 def _check_claims(store: CheckpointStore, manifest: Manifest, wanted: List[Tuple[list, str]]) -> None:

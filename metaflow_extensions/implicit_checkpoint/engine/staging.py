@@ -6,11 +6,19 @@ holds, so steady-state background saves allocate (and page-fault) nothing. It is
 with all its pages present (host_memory.py). With CUDA available the buffer
 is pinned instead, so device-to-host copies run at full speed. Copies of large tensors
 are split across two threads (numpy's copy releases the GIL), and so are file reads.
+
+Tensors in device memory are copied on a side stream, after an event recorded on the
+stream their work runs on (device_streams.py): ``stage`` returns once those copies ran,
+so work enqueued after it (the next optimizer step) cannot change what is saved, and it
+waits for nothing else the device runs. The bytes must have been written on the current
+stream, or synchronized with it: a tensor written from another stream without that is
+copied whenever the copy happens to run.
 """
 
 import sys
 from typing import Any, List, Optional
 
+from .device_streams import DeviceOrdering, on_device, ordered_copies, process_ordering, wait_all
 from .directory import FileEntry
 from .host_memory import populated_buffer
 from .parallel import LazyPool
@@ -26,10 +34,11 @@ _COPY_THREADS = 2
 class StagingArea:
     """A reusable host buffer, and copies of tensors into it."""
 
-    def __init__(self, budget: int = DEFAULT_BUDGET):
+    def __init__(self, budget: int = DEFAULT_BUDGET, ordering: Optional[DeviceOrdering] = None):
         self.budget = budget  # most bytes a background save stages; more is saved synchronously
+        self._ordering = ordering  # None: this process's (CUDA's, if it sees a GPU)
         self._array = None  # uint8 numpy view of the buffer
-        self._pinned = None  # the pinned torch tensor behind it, with CUDA
+        self._host_tensor = None  # the torch tensor behind it (pinned, with CUDA)
         self._mapping = None
         self.capacity = 0
         self._pool = LazyPool(_COPY_THREADS, "checkpoint-stage")
@@ -43,11 +52,11 @@ class StagingArea:
         import numpy as np
 
         # Drop the old buffer first; it is unmapped once the last view of it is gone.
-        self._array = self._pinned = self._mapping = None
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            self._pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-            self._array = self._pinned.numpy()
+        self._array = self._host_tensor = self._mapping = None
+        ordering = self._device_ordering()
+        if ordering is not None:
+            self._host_tensor = ordering.host_buffer(nbytes)
+            self._array = self._host_tensor.numpy()
         else:
             self._mapping = populated_buffer(nbytes)
             self._array = np.frombuffer(self._mapping, dtype=np.uint8)[:nbytes]
@@ -58,14 +67,14 @@ class StagingArea:
         buffer; return a view per object (for a file, of what was read: None if it is
         gone)."""
         self._reserve(sum(sizes))
-        views, pieces, files, offset, gpu = [], [], [], 0, False
+        ordering = self._device_ordering()
+        views, pieces, files, device_copies, offset = [], [], [], [], 0
         for obj, size in zip(objects, sizes):
             if isinstance(obj, FileEntry):
                 files.append((len(views), obj, offset, size))
             elif size:
-                if _on_gpu(obj):
-                    self._copy_from_gpu(obj, offset, size)
-                    gpu = True
+                if on_device(obj, ordering):
+                    device_copies.append((self._host_tensor[offset : offset + size], _flat_bytes(obj)))
                 else:
                     source = _host_bytes(obj)
                     for start in range(0, size, _PIECE):
@@ -73,15 +82,19 @@ class StagingArea:
                         pieces.append((offset + start, source[start:end]))
             views.append(memoryview(self._array[offset : offset + size]))
             offset += size
+        # Enqueued first: the device copies run while the host copies and file reads do.
+        copied = ordered_copies(ordering, device_copies) if device_copies else []
         self._copy_pieces(pieces)
         read = self._pool.map(
             lambda file: file[1].capture(memoryview(self._array[file[2] : file[2] + file[3]])), files
         )
         for (position, _, _, _), view in zip(files, read):
             views[position] = view
-        if gpu:
-            sys.modules["torch"].cuda.synchronize()
+        wait_all(copied)
         return views
+
+    def _device_ordering(self) -> Optional[DeviceOrdering]:
+        return self._ordering if self._ordering is not None else process_ordering()
 
     def _copy_pieces(self, pieces: list) -> None:
         import numpy as np
@@ -96,18 +109,27 @@ class StagingArea:
         for piece in small:
             copy(piece)
 
-    def _copy_from_gpu(self, obj: Any, offset: int, size: int) -> None:
-        torch = sys.modules["torch"]
-        source = obj.detach().resolve_conj().resolve_neg()
-        if not source.is_contiguous():
-            source = source.contiguous()
-        destination = self._pinned[offset : offset + size]
-        destination.copy_(source.reshape(-1).view(torch.uint8), non_blocking=True)
+
+def copy_device_storages(flats: List[Any], ordering: Optional[DeviceOrdering] = None) -> List[Any]:
+    """Host copies (flat uint8 torch tensors, pinned on CUDA) of the device storages
+    ``flats``, made on the side stream in the order ``stage`` makes its copies; for a
+    save that stages nothing (a synchronous one). The pinned memory comes from torch's
+    caching host allocator, so the next save of the same sizes reuses it."""
+    ordering = ordering if ordering is not None else process_ordering()
+    if ordering is None:
+        raise ValueError("no device ordering: these tensors are in host memory")
+    copies = [(ordering.host_buffer(flat.numel()), flat) for flat in flats]
+    wait_all(ordered_copies(ordering, copies))
+    return [host for host, _ in copies]
 
 
-def _on_gpu(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor) and obj.device.type != "cpu"
+def _flat_bytes(obj: Any) -> Any:
+    """A flat uint8 tensor over ``obj``'s bytes, on its device (a copy only if strided)."""
+    torch = sys.modules["torch"]
+    source = obj.detach().resolve_conj().resolve_neg()
+    if not source.is_contiguous():
+        source = source.contiguous()
+    return source.reshape(-1).view(torch.uint8)
 
 
 def _host_bytes(obj: Any):
@@ -117,6 +139,8 @@ def _host_bytes(obj: Any):
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(obj, torch.Tensor):
         t = obj.detach().resolve_conj().resolve_neg()
+        if t.device.type != "cpu":
+            t = t.to("cpu")  # a device without a DeviceOrdering (e.g. mps): a plain copy
         if not t.is_contiguous():
             t = t.contiguous()
         return t.reshape(-1).view(torch.uint8).numpy()

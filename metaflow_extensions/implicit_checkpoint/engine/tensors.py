@@ -12,8 +12,9 @@ unless the user already did (on save) or a checkpoint holds such data (on load).
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from .device_streams import on_device, process_ordering
 from .errors import CheckpointException
 from .graph_format import TensorNode, View
 from .validation import TORCH_DTYPES, describe, expect_int, expect_list, fail
@@ -191,20 +192,37 @@ def to_raw(obj: Any) -> Tuple[memoryview, Any]:
 class StorageBuffer:
     """Where one stored buffer's bytes are read to: fresh memory, or a live tensor's.
 
-    ``views`` of the buffer rebuild the saved tensors and arrays (sharing its memory).
+    Host memory is filled through ``buffer`` (a writable memoryview); device memory
+    (``device_bytes``, a flat uint8 tensor: a live CUDA tensor's, or fresh on ``device``)
+    through a bounce buffer (device_load.py). ``views`` of the buffer rebuild the saved
+    tensors and arrays (sharing its memory). Without ``device``, a fresh torch buffer is
+    read on the host and moved to the saved device, if this machine has it (format 1).
     """
 
-    def __init__(self, spec: StorageSpec, live: Any = None):
+    def __init__(self, spec: StorageSpec, live: Any = None, device: Optional[str] = None):
         self.spec = spec
         self.live = live  # a live tensor/array whose memory receives the bytes, or None
+        self.buffer: Optional[memoryview] = None
+        self.device_bytes: Any = None
+        self._move_to: Optional[str] = None  # format 1: the device the views move to
         if live is not None:
             self._raw = live
-            self.buffer = _writable_bytes(live)
+            if on_device(live):
+                self.device_bytes = _uint8_over(live)
+            else:
+                self.buffer = _writable_bytes(live)
         elif spec.kind == TORCH:
             import torch
 
-            self._raw = torch.empty(spec.nbytes, dtype=torch.uint8)
-            self.buffer = memoryview(self._raw.numpy()) if spec.nbytes else memoryview(bytearray())
+            if device is not None and device != "cpu" and _streamed_to(device):
+                self._raw = self.device_bytes = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
+            else:
+                self._raw = torch.empty(spec.nbytes, dtype=torch.uint8)
+                self.buffer = memoryview(self._raw.numpy()) if spec.nbytes else memoryview(bytearray())
+                if device is None and spec.device != "cpu" and _device_available(spec.device):
+                    self._move_to = spec.device
+                elif device is not None and device != "cpu":
+                    self._move_to = device  # a device without a DeviceOrdering (mps)
         elif spec.kind == NUMPY:
             import numpy as np
 
@@ -212,7 +230,12 @@ class StorageBuffer:
             self.buffer = memoryview(self._raw)
         else:
             raise ValueError("unknown storage kind %r" % (spec.kind,))
-        self._on_device = None
+        self._storage = None
+
+    @property
+    def on_host(self) -> bool:
+        """Whether the bytes are read into host memory (``buffer``), else device memory."""
+        return self.device_bytes is None
 
     def torch_view(self, node: TensorNode) -> Any:
         """The tensor ``node`` describes, over this buffer (its view was checked against
@@ -220,8 +243,9 @@ class StorageBuffer:
         import torch
 
         view = node.view
-        t = torch.empty(0, dtype=torch_dtype(view.dtype), device=self._storage_device()).set_(
-            self._torch_storage(), view.offset, view.shape, view.strides
+        storage = self._torch_storage()
+        t = torch.empty(0, dtype=torch_dtype(view.dtype), device=storage.device).set_(
+            storage, view.offset, view.shape, view.strides
         )
         if node.conj:
             t = t.conj()
@@ -242,18 +266,64 @@ class StorageBuffer:
             array.flags.writeable = False
         return array
 
-    def _storage_device(self) -> str:
-        device = self.spec.device
-        return device if device != "cpu" and _device_available(device) else "cpu"
-
     def _torch_storage(self):
-        # Views are made once the bytes are read; a GPU storage is moved there once,
-        # so every view of it shares the one device copy.
-        if self._on_device is None:
+        # Views are made once the bytes are read; a format-1 storage is moved to its
+        # device once, so every view of it shares the one device copy.
+        if self._storage is None:
             raw = self._raw if self.live is None else self.live.detach()
-            device = self._storage_device()
-            self._on_device = raw if device == "cpu" else raw.to(device)
-        return self._on_device.untyped_storage()
+            if self._move_to is not None:
+                raw = raw.to(self._move_to)
+            self._storage = raw.untyped_storage()
+        return self._storage
+
+
+class DevicePlacement:
+    """Which device a load puts each torch storage on that no live tensor receives.
+
+    ``map_location`` is None (the device it was saved on, when this machine has it,
+    else the CPU), a device name or ``torch.device`` for all of them ("cpu", "cuda",
+    "cuda:1"), or a dict from saved device names to device names (others stay put, as
+    with None). Live tensors always keep their own device.
+    """
+
+    def __init__(self, map_location: Any = None, where: str = "load()"):
+        self._where = where
+        self._all: Optional[str] = None
+        self._by_saved: Dict[str, str] = {}
+        if map_location is None:
+            return
+        if isinstance(map_location, dict):
+            for saved, target in map_location.items():
+                self._by_saved[self._device_name(saved, "a key")] = self._checked(target)
+        else:
+            self._all = self._checked(map_location)
+
+    def device_for(self, spec: StorageSpec) -> str:
+        if self._all is not None:
+            return self._all
+        device = self._by_saved.get(spec.device, spec.device)
+        return device if device == "cpu" or _device_available(device) else "cpu"
+
+    def _device_name(self, value: Any, what: str) -> str:
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(value, torch.device):
+            value = str(value)
+        if not isinstance(value, str) or _DEVICE.match(value) is None:
+            raise CheckpointException(
+                "%s: map_location has %s %s, which is no device name. Pass a device such "
+                "as \"cpu\", \"cuda\" or \"cuda:0\", a torch.device, or a dict from saved "
+                "device names to such devices." % (self._where, what, describe(value))
+            )
+        return "cpu" if value.startswith("cpu") else value
+
+    def _checked(self, value: Any) -> str:
+        device = self._device_name(value, "the value")
+        if device != "cpu" and not _device_available(device):
+            raise CheckpointException(
+                "%s: map_location=%r, but this machine has no such device (%s). Pass "
+                "map_location=\"cpu\" to load onto the CPU." % (self._where, device, _devices_here())
+            )
+        return device
 
 
 def torch_dtype(name: str) -> Any:
@@ -285,10 +355,11 @@ def _writable_bytes(live: Any) -> memoryview:
 
 
 def can_receive_in_place(live: Any, nbytes: int) -> bool:
-    """Whether stored bytes can be read straight into ``live``'s memory."""
+    """Whether stored bytes can be read straight into ``live``'s memory (host memory, or
+    a device's that device_load.py copies to)."""
     if is_torch_tensor(live):
         return (
-            live.device.type == "cpu"
+            (live.device.type == "cpu" or on_device(live))
             and live.is_contiguous()
             and not live.is_conj()
             and not live.is_neg()
@@ -300,10 +371,25 @@ def can_receive_in_place(live: Any, nbytes: int) -> bool:
 
 
 def _device_available(device: str) -> bool:
-    torch = sys.modules["torch"]
-    kind = device.split(":", 1)[0]
+    """Whether this machine has ``device`` ("cuda:1" only with two CUDA devices)."""
+    import torch
+
+    kind, _, index = device.partition(":")
     if kind == "cuda":
-        return torch.cuda.is_available()
+        return torch.cuda.is_available() and (not index or int(index) < torch.cuda.device_count())
     if kind == "mps":
-        return torch.backends.mps.is_available()
+        return torch.backends.mps.is_available() and index in ("", "0")
     return False
+
+
+def _streamed_to(device: str) -> bool:
+    """Whether bytes reach ``device`` through the bounce buffer of device_load.py."""
+    ordering = process_ordering()
+    return ordering is not None and device.startswith("cuda")
+
+
+def _devices_here() -> str:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return "CUDA devices: %d" % count if count else "it has no CUDA device"
