@@ -1,9 +1,11 @@
 """A task that starts a background save and is then terminated (run by test_sigterm.py).
 
-Usage: python sigterm_saver.py ROOT SECONDS_PER_BLOB
+Usage: python sigterm_saver.py ROOT SECONDS_PER_BLOB [PREEMPTION_GRACE]
 Saves checkpoint 1 (blocking), then checkpoint 2 with blocking=False, prints "staged",
 and "trains" until a signal ends it. Every blob waits SECONDS_PER_BLOB as a temp file before it is published, so the
-background save is still pending when the test sends SIGTERM.
+background save is still pending when the test sends SIGTERM. It never reaches another
+save point, so after PREEMPTION_GRACE seconds (default 0) the pending save is committed
+and the signal re-delivered.
 """
 
 import sys
@@ -13,6 +15,7 @@ import numpy as np
 
 from engine_helpers import State, make_session
 from metaflow_extensions.implicit_checkpoint.engine.backends import LocalDirBackend
+from metaflow_extensions.implicit_checkpoint.engine.session import SessionOptions
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 
 ARRAYS = 6
@@ -35,8 +38,10 @@ class SlowBlobBackend(LocalDirBackend):
 
 def main():
     root, delay = sys.argv[1], float(sys.argv[2])
+    grace = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     state = State()
-    session = make_session(CheckpointStore(SlowBlobBackend(root, 0)), state)
+    options = SessionOptions(preemption_grace=grace, sigterm_wait=60)
+    session = make_session(CheckpointStore(SlowBlobBackend(root, 0)), state, options=options)
     state.arrays = arrays_for(1)
     session.save(metadata={"version": 1})
     session._store.backend.delay = delay

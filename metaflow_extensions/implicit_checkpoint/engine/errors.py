@@ -71,3 +71,15 @@ class UnknownFormat(CheckpointCorrupted):
     it, or the bytes are not a checkpoint). The message says which and what to do."""
 
     headline = "Unknown checkpoint format"
+
+
+class TaskPreempted(CheckpointException):
+    """The task was told to stop (SIGTERM, a spot-termination notice), and the save at its
+    next save point committed: ``save()`` raises this to end the attempt as failed, so
+    that ``@retry`` resumes from that checkpoint. ``key`` is the committed checkpoint's."""
+
+    headline = "Task preempted: checkpoint committed"
+
+    def __init__(self, msg: str, key: str = None):
+        super().__init__(msg)
+        self.key = key

@@ -168,6 +168,7 @@ class Manifest:
     files: Optional[Dict[str, dict]] = None  # the task folder's files, when saved with one
     directories: Optional[Dict[str, dict]] = None  # every folder, empty ones too: mode, mtime
     gang: Optional[Dict[str, Any]] = None  # a gang's global manifest: its parts
+    save_record: Optional[Dict[str, Any]] = None  # its cost and why: save_schedule.SaveRecord
     storage: Optional[StorageLayout] = None
     format_version: int = FORMAT_VERSION
     extra: Dict[str, Any] = field(default_factory=dict)  # wire keys this version does not know
@@ -211,7 +212,7 @@ class Manifest:
 
 
 #: Optional keys written only when set, as the formats always have.
-_OMITTED_WHEN_NONE = {"files", "directories", "gang"}
+_OMITTED_WHEN_NONE = {"files", "directories", "gang", "save_record"}
 #: The wire keys of a manifest's public part, one per typed field.
 _PUBLIC_KEYS = tuple(
     spec.name for spec in dataclass_fields(Manifest) if spec.name not in ("extra", "storage")
@@ -298,7 +299,7 @@ _PUBLIC_TYPES = {
     "rng": (list, type(None)), "size": (int,), "foreach_indices": (list,), "latest": (bool,),
     "storage_format": (str,), "bytes_written": (int,), "bytes_referenced": (int,),
     "files": (dict, type(None)), "directories": (dict, type(None)), "gang": (dict, type(None)),
-    "format_version": (int,),
+    "save_record": (dict, type(None)), "format_version": (int,),
 }
 
 

@@ -10,13 +10,13 @@ import json
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .artifact import CheckpointArtifact, Reference, key_of
 from .change_tracking import ChangeTracker, WriteHistory
 from .directory import scan_folder
-from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
+from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound, TaskPreempted
 from .fields import FieldSelector
 from .gang import Gang, GangMember
 from .integrity import check_blobs, describe as describe_damage
@@ -25,6 +25,7 @@ from .lineage import find_eager_resume_point, find_origin_resume_point
 from .manifest import Manifest, normalize_metadata
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
+from .save_schedule import DEFAULT_MTBF, SaveInterval, SaveRecord, SaveSchedule, StopNotice
 from .reading import (
     inspect_checkpoint,
     list_step_across_runs,
@@ -35,13 +36,23 @@ from .reading import (
 from .snapshot import commit_save, load_snapshot, prepare_save
 from .staging import DEFAULT_BUDGET, STAGING_BUDGET_ENV, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
-from .termination import DEFAULT_SIGTERM_WAIT, SIGTERM_WAIT_ENV, SigtermGuard
+from .termination import (
+    DEFAULT_PREEMPTION_GRACE,
+    DEFAULT_SIGTERM_WAIT,
+    SIGTERM_WAIT_ENV,
+    SPOT_NOTICE_SOURCE,
+    PreemptionGuard,
+)
 from .notices import warn
 
 LOAD_POLICIES = ("fresh", "eager", "none")
 #: What save(storage_format=...) accepts: metaflow-checkpoint's formats, recorded only.
 STORAGE_FORMATS = ("files", "tar")
 DEFAULT_NAME = "checkpoint"
+#: Seconds between looks for the spot-termination notice file (one stat each).
+NOTICE_FILE_POLL = 1.0
+#: What a preempted attempt's error says happens next, where the caller says nothing.
+DEFAULT_AFTER_PREEMPTION = "the task's next attempt resumes from it."
 
 
 @dataclass(frozen=True)
@@ -51,12 +62,20 @@ class SessionOptions:
     ``track_changes``: skip hashing storages whose torch version counter did not move
     (opt-in: see change_tracking.py for its hazard). ``staging_bytes``: the most a
     background save stages in memory; a larger change is saved synchronously.
-    ``sigterm_wait``: on SIGTERM, how long the pending background save may take to commit.
+    ``sigterm_wait``: when the grace after SIGTERM ran out, how long the pending
+    background save may take to commit. ``preemption_grace``: after SIGTERM, how long the
+    step has to reach its next save point (see termination.py). ``mtbf``: the mean
+    seconds between preemptions, for ``due()``'s Young/Daly interval.
+    ``stop_notice_file``: a file whose appearance is a stop notice (Metaflow's
+    spot-termination notice on @kubernetes and @batch), or None.
     """
 
     track_changes: bool = False
     staging_bytes: int = DEFAULT_BUDGET
     sigterm_wait: float = DEFAULT_SIGTERM_WAIT
+    preemption_grace: float = DEFAULT_PREEMPTION_GRACE
+    mtbf: float = DEFAULT_MTBF
+    stop_notice_file: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -106,11 +125,15 @@ class CheckpointSession:
         gang_saves: bool = True,
         options: SessionOptions = SessionOptions(),
         directory: Optional[str] = None,
+        clock: Callable[[], float] = time.monotonic,
+        after_preemption: str = DEFAULT_AFTER_PREEMPTION,
     ):
         """``gang_saves``: for a node of a gang, whether its saves are its part of the
         gang's global checkpoints (the step's own session) or checkpoints of their own
         (a worker process of the node). ``directory``: the task's folder, whose files
-        every save snapshots and every load restores (None: saves have no folder)."""
+        every save snapshots and every load restores (None: saves have no folder).
+        ``clock``: seconds, for ``due()`` and save costs. ``after_preemption``: what the
+        error of a preempted attempt says happens next (the scheduler's retry)."""
         self._store = store
         self._task = task
         self._source = source
@@ -132,7 +155,12 @@ class CheckpointSession:
         self._staging: Optional[StagingArea] = None
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
-        self._sigterm_guard = SigtermGuard(self._commit_before_exit, options.sigterm_wait)
+        self._preemption = PreemptionGuard(
+            self._commit_before_exit, options.preemption_grace, options.sigterm_wait
+        )
+        self._schedule = SaveSchedule(options.mtbf, clock)
+        self._after_preemption = after_preemption
+        self._notice_file_checked: Optional[float] = None
         self._directory = directory
         self._gang: Optional[GangMember] = None
         if task.gang is not None and gang_saves:
@@ -276,7 +304,36 @@ class CheckpointSession:
         Returns
         -------
         CheckpointArtifact
+
+        Raises
+        ------
+        TaskPreempted
+            After a stop notice (SIGTERM, a spot-termination notice), once this save is
+            committed (a background one too): the attempt ends as failed, for ``@retry``
+            to resume from it. Let it propagate (an ``except Exception`` around the loop
+            would keep a machine that is going away training).
         """
+        self._preemption.install()
+        self._look_for_notice_file()
+        in_save_point = self._enter_save_point()
+        committed = False
+        try:
+            artifact = self._save(name, metadata, blocking, latest, storage_format)
+            if self._preemption.notice is None:
+                return artifact
+            in_save_point = in_save_point or self._enter_save_point()
+            self.wait()  # a background save: the attempt ends once it is committed
+            committed = True
+        finally:
+            if in_save_point:
+                self._preemption.leave_save_point(committed)
+        raise self._preempted(self._saved[-1])
+
+    def _save(
+        self, name: str, metadata: Optional[dict], blocking: bool, latest: bool, storage_format: str
+    ) -> CheckpointArtifact:
+        started = self._schedule.started()
+        interval = self._schedule.interval
         self.wait()
         t = self._task
         validate_name(name, t.step)
@@ -332,29 +389,59 @@ class CheckpointSession:
                     "saved synchronously." % (key, STAGING_BUDGET_ENV, self._staging.budget)
                 )
             try:
-                return self._commit(prepared)
+                return self._commit(prepared, started, interval)
             except ReusedBlobDamaged:
                 # The step's state is still what was captured: capture it again, with
                 # change tracking reset, so every tensor is checked and stored.
-                return self._commit(prepare())
+                return self._commit(prepare(), started, interval)
         if self._background is None:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
-            self._sigterm_guard.install()
-        self._pending = self._background.submit(self._commit, prepared)
+        blocked = self._schedule.clock() - started
+        self._schedule.measured(blocked)
+        self._pending = self._background.submit(self._commit, prepared, started, interval, blocked)
         return CheckpointArtifact.from_manifest(prepared.manifest)
 
-    def _commit(self, prepared) -> CheckpointArtifact:
+    def _commit(
+        self,
+        prepared,
+        started: float,
+        interval: Optional[SaveInterval],
+        blocked: Optional[float] = None,
+    ) -> CheckpointArtifact:
+        """Commit ``prepared``, its manifest stamped with its ``SaveRecord``. ``blocked``:
+        how long a background save blocked the step (None: a blocking save, whose cost is
+        its whole duration up to the commit)."""
+        records: List[SaveRecord] = []
+
+        def stamp_and_commit(key: CheckpointKey, manifest: Manifest) -> Manifest:
+            took = self._schedule.clock() - started
+            record = SaveRecord(
+                blocked=took if blocked is None else blocked,
+                to_commit=took,
+                background=blocked is not None,
+                interval=interval,
+                stop_notice=self._preemption.notice,
+            )
+            records.append(record)
+            stamped = replace(manifest, save_record=record.to_wire())
+            if self._gang is not None:
+                return self._gang.commit(key, stamped)
+            self._store.commit(key, stamped)
+            return stamped
+
         try:
-            commit = self._gang.commit if self._gang is not None else None
             with self._store.save_lease(prepared.key):
                 manifest = commit_save(
-                    self._store, prepared, self._tracker, commit, self._write_history
+                    self._store, prepared, self._tracker, stamp_and_commit, self._write_history
                 )
         except ReusedBlobDamaged:
             # A reused blob is gone or damaged: the next save stores every tensor anew.
             if self._tracker is not None:
                 self._tracker.keep_only([])
             raise
+        if blocked is None:
+            self._schedule.measured(records[-1].blocked)
+        self._schedule.committed(records[-1].to_commit)
         artifact = CheckpointArtifact.from_manifest(manifest)
         self._saved.append(artifact)
         self._task_keys_known.append(prepared.key)
@@ -367,7 +454,7 @@ class CheckpointSession:
     def _after_commit(self, key: CheckpointKey) -> None:
         """Housekeeping that must never fail a committed save: the cross-run note, retention."""
         try:
-            self._store.note_latest(key, self._task.foreach_indices)
+            self._store.notes.record(key, self._task.foreach_indices)
             if self._retention.active:
                 self._apply_retention(key.name)
         except Exception as ex:
@@ -389,6 +476,83 @@ class CheckpointSession:
             self._store.delete_manifest(key)
             self._task_keys_known.remove(key)
 
+    def due(self, every_seconds: Optional[float] = None, every_steps: Optional[int] = None) -> bool:
+        """Whether to save now: ``if current.checkpoint.due(): current.checkpoint.save()``.
+
+        Call it once per step of the loop (each call counts as a step).
+
+        Parameters
+        ----------
+        every_seconds : float, optional
+            Due when this many seconds have passed since the last ``save()``.
+        every_steps : int, optional
+            Due at every this many calls since the last ``save()``. With both, due at
+            whichever comes first. With neither, the Young/Daly interval
+            ``sqrt(2 * save_cost * MTBF)``: the save cost measured from this task's own
+            saves, the MTBF a setting (``METAFLOW_CHECKPOINT_MTBF``); before any save was
+            measured, the first call is due. ``save_interval`` shows the choice.
+
+        Returns
+        -------
+        bool
+            True when the interval has passed, and always once the task was told to stop
+            (SIGTERM, a spot-termination notice): the next ``save()`` then commits and
+            ends the attempt as failed (``TaskPreempted``), for ``@retry`` to resume it.
+        """
+        self._preemption.install()
+        self._look_for_notice_file()
+        interval_passed = self._schedule.due(every_seconds, every_steps, self._task.step)
+        return interval_passed or self._preemption.notice is not None
+
+    @property
+    def save_interval(self) -> SaveInterval:
+        """The interval ``due()`` uses: how it was chosen (``chosen_by``), its ``seconds``
+        or ``steps``, the measured ``save_cost`` and the ``mtbf`` assumed."""
+        return self._schedule.interval or self._schedule.current_interval()
+
+    @property
+    def stop_notice(self) -> Optional[StopNotice]:
+        """The stop notice the task received (SIGTERM, a spot-termination notice), or None."""
+        return self._preemption.notice
+
+    def _look_for_notice_file(self) -> None:
+        path = self._options.stop_notice_file
+        if path is None or self._preemption.notice is not None:
+            return
+        now = self._schedule.clock()
+        if self._notice_file_checked is not None and now - self._notice_file_checked < NOTICE_FILE_POLL:
+            return
+        self._notice_file_checked = now
+        try:
+            with open(path) as notice:
+                termination_time = notice.read(200).strip()
+        except OSError:  # no notice (the usual case)
+            return
+        detail = "%s: termination at %s" % (path, termination_time or "an unstated time")
+        if self._preemption.notify(SPOT_NOTICE_SOURCE, detail):
+            warn(
+                "@checkpoint: spot termination notice (%s): current.checkpoint.due() is now "
+                "True; the next save commits and ends the task as failed, for @retry to "
+                "resume it." % detail
+            )
+
+    def _enter_save_point(self) -> bool:
+        return self._preemption.notice is not None and self._preemption.enter_save_point()
+
+    def _preempted(self, artifact: CheckpointArtifact) -> TaskPreempted:
+        notice, t = self._preemption.notice, self._task
+        warn(
+            "@checkpoint: preempted (%s): checkpoint %s is committed; attempt %d ends as "
+            "failed now: %s" % (notice.describe(), artifact.key, t.attempt, self._after_preemption)
+        )
+        return TaskPreempted(
+            "Attempt %d of step *%s* was told to stop (%s, %.1f s before this save) and "
+            "committed checkpoint %s at its save point, so it ends here as failed: %s"
+            % (t.attempt, t.step, notice.describe(), time.time() - notice.received_at,
+               artifact.key, self._after_preemption),
+            key=artifact.key,
+        )
+
     def wait(self) -> None:
         """Block until the background save (if any) is committed; re-raise its failure."""
         pending, self._pending = self._pending, None
@@ -398,12 +562,13 @@ class CheckpointSession:
     def _commit_before_exit(self, timeout: float) -> None:
         """On SIGTERM: let the pending background save commit, for at most ``timeout`` s."""
         pending = self._pending
-        if pending is None or pending.done():
+        if pending is None:
             return
-        warn(
-            "@checkpoint: SIGTERM: committing the pending background save (waiting up to "
-            "%.0f s, %s)." % (timeout, SIGTERM_WAIT_ENV)
-        )
+        if not pending.done():
+            warn(
+                "@checkpoint: SIGTERM: committing the pending background save (waiting up "
+                "to %.0f s, %s)." % (timeout, SIGTERM_WAIT_ENV)
+            )
         try:
             pending.result(timeout=timeout)
         except FutureTimeout:
@@ -426,7 +591,7 @@ class CheckpointSession:
             if self._background is not None:
                 self._background.shutdown(wait=True)
                 self._background = None
-            self._sigterm_guard.uninstall()
+            self._preemption.uninstall()
             if self._gang is not None:
                 self._gang.leave()
 
@@ -478,6 +643,10 @@ class CheckpointSession:
         if rng_state:
             restore_rng_state(rng_state)
         self._parent = str(opened.key)
+        # The step's state is the checkpoint's now: the interval counts from here, with
+        # the cost that checkpoint's save measured.
+        self._schedule.started()
+        self._schedule.resume_from(SaveRecord.from_wire(opened.manifest.save_record))
         artifact = CheckpointArtifact.from_manifest(opened.manifest)
         for listener in self.on_load:
             listener(artifact)

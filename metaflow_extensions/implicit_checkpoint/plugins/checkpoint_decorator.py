@@ -1,3 +1,4 @@
+import dataclasses
 
 from metaflow import current
 from metaflow.decorators import StepDecorator
@@ -31,6 +32,10 @@ from ..engine.notices import warn
 
 #: Datastores with a backend of our own (listing by age, deletes): everything works there.
 FULLY_SUPPORTED_DATASTORES = ("local", "s3")
+#: Where Metaflow's spot-termination monitor (@kubernetes, @batch) writes its notice, when
+#: ``current.spot_termination_notice`` does not say.
+SPOT_NOTICE_FILE = "/tmp/spot_termination_notice"
+SPOT_MONITORED = ("kubernetes", "batch")
 
 
 class CheckpointDecorator(StepDecorator):
@@ -112,6 +117,7 @@ class CheckpointDecorator(StepDecorator):
         # With @catch, the last attempt of an error no retry fixes must still run (and
         # fail at once) for @catch to catch it: no exit code that stops retries then.
         self._has_catch = any(deco.name == "catch" for deco in decorators)
+        self._spot_monitored = any(deco.name in SPOT_MONITORED for deco in decorators)
         attrs = self.attributes
         include = normalize_patterns(attrs["include"], "include", step_name)
         exclude = normalize_patterns(attrs["exclude"], "exclude", step_name)
@@ -252,7 +258,8 @@ class CheckpointDecorator(StepDecorator):
             retention=self._retention,
             accept_run=runs_in_current_namespace(flow.name),
             directory=self._folder,
-            options=settings().session,
+            options=dataclasses.replace(settings().session, stop_notice_file=self._notice_file()),
+            after_preemption=retry_policy.after_preemption(int(retry_count), int(max_user_code_retries)),
         )
         self._session.start()
         left_out = LeftOutNote(step_name, self._selector, lambda: log.assigned_values(flow))
@@ -289,6 +296,13 @@ class CheckpointDecorator(StepDecorator):
                 metadata_provider=metadata,
             )
         publish_on_current("checkpoint", self._session)
+
+    def _notice_file(self):
+        """The spot-termination notice file of this task, or None where there is none."""
+        announced = getattr(current, "spot_termination_notice", None)
+        if announced:
+            return announced
+        return SPOT_NOTICE_FILE if self._spot_monitored else None
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
         # A background save still in flight is committed before the task ends; if it

@@ -92,6 +92,19 @@ class StepCheckpointSession(CheckpointSession):
             raise
 
 
+def after_preemption(attempt: int, max_retries: int) -> str:
+    """What a preempted attempt's error says happens next (``TaskPreempted`` is retried:
+    the attempt exits with 1, like any exception)."""
+    if attempt < max_retries:
+        return "@retry starts attempt %d, which resumes from it." % (attempt + 1)
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "flow.py"
+    return (
+        "no @retry attempt is left, so nothing resumes it now: `python %s resume` reruns "
+        "the step in a new run, continuing from it (@retry(times=3) resumes on its own)."
+        % script
+    )
+
+
 def record(metadata_provider, run_id: str, step: str, task_id: str, attempt: int, exception) -> None:
     """Note in the attempt's metadata that it failed with ``exception``, which no retry fixes."""
     from metaflow.metadata_provider import MetaDatum

@@ -6,6 +6,7 @@ turns them into values for the engine's constructors, with an error naming the s
 when one is malformed. The engine itself reads no setting.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
@@ -18,7 +19,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Settings:
     fsync: bool  # METAFLOW_CHECKPOINT_FSYNC: fsync checkpoint files on the local datastore
-    session: SessionOptions  # TRACK_CHANGES, STAGING_BYTES, SIGTERM_WAIT
+    session: SessionOptions  # TRACK_CHANGES, STAGING_BYTES, SIGTERM_WAIT, PREEMPTION_GRACE, MTBF
     gang_timeout: float  # METAFLOW_CHECKPOINT_GANG_TIMEOUT (seconds)
     directory_root: Optional[str]  # METAFLOW_CHECKPOINT_DIRECTORY_ROOT: where task folders live
 
@@ -44,6 +45,12 @@ def settings() -> Settings:
             track_changes=read("CHECKPOINT_TRACK_CHANGES", _flag, "1 or 0"),
             staging_bytes=read("CHECKPOINT_STAGING_BYTES", _number(int, 0), "a number of bytes"),
             sigterm_wait=read("CHECKPOINT_SIGTERM_WAIT", _number(float, 0), "a number of seconds"),
+            preemption_grace=read(
+                "CHECKPOINT_PREEMPTION_GRACE", _number(float, 0), "a number of seconds"
+            ),
+            mtbf=read(
+                "CHECKPOINT_MTBF", _number(float, 0, strict=True), "a number of seconds above 0"
+            ),
         ),
         gang_timeout=read(
             "CHECKPOINT_GANG_TIMEOUT", _number(float, 0, strict=True), "a number of seconds above 0"
@@ -65,7 +72,7 @@ def _number(kind: Callable[[str], T], low, strict: bool = False) -> Callable[[st
 
     def parse(text: str) -> T:
         value = kind(text)
-        if not (value > low if strict else value >= low):
+        if not math.isfinite(value) or not (value > low if strict else value >= low):
             raise ValueError(text)
         return value
 
