@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -116,33 +117,110 @@ def write_flow(tmp_path):
     return write
 
 
-#: The modules whose tests take longest (real flows of many processes), slowest first.
-#: They start first (make test steals work between the xdist workers), so the two
-#: workers end together instead of one of them running a 2-minute flow alone at the end.
-SLOWEST_FIRST = (
-    "test_torchrun.py",
-    "test_gang_flow.py",
-    "test_resume_command.py",
-    "test_lease_fence.py",
-    "test_hostile_checkpoints.py",
-    "test_fuzz_trust.py",
-    "test_fidelity_flows.py",
-    "test_train_resume_example.py",
-    "test_newcomer.py",
-    "test_s3.py",
-    "test_lightning_flow.py",
-    "test_hf_trainer_flow.py",
-    "test_card.py",
-    "test_seed_compat.py",
-    "test_gc_stress.py",
-    "test_restore_in_place.py",
-    "test_foreach_flow.py",
-    "test_damaged_blob_flow.py",
-    "test_eager.py",
-    "test_worker_saves.py",
-)
+# -- one crashed-and-resumed ResumeFlow run, shared by the checks that only read it --------
+
+RESUME_FLOW = TEST_FLOWS / "resume_flow.py"
+
+#: The shared run: train is SIGKILLed after its 3rd save; the retry resumes from it and
+#: saves 4 and 5 (versions 1-3 by attempt 0, 4-5 by attempt 1).
+RESUMED_RUN_ARGS = ("--crash", "kill", "--crash-after", "3", "--saves", "5")
+
+
+class ResumedRun:
+    """What the shared run left: a world over its datastore, its run id, its output."""
+
+    def __init__(self, world: MetaflowWorld, run_id: str, output: str):
+        self.world = world
+        self.run_id = run_id
+        self.output = output
+
+    @property
+    def task_pathspec(self) -> str:
+        return "ResumeFlow/%s/train/2" % self.run_id
+
+
+def _shared_folder(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this session sees (the parent of their base temps),
+    or this session's base temp without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def _resumed_run_record(tmp_path_factory) -> dict:
+    # The first worker to get here runs the flow under the lock; the other waits, then
+    # reads what it recorded. A run that failed records nothing: the next user retries it.
+    import fcntl
+
+    folder = _shared_folder(tmp_path_factory)
+    root, record = folder / "resumed-run", folder / "resumed-run.json"
+    with open(folder / "resumed-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            world = MetaflowWorld(root)
+            proc = world.run_flow(RESUME_FLOW, *RESUMED_RUN_ARGS)
+            run_id = world.latest_run_id("ResumeFlow")
+            record.write_text(json.dumps({"root": str(root), "run_id": run_id, "output": proc.stdout}))
+        return json.loads(record.read_text())
+
+
+@pytest.fixture
+def resumed_run(_resumed_run_record) -> ResumedRun:
+    """The session's ResumeFlow run (RESUMED_RUN_ARGS), for checks that only read it:
+    list, inspect, load, fetch its card. Each test gets a world of its own over the shared
+    datastore (its ``env`` is the test's to change); nothing may write to the store."""
+    record = _resumed_run_record
+    return ResumedRun(MetaflowWorld(Path(record["root"])), record["run_id"], record["output"])
+
+
+# -- slowest modules first, from recorded durations ----------------------------------------
+
+#: Seconds each test module took (setup, calls and teardown of its tests) in the last
+#: recorded run: `make test-durations` rewrites it (pytest --record-durations).
+DURATIONS = REPO / "tests" / "durations.json"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--record-durations",
+        action="store_true",
+        help="write each test module's time to tests/durations.json (modules not run keep theirs)",
+    )
+
+
+def _module_of(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(items):
-    rank = {name: position for position, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    # The slowest modules start first (make test steals work between the xdist workers),
+    # so the two workers end together instead of one running a 2-minute flow alone at the
+    # end. A module with no recorded time (a new one) starts before all: it may be slow.
+    # The sort is stable: a module's tests stay together, in the file's order, so module
+    # fixtures are set up once per worker.
+    recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    items.sort(key=lambda item: -recorded.get(_module_of(item.nodeid), float("inf")))
+
+
+class _DurationRecorder:
+    """Sums the reports' durations per module and merges them into tests/durations.json."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def pytest_runtest_logreport(self, report):
+        module = _module_of(report.nodeid)
+        self.seconds[module] = self.seconds.get(module, 0.0) + report.duration
+
+    def pytest_sessionfinish(self):
+        recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+        recorded.update({module: round(seconds, 1) for module, seconds in self.seconds.items()})
+        DURATIONS.write_text(json.dumps(dict(sorted(recorded.items())), indent=1) + "\n")
+
+
+def pytest_configure(config):
+    # Under xdist the reports reach the controller too: it alone records.
+    if config.getoption("--record-durations") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_DurationRecorder(), "duration-recorder")

@@ -1,14 +1,19 @@
-"""`python flow.py checkpoint list|inspect|status|gc` on real runs."""
+"""`python flow.py checkpoint list|inspect|status|gc`: on real runs, as subprocesses
+(status while a run goes on, list, a failing command), and the printers of `inspect` and
+`gc` in this process, through the same click commands, on the same stored run."""
 
+import importlib.util
 import json
 import time
 
+import pytest
 from conftest import TEST_FLOWS
 
 STATUS_FLOW = TEST_FLOWS / "status_flow.py"
 RESUME_FLOW = TEST_FLOWS / "resume_flow.py"
 
 
+@pytest.mark.flow
 def test_status_of_completed_failed_and_running_steps(world, tmp_path):
     run = world.start_run(STATUS_FLOW, "--signals", str(tmp_path))
     try:
@@ -40,34 +45,70 @@ def test_status_of_completed_failed_and_running_steps(world, tmp_path):
     assert run.returncode != 0 and "broken" in out
 
 
-def test_list_inspect_and_gc_commands(world):
-    world.run_flow(RESUME_FLOW, "--crash", "exception", "--crash-after", "2", "--saves", "3")
+@pytest.mark.flow
+def test_list_commands(resumed_run):
+    # The session's shared run: killed after save 3 of 5, resumed by attempt 1.
+    world = resumed_run.world
     listing = world.command(RESUME_FLOW, "checkpoint", "list", "--json").stdout
     artifacts = json.loads(listing[listing.index("["):])
-    assert [a["version"] for a in artifacts] == [1, 2, 3]
-    assert [a["attempt"] for a in artifacts] == [0, 0, 1]
+    assert [a["version"] for a in artifacts] == [1, 2, 3, 4, 5]
+    assert [a["attempt"] for a in artifacts] == [0, 0, 0, 1, 1]
     table = world.command(RESUME_FLOW, "checkpoint", "list").stdout
     assert all(a["key"] in table for a in artifacts)
 
-    key = artifacts[-1]["key"]
-    shown = world.command(RESUME_FLOW, "checkpoint", "inspect", key).stdout
-    assert key in shown and "weights" in shown and "float64 [1000]" in shown
-    assert "from %s" % artifacts[1]["key"] in shown
-    as_json = world.command(RESUME_FLOW, "checkpoint", "inspect", key, "--json").stdout
-    assert json.loads(as_json[as_json.index("{"):])["fields"]["count"]["value"] == 3
-
-    missing = world.command(RESUME_FLOW, "checkpoint", "inspect", key[:-1] + "9", check=False)
-    assert missing.returncode != 0 and "No committed checkpoint" in missing.stdout
-    malformed = world.command(RESUME_FLOW, "checkpoint", "inspect", "nonsense", check=False)
-    assert malformed.returncode != 0 and "not a checkpoint key" in malformed.stdout
-
-    dry = world.command(RESUME_FLOW, "checkpoint", "gc", "--dry-run").stdout
-    assert "Would delete 0 unreferenced blob(s)" in dry
-    negative = world.command(RESUME_FLOW, "checkpoint", "gc", "--grace-seconds", "-5", check=False)
-    assert negative.returncode != 0 and "0 seconds or more" in negative.stdout
-
     unknown_run = world.command(RESUME_FLOW, "checkpoint", "list", "--run-id", "424242", check=False)
     assert unknown_run.returncode != 0 and "does not exist" in unknown_run.stdout
+
+
+class InProcessCli:
+    """The `checkpoint` commands invoked here, with the state Metaflow's CLI hands them
+    (metaflow.cli.start builds it): the flow, its datastore on the world's root, the echo."""
+
+    def __init__(self, world, flow_file, flow_name: str):
+        from metaflow._vendor.click.testing import CliRunner
+        from metaflow.cli import CliState, echo_always
+        from metaflow.datastore import FlowDataStore
+        from metaflow.plugins.datastores.local_storage import LocalStorage
+
+        spec = importlib.util.spec_from_file_location(flow_file.stem, flow_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.state = CliState(getattr(module, flow_name)(use_cli=False))
+        self.state.echo_always = echo_always
+        self.state.flow_datastore = FlowDataStore(
+            self.state.flow.name, storage_impl=LocalStorage, ds_root=str(world.datastore_root)
+        )
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str):
+        from metaflow_extensions.implicit_checkpoint.plugins.checkpoint_cli import checkpoint
+
+        return self.runner.invoke(checkpoint, list(args), obj=self.state)
+
+
+@pytest.mark.flow
+def test_inspect_and_gc_print_what_the_store_holds(resumed_run):
+    cli = InProcessCli(resumed_run.world, RESUME_FLOW, "ResumeFlow")
+    prefix = resumed_run.task_pathspec + "/"
+    keys = [prefix + "%d/%s/%d" % (attempt, "even" if v % 2 == 0 else "odd", v)
+            for v, attempt in ((1, 0), (2, 0), (3, 0), (4, 1), (5, 1))]
+
+    shown = cli("inspect", keys[-1])
+    assert shown.exit_code == 0, shown.output
+    assert keys[-1] in shown.output and "weights" in shown.output and "float64 [1000]" in shown.output
+    assert "from %s" % keys[2] in shown.output  # the retry resumed from attempt 0's third save
+    as_json = cli("inspect", keys[-1], "--json")
+    assert json.loads(as_json.output[as_json.output.index("{"):])["fields"]["count"]["value"] == 5
+
+    missing = cli("inspect", keys[-1][:-1] + "9")
+    assert missing.exit_code != 0 and "No committed checkpoint" in str(missing.exception)
+    malformed = cli("inspect", "nonsense")
+    assert malformed.exit_code != 0 and "not a checkpoint key" in str(malformed.exception)
+
+    dry = cli("gc", "--dry-run")
+    assert dry.exit_code == 0 and "Would delete 0 unreferenced blob(s)" in dry.output
+    negative = cli("gc", "--grace-seconds", "-5")
+    assert negative.exit_code != 0 and "0 seconds or more" in str(negative.exception)
 
 
 def test_a_task_state_is_never_in_progress_once_nothing_runs_it():

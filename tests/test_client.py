@@ -1,13 +1,16 @@
 """`from metaflow import Checkpoint` in a separate Python process acting as the notebook."""
 
+import pytest
 from conftest import TEST_FLOWS
+
+pytestmark = pytest.mark.flow
 
 FLOW = TEST_FLOWS / "resume_flow.py"
 
 
-def test_notebook_lists_inspects_and_loads(world):
-    world.run_flow(FLOW, "--crash", "exit", "--crash-after", "2", "--saves", "4")
-    result = world.python(
+def test_notebook_lists_inspects_and_loads(resumed_run):
+    # The session's shared run: killed after save 3 of 5, resumed by attempt 1.
+    result = resumed_run.world.python(
         """
         import json
         import numpy as np
@@ -22,7 +25,7 @@ def test_notebook_lists_inspects_and_loads(world):
         LocalDirBackend.read_into = counting
 
         namespace(None)
-        run = Flow("ResumeFlow").latest_run
+        run = Flow("ResumeFlow")[%r]
         task = run["train"].task
         cp = Checkpoint()
         arts = cp.list(task=task.pathspec)
@@ -54,20 +57,21 @@ def test_notebook_lists_inspects_and_loads(world):
         out["flow_obj"] = [type(artifact).__name__, target.count, float(target.weights.sum())]
         print(json.dumps(out))
         """
+        % resumed_run.run_id
     )
-    assert result["task_versions"] == [1, 2, 3, 4]
-    assert result["by_object"] == [1, 2, 3, 4]
-    assert result["run_versions"] == [1, 2, 3, 4]
-    assert result["odd"] == [1, 3]
-    assert result["attempt1"] == [3, 4]
+    assert result["task_versions"] == [1, 2, 3, 4, 5]
+    assert result["by_object"] == [1, 2, 3, 4, 5]
+    assert result["run_versions"] == [1, 2, 3, 4, 5]
+    assert result["odd"] == [1, 3, 5]
+    assert result["attempt1"] == [4, 5]
     assert result["inspect_reads"] == 0
     assert result["inspect_fields"] == ["attempts_seen", "count", "resumed_from", "weights"]
     assert result["inspect_same"] is True
     assert result["only_keys"] == ["weights"]
     assert result["only_reads"] == 2  # the save's object graph, then the weights' blob
-    assert result["weights_sum"] == 4000
+    assert result["weights_sum"] == 5000
     assert result["all_keys"] == ["attempts_seen", "count", "resumed_from", "weights"]
-    assert result["flow_obj"] == ["CheckpointArtifact", 4, 4000.0]
+    assert result["flow_obj"] == ["CheckpointArtifact", 5, 5000.0]
 
 
 def test_notebook_errors_name_what_is_wrong(world):

@@ -2,17 +2,26 @@
 
 import pytest
 
-from conftest import TEST_FLOWS
+from conftest import RESUMED_RUN_ARGS, TEST_FLOWS
 from resume_flow_helpers import task_state
+
+pytestmark = pytest.mark.flow
 
 FLOW = TEST_FLOWS / "resume_flow.py"
 
 
 @pytest.mark.parametrize("crash", ["exception", "exit", "kill"])
-def test_crash_then_resume(world, crash):
-    proc = world.run_flow(FLOW, "--crash", crash, "--crash-after", "3", "--saves", "5")
-    assert "Task is starting (retry)" in proc.stdout
-    state = task_state(world, world.latest_run_id("ResumeFlow"))
+def test_crash_then_resume(request, crash):
+    args = ("--crash", crash, "--crash-after", "3", "--saves", "5")
+    if args == RESUMED_RUN_ARGS:  # the SIGKILL: the session's shared run
+        shared = request.getfixturevalue("resumed_run")
+        world, output, run_id = shared.world, shared.output, shared.run_id
+    else:
+        world = request.getfixturevalue("world")
+        output = world.run_flow(FLOW, *args).stdout
+        run_id = world.latest_run_id("ResumeFlow")
+    assert "Task is starting (retry)" in output
+    state = task_state(world, run_id)
 
     # The retry went on from the 3rd save: saves 4 and 5 were made by attempt 1.
     assert state["count"] == 5
