@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 from ....engine.errors import CheckpointException
 from ....engine.keys import CheckpointKey
 from ....engine.lineage import LineageLink
+from ....engine.save_schedule import SaveRecord
 from ...task_status import RUNNING
 from .chart import attempt_class, metric_charts
 from ...formatting import (
@@ -111,6 +112,7 @@ def build_report(task: TaskCheckpoints) -> Dict[str, Any]:
         ],
         "resumed_from": _describe_key(this_resume, run_id),
         "resume_note": _resume_note(task, this_resume),
+        "save_interval": _interval_in_use(checkpoints, task.attempt),
         "history": [
             {
                 "attempt": a,
@@ -273,7 +275,41 @@ def _history_row(manifest: dict, loaded_by: Dict[str, List[int]]) -> Dict[str, A
         "dedup": reuse_note(stored, written),
         "metadata": metadata_entries(manifest.get("metadata")),
         "resumed_by": ", ".join("attempt %d" % a for a in resumed_by),
+        **_save_cost_cells(SaveRecord.from_wire(manifest.get("save_record"))),
     }
+
+
+def _save_cost_cells(record: Optional[SaveRecord]) -> Dict[str, Any]:
+    """The row's save cost (what the save blocked the step), and its preemption mark."""
+    if record is None:  # saved by a version that did not record it
+        return {"cost": "", "cost_note": "", "preemption": ""}
+    note = (
+        "background; committed after %s" % _seconds(record.to_commit) if record.background else ""
+    )
+    if record.interval is not None:
+        note = "; ".join(filter(None, [note, "due %s" % record.interval.describe()]))
+    return {
+        "cost": _seconds(record.blocked),
+        "cost_note": note,
+        "preemption": (
+            "preemption save, after %s" % record.stop_notice.describe()
+            if record.stop_notice is not None else ""
+        ),
+    }
+
+
+def _interval_in_use(checkpoints: List[dict], attempt: int) -> str:
+    """The interval due() used at the newest save of ``attempt`` (else of any attempt)."""
+    newest_first = sorted(checkpoints, key=lambda m: (m["attempt"] == attempt, m["version"]), reverse=True)
+    for manifest in newest_first:
+        record = SaveRecord.from_wire(manifest.get("save_record"))
+        if record is not None and record.interval is not None:
+            return record.interval.describe()
+    return ""
+
+
+def _seconds(value: float) -> str:
+    return "%.3g s" % value if value < 100 else "%.0f s" % value
 
 
 def _describe_key(key: Optional[str], run_id: str) -> Optional[Dict[str, Any]]:
