@@ -308,7 +308,7 @@ class DevicePlacement:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(value, torch.device):
             value = str(value)
-        if not isinstance(value, str) or _DEVICE.match(value) is None:
+        if not isinstance(value, str) or _DEVICE.match(value) is None or not _is_device_name(value):
             raise CheckpointException(
                 "%s: map_location has %s %s, which is no device name. Pass a device such "
                 "as \"cpu\", \"cuda\" or \"cuda:0\", a torch.device, or a dict from saved "
@@ -380,6 +380,18 @@ def _device_available(device: str) -> bool:
     if kind == "mps":
         return torch.backends.mps.is_available() and index in ("", "0")
     return False
+
+
+def _is_device_name(name: str) -> bool:
+    """Whether torch knows a device of this name (of a kind with memory: not "meta")."""
+    if name.startswith("cpu"):
+        return True
+    import torch
+
+    try:
+        return torch.device(name).type != "meta"
+    except (RuntimeError, ValueError):
+        return False
 
 
 def _streamed_to(device: str) -> bool:

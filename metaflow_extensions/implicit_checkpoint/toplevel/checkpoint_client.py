@@ -256,6 +256,7 @@ class Checkpoint(object):
         allow_pickle: bool = True,
         node: Optional[int] = None,
         files: Optional[bool] = None,
+        map_location: Any = None,
     ):
         """
         Load a checkpoint's fields, and put the files its step had in
@@ -285,6 +286,12 @@ class Checkpoint(object):
             Whether to put the checkpoint's files in `directory`. Default: when every
             field is loaded (`fields` not given). A checkpoint saved without a folder
             (by a worker process) leaves the folder alone.
+        map_location : str, torch.device or dict, optional
+            The device of the tensors loaded without a live tensor to go into (all of
+            them, without `flow`): "cpu", "cuda", "cuda:0", or a dict from saved to
+            new device names. Default: the device they were saved on, if this machine
+            has it, else the CPU (a checkpoint saved on a GPU loads in a notebook).
+            Tensors that go into a live tensor of `flow` keep its device.
 
         Returns
         -------
@@ -315,6 +322,7 @@ class Checkpoint(object):
             target=flow,
             allow_pickle=allow_pickle,
             folder=self.directory if with_files else None,
+            map_location=map_location,
         )
         self._filled = self._filled or with_files
         if flow is None:
