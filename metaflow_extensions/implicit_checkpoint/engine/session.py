@@ -596,25 +596,31 @@ class CheckpointSession:
                 self._gang.leave()
 
     def load(
-        self, reference: Optional[Reference] = None, allow_pickle: bool = True
+        self,
+        reference: Optional[Reference] = None,
+        allow_pickle: bool = True,
+        map_location: Any = None,
     ) -> CheckpointArtifact:
         """Restore a checkpoint's fields onto the step (and RNG state, when captured),
         and its files into ``directory``, exactly as saved.
 
         Stateful objects the step already built are restored in place; everything is
         read, verified and built before anything is changed. ``allow_pickle=False``
-        never unpickles: a field that needs it raises, naming it.
+        never unpickles: a field that needs it raises, naming it. Tensors load onto the
+        device of the live tensor they go into; ``map_location`` ("cpu", "cuda:0", a
+        ``torch.device`` or a dict from saved to new device names) places the others
+        (default: the device they were saved on, if this machine has it, else the CPU).
 
         With no ``reference``, a resume point that fails verification while it is read
         (its bytes were altered since the task started, with their size kept) is passed
         over with a warning for the newest intact earlier checkpoint of this task.
         """
         if reference is not None or self._task.gang is not None:
-            return self._load(self._resolve(reference, for_what="load"), allow_pickle)
+            return self._load(self._resolve(reference, for_what="load"), allow_pickle, map_location)
         while True:
             key = self._resolve(None, for_what="load")
             try:
-                return self._load(key, allow_pickle)
+                return self._load(key, allow_pickle, map_location)
             except CheckpointCorrupted as ex:
                 fallback = self._newest_intact(
                     [k for k in self._task_keys_known or [] if k.attempt < self._task.attempt and k.version < key.version]
@@ -629,7 +635,7 @@ class CheckpointSession:
                 )
                 self._resume_point = fallback
 
-    def _load(self, key: CheckpointKey, allow_pickle: bool) -> CheckpointArtifact:
+    def _load(self, key: CheckpointKey, allow_pickle: bool, map_location: Any = None) -> CheckpointArtifact:
         gang = self._task.gang
         opened = open_checkpoint(self._store, key, gang.node_index if gang is not None else None)
         _, rng_state = load_snapshot(
@@ -639,6 +645,7 @@ class CheckpointSession:
             allow_pickle=allow_pickle,
             with_rng=self._rng,
             folder=self._directory,
+            map_location=map_location,
         )
         if rng_state:
             restore_rng_state(rng_state)
