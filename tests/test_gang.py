@@ -21,6 +21,7 @@ from metaflow_extensions.implicit_checkpoint.engine.session import (
     CheckpointSession,
     TaskIdentity,
 )
+from metaflow_extensions.implicit_checkpoint.engine.gang_files import GangFiles
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore
 
 NODE_TASKS = ("7", "7_node_1")
@@ -208,7 +209,7 @@ def test_gc_never_deletes_a_part_waiting_for_the_global_commit(tmp_path):
     node1 = node_session(tmp_path, 1, states[1])
     waiting = in_thread(node1.save)  # node 1 writes its part, then waits for node 0
     store = CheckpointStore(LocalDirBackend(str(tmp_path)))
-    while not store.gang_parts(_first_key()):
+    while not GangFiles(store).parts(_first_key()):
         pass
     report = collect_garbage(store, "UnitFlow", grace=0, wait=1.0)
     assert report.busy and not report.deleted_blobs  # node 1's lease holds gc off

@@ -31,7 +31,8 @@ from .integrity import fields_by_blob
 from .keys import CheckpointKey
 from .locks import RENEW
 from .manifest import Manifest, StorageLayout, utc_now_iso
-from .store import ABORT
+from .gang_files import GangFiles
+from .store_paths import ABORT
 
 #: Default of how long a node waits for the rest of its gang in one save (seconds).
 DEFAULT_TIMEOUT = 1800.0
@@ -71,7 +72,7 @@ class PeerWatch:
     """Tells whether the peers a node waits for are still alive, from their markers."""
 
     def __init__(self, store, key: CheckpointKey, gang: Gang):
-        self._store = store
+        self._files = GangFiles(store)
         self._key = key
         self._gang = gang
         self._seen: Dict[int, tuple] = {}  # node -> (marker mtime, monotonic time it last moved)
@@ -79,7 +80,7 @@ class PeerWatch:
 
     def problem(self, nodes: Sequence[int]) -> Optional[str]:
         """Why one of ``nodes`` will never get there, or None while all may still."""
-        markers, ended = self._store.node_markers(self._key, self._gang.num_nodes)
+        markers, ended = self._files.node_markers(self._key, self._gang.num_nodes)
         now = time.monotonic()
         for node in nodes:
             if node in ended:
@@ -96,7 +97,7 @@ class PeerWatch:
                 return "node %d has not renewed its marker for %.0f s" % (node, now - last[1])
             owner = self._owner.get(node)
             if owner is None:
-                owner = self._owner[node] = self._store.node_marker_owner(marker.path)
+                owner = self._owner[node] = self._files.node_marker_owner(marker.path)
             if owner is not None and owner[0] == socket.gethostname() and not _running(owner[1]):
                 return "node %d's process (pid %d on this host) is gone" % (node, owner[1])
         return None
@@ -108,6 +109,7 @@ class GangMember:
     def __init__(self, store, gang: Gang, flow: str, run_id: str, step: str, task_id: str, attempt: int):
         self.gang = gang
         self._store = store
+        self._files = GangFiles(store)
         self._flow, self._run_id, self._step, self._task_id = flow, run_id, step, task_id
         self._attempt = attempt
         self._marker = None
@@ -122,14 +124,14 @@ class GangMember:
         node's marker while the task runs."""
         g = self.gang
         if g.node_index != 0:
-            self._store.write_gang_pointer(self._flow, self._run_id, self._step, self._task_id, g)
-        self._marker = self._store.hold_node_marker(
+            self._files.write_pointer(self._flow, self._run_id, self._step, self._task_id, g)
+        self._marker = self._files.hold_node_marker(
             self._flow, self._run_id, self._step, g.control_task_id, self._attempt, g.node_index
         )
 
     def leave(self) -> None:
         if self._marker is not None:
-            self._store.end_node_marker(self._marker)
+            self._files.end_node_marker(self._marker)
             self._marker = None
 
     def commit(self, key: CheckpointKey, part: Manifest) -> Manifest:
@@ -137,7 +139,7 @@ class GangMember:
         committed. Called under this node's save lease."""
         g = self.gang
         part = replace(part, gang={"node": g.node_index, "num_nodes": g.num_nodes})
-        self._store.commit_part(key, g.node_index, part)
+        self._files.commit_part(key, g.node_index, part)
         watch = PeerWatch(self._store, key, g)
         try:
             if self.commits:
@@ -148,23 +150,23 @@ class GangMember:
             self._wait_for_global(key, watch)
             return self._store.read_manifest(key)
         except GangSaveFailed as ex:
-            self._store.abort_gang_save(key, g.node_index, "node %d %s" % (g.node_index, ex.why))
+            self._files.abort(key, g.node_index, "node %d %s" % (g.node_index, ex.why))
             raise
 
     def _wait_for_parts(self, key: CheckpointKey, own: Manifest, watch: PeerWatch) -> List[Manifest]:
         others = [n for n in range(self.gang.num_nodes) if n != self.gang.node_index]
 
         def done():
-            present = self._store.gang_parts(key)
+            present = self._files.parts(key)
             if ABORT in present:
-                self._fail(key, "another node gave up: %s" % self._store.abort_reason(key))
+                self._fail(key, "another node gave up: %s" % self._files.abort_reason(key))
             missing = [n for n in others if n not in present]
             return None if missing else True, missing
 
         self._wait(key, done, watch, "the parts of node(s) %s")
         parts = {self.gang.node_index: own}
         for node in others:
-            parts[node] = self._store.read_part(key, node)
+            parts[node] = self._files.read_part(key, node)
             saved_by = (parts[node].gang or {}).get("num_nodes")
             if saved_by != self.gang.num_nodes:
                 self._fail(key, "node %d saved as part of a gang of %r nodes, not %d" % (
@@ -175,8 +177,8 @@ class GangMember:
         def done():
             if self._store.manifest_exists(key):
                 return True, []
-            if ABORT in self._store.gang_parts(key):
-                self._fail(key, "another node gave up: %s" % self._store.abort_reason(key))
+            if ABORT in self._files.parts(key):
+                self._fail(key, "another node gave up: %s" % self._files.abort_reason(key))
             return None, [0]
 
         self._wait(key, done, watch, "node(s) %s to commit")
@@ -268,7 +270,7 @@ def part_to_load(store, manifest: Manifest, node_index: Optional[int]) -> Manife
                 " (did the gang grow since?)" if node >= gang["num_nodes"] else "",
             )
         )
-    return store.read_part(CheckpointKey.parse(manifest.key), node)
+    return GangFiles(store).read_part(CheckpointKey.parse(manifest.key), node)
 
 
 def _nodes(nodes: Sequence[int]) -> str:

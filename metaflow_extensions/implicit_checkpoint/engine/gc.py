@@ -24,10 +24,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Set
 
-from .backends import PendingUpload
+from . import store_paths as paths
+from .backends import TEMP_PREFIX, PendingUpload
+from .gang_files import GangFiles
 from .errors import CheckpointCorrupted, CheckpointException, CheckpointNotFound
-from .locks import StoreBusy
-from .store import ROOT, CheckpointStore
+from .locks import STALE, StoreBusy
+from .store import CheckpointStore
 from .notices import warn
 
 #: Blobs and temp files younger than this are never collected (seconds). The lock
@@ -80,7 +82,7 @@ def collect_garbage(
     candidates = {entry.path.rsplit("/", 1)[-1]: entry for entry in store.iter_blobs(flow)}
     references: Dict[str, Set[str]] = {}  # manifest key -> the blobs it references
     _read_references(store, flow, references, report, on_phase)
-    temp_files = store.stale_temp_files(flow, cutoff)
+    temp_files = _stale_temp_files(store, flow, cutoff)
     on_phase("candidates-listed")
     if dry_run:
         _choose(candidates, references, cutoff, report)
@@ -96,7 +98,7 @@ def collect_garbage(
             if doomed:
                 store.delete_blobs(flow, doomed)
             # Parts of gang saves that never committed: no manifest references them.
-            temp_files += store.gang_files_without_commit(flow, set(references), cutoff)
+            temp_files += GangFiles(store).files_without_commit(flow, set(references), cutoff)
             store.delete_temp_files(flow, temp_files)
             report.deleted_temp_files = len(temp_files)
             uploads = _abandoned_uploads(store, flow, cutoff)
@@ -114,8 +116,28 @@ def _abandoned_uploads(store: CheckpointStore, flow: str, cutoff: float) -> List
     compared with the storage's clock as blob ages are). ``cutoff`` is at the latest
     gc's start, before it took the lock: under the lock no save holds a lease, so an
     upload begun before then belongs to a save that ended or died."""
-    prefix = "%s/%s" % (flow, ROOT)
-    return [u for u in store.backend.list_uploads(prefix) if u.initiated < cutoff]
+    return [u for u in store.backend.list_uploads(paths.flow_root(flow)) if u.initiated < cutoff]
+
+
+def _stale_temp_files(store: CheckpointStore, flow: str, cutoff: float) -> List[str]:
+    """Temp files of unfinished writes in ``flow``'s store modified before ``cutoff``
+    (epoch seconds). A save writes its lease without holding one, so temp files
+    among the locks count only once as old as a dead lease."""
+    found = []
+    locks_cutoff = min(cutoff, time.time() - STALE)
+    for top, before in (
+        (paths.blobs_dir(flow), cutoff),
+        (paths.tasks_dir(flow), cutoff),
+        (paths.locks_dir(flow), locks_cutoff),
+    ):
+        found.extend(
+            entry.path
+            for entry in store.backend.walk_files(top)
+            if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX) and entry.mtime < before
+        )
+    # tmp/ holds only the temp files of saves, each under its lease.
+    found.extend(e.path for e in store.backend.walk_files(paths.temp_root(flow)) if e.mtime < cutoff)
+    return found
 
 
 def _read_references(store, flow, references: Dict[str, Set[str]], report: GcReport, on_phase) -> None:

@@ -124,12 +124,12 @@ def find_eager_resume_point(
     in another run, created before ``before`` (epoch seconds), in a run ``accept_run``
     accepts, that ``usable`` accepts (e.g. intact).
 
-    Each run notes which task committed its newest checkpoint of a step (store.note_latest);
+    Each run notes which task committed its newest checkpoint of a step (latest_notes.py);
     runs are visited newest note first, and a run whose note is older than the best
     checkpoint found cannot hold a newer one.
     """
     best, best_time = None, float("-inf")
-    for noted_at, run_id in sorted(store.latest_notes(flow, step, foreach_indices), reverse=True):
+    for noted_at, run_id in sorted(store.notes.runs(flow, step, foreach_indices), reverse=True):
         if noted_at < best_time:
             break
         if run_id == exclude_run or not accept_run(run_id):
@@ -141,7 +141,7 @@ def find_eager_resume_point(
 
 
 def _newest_of_run_before(store, flow, run_id, step, foreach_indices, before, usable):
-    noted = store.read_latest_note(flow, step, foreach_indices, run_id)
+    noted = store.notes.read(flow, step, foreach_indices, run_id)
     if noted is None:
         return None
     for key in reversed(store.list_keys(flow, run_id, step, noted.task_id)):

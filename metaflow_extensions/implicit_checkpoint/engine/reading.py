@@ -51,9 +51,9 @@ def list_step_across_runs(
     """Checkpoints of ``step`` at ``foreach_indices`` in every run ``accept_run`` accepts,
     and of ``own_task`` (``(run_id, task_id)``), oldest first."""
     tasks = {own_task}
-    for _, run_id in store.latest_notes(flow, step, foreach_indices):
+    for _, run_id in store.notes.runs(flow, step, foreach_indices):
         if run_id != own_task[0] and accept_run(run_id):
-            noted = store.read_latest_note(flow, step, foreach_indices, run_id)
+            noted = store.notes.read(flow, step, foreach_indices, run_id)
             if noted is not None:
                 tasks.add((run_id, noted.task_id))
     found = []

@@ -1,20 +1,13 @@
 """The checkpoint store: content-addressed blobs and committed manifests on a backend.
 
-Layout under the backend root (the flow datastore root)::
-
-    <Flow>/_implicit_checkpoints/blobs/<h[:2]>/<h>              one blob, named by its hash
-    <Flow>/_implicit_checkpoints/tasks/<run>/<step>/<task>/<attempt>/<version>.<name>.manifest
-    <Flow>/_implicit_checkpoints/locks/...                      save leases, gc (locks.py)
-    <Flow>/_implicit_checkpoints/tmp/.tmp-<lease>.<random>      temp files of a save in progress
-
 Blobs are shared by every checkpoint of a flow, so unchanged data is stored once across
 saves, attempts, foreach siblings and runs. A checkpoint exists exactly when its
 manifest does; the manifest is written after all of its blobs, and every blob is
-verified against its hash when read.
+verified against its hash when read. Where each file lives is store_paths'; the files
+only gang saves write are gang_files'; the notes across runs are latest_notes'.
 """
 
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -27,23 +20,19 @@ from .errors import (
     CheckpointStorageError,
 )
 from .hashing import content_hash
-from .keys import CheckpointKey, is_valid_flow, is_valid_name
+from . import store_paths as paths
+from .keys import CheckpointKey
+from .gang_files import read_gang_pointer
+from .latest_notes import LatestNotes
 from .layout import PlannedBlob
-from .locks import STALE, Locks, Marker, marker_owner
+from .locks import STALE, Locks, Marker
 from .manifest import Manifest, pack_manifest, unpack_manifest
 from .parallel import LazyPool
-from .validation import describe, is_digest
 
-ROOT = "_implicit_checkpoints"
 #: Blob problems that are no damage of the blob itself: repair never deletes for them.
 MISSING, MISDESCRIBED = "missing", "misdescribed"
 #: Above this many blobs to check, one listing of every blob beats a check per blob.
 LISTING_THRESHOLD = 256
-_MANIFEST_SUFFIX = ".manifest"
-_GANG_SUFFIX = ".gang"
-_ENDED_SUFFIX = ".ended"
-#: A node's part of a gang checkpoint, and the file a node that gave up leaves beside them.
-PART_SUFFIX, ABORT = ".part", "abort"
 
 
 class ReusedBlobDamaged(CheckpointCorrupted):
@@ -82,56 +71,11 @@ class CheckpointStore:
         self._deleters: Dict[str, Marker] = {}  # flow -> the deleter marker held on it
         self._manifest_cache: Dict[str, Manifest] = {}
         self._damaged: Dict[str, set] = {}  # flow -> blobs a read found altered (rewritten by saves)
-        self._noted = set()  # per-run notes this process has written
+        self.notes = LatestNotes(backend)
 
-    # -- paths -----------------------------------------------------------------------
-
-    @staticmethod
-    def blob_path(flow: str, digest: str) -> str:
-        """Where blob ``digest`` lives. Paths into the store are built only from checked
-        parts: a digest from a manifest that is no digest never becomes a path."""
-        if not is_digest(digest) or not is_valid_flow(flow):
-            raise CheckpointCorrupted(
-                "%s is not a blob of flow %s (a blob is named by 64 lowercase hex digits); "
-                "the manifest naming it was altered or damaged." % (describe(digest), describe(flow))
-            )
-        return "%s/%s/blobs/%s/%s" % (flow, ROOT, digest[:2], digest)
-
-    @staticmethod
-    def _blob_dir(flow: str) -> str:
-        return "%s/%s/blobs" % (flow, ROOT)
-
-    @staticmethod
-    def _tasks_dir(flow: str) -> str:
-        return "%s/%s/tasks" % (flow, ROOT)
-
-    @staticmethod
-    def _locks_dir(flow: str) -> str:
-        return "%s/%s/locks" % (flow, ROOT)
-
-    @staticmethod
-    def _temp_root(flow: str) -> str:
-        return "%s/%s/tmp" % (flow, ROOT)
-
-    @staticmethod
-    def latest_dir(flow: str, step: str, foreach_indices: Sequence[int]) -> str:
-        """Where each run's newest checkpoint of one step (and foreach index) is noted."""
-        branch = "-".join(str(i) for i in foreach_indices) or "_"
-        return "%s/%s/latest/%s/%s" % (flow, ROOT, step, branch)
-
-    @classmethod
-    def task_dir(cls, flow: str, run_id: str, step: str, task_id: str) -> str:
-        return "%s/%s/%s/%s" % (cls._tasks_dir(flow), run_id, step, task_id)
-
-    @classmethod
-    def manifest_path(cls, key: CheckpointKey) -> str:
-        return "%s/%d/%08d.%s%s" % (
-            cls.task_dir(key.flow, key.run_id, key.step, key.task_id),
-            key.attempt,
-            key.version,
-            key.name,
-            _MANIFEST_SUFFIX,
-        )
+    #: Where a blob and a manifest live (store_paths): kept here for callers holding a store.
+    blob_path = staticmethod(paths.blob_path)
+    manifest_path = staticmethod(paths.manifest_path)
 
     # -- leases ----------------------------------------------------------------------
 
@@ -140,7 +84,7 @@ class CheckpointStore:
         """Hold the lease a save needs from its first blob check until its commit."""
         owner = "+".join((key.run_id, key.step, key.task_id))
         with self.locks.lease(
-            self._locks_dir(key.flow), self._temp_root(key.flow), owner, key.attempt
+            paths.locks_dir(key.flow), paths.temp_root(key.flow), owner, key.attempt
         ) as lease:
             if lease is not None:
                 with self._lock:
@@ -161,8 +105,8 @@ class CheckpointStore:
         The new deletion epoch is written before the block runs, so before any blob is
         deleted: were it written after, a failure to write it would leave blobs gone
         that processes (and the commit fence of a paused save) still trust."""
-        with self.locks.deleting(self._locks_dir(flow), self._temp_root(flow), wait) as marker:
-            self.locks.new_epoch(self._locks_dir(flow))  # fails: nothing is deleted
+        with self.locks.deleting(paths.locks_dir(flow), paths.temp_root(flow), wait) as marker:
+            self.locks.new_epoch(paths.locks_dir(flow))  # fails: nothing is deleted
             self._deleters[flow] = marker
             try:
                 yield
@@ -174,7 +118,7 @@ class CheckpointStore:
         lease = getattr(self._lease, "current", None)
         if lease is not None:
             return lease.temp_prefix
-        return "%s/%s" % (self._temp_root(flow), TEMP_PREFIX)
+        return "%s/%s" % (paths.temp_root(flow), TEMP_PREFIX)
 
     def _checked(self, flow: str) -> set:
         with self._lock:
@@ -283,7 +227,7 @@ class CheckpointStore:
         except Exception as ex:
             raise CheckpointStorageError(
                 "Could not store checkpoint data in %s: %s: %s"
-                % (self.backend.describe(self._blob_dir(flow)), type(ex).__name__, ex)
+                % (self.backend.describe(paths.blobs_dir(flow)), type(ex).__name__, ex)
             ) from ex
 
     def read_blobs(self, flow: str, reads: Sequence[BlobRead], key: str) -> None:
@@ -380,16 +324,15 @@ class CheckpointStore:
         After the write, the commit is fenced (``_fence``): a save paused longer than
         the lease timeout anywhere before it never leaves a checkpoint missing a blob.
         """
-        self._write_manifest(key, manifest, self.manifest_path(key))
+        self.write_checked_manifest(key, manifest, paths.manifest_path(key))
         self._manifest_cache[str(key)] = manifest
         self._fence(key, manifest)
 
-    def commit_part(self, key: CheckpointKey, node: int, manifest: Manifest) -> None:
-        """Write one node's part of gang checkpoint ``key`` (gang.py), checked as a commit
-        is; the checkpoint exists only once node 0 commits the global manifest."""
-        self._write_manifest(key, manifest, "%s/%d%s" % (self.parts_dir(key), node, PART_SUFFIX))
-
-    def _write_manifest(self, key: CheckpointKey, manifest: Manifest, path: str) -> None:
+    def write_checked_manifest(self, key: CheckpointKey, manifest: Manifest, path: str) -> None:
+        """Write ``manifest`` of checkpoint ``key`` at ``path`` once every blob it
+        references is known intact (written or checked under this save's lease, else
+        checked now: ReusedBlobDamaged). A commit (``commit``) and a gang node's part
+        (gang_files) are both written so."""
         lease = getattr(self._lease, "current", None)
         problems = self._check_sizes(key.flow, manifest.storage.blobs)
         if problems:
@@ -429,7 +372,7 @@ class CheckpointStore:
         lease = getattr(self._lease, "current", None)
         if lease is None:
             return
-        locks_dir = self._locks_dir(key.flow)
+        locks_dir = paths.locks_dir(key.flow)
         try:
             server_now = self.locks.fence(locks_dir, lease)
             if server_now is None:
@@ -480,20 +423,22 @@ class CheckpointStore:
         return str(key) in self._manifest_cache or self.backend.stat_many([self.manifest_path(key)])[0] is not None
 
     def read_manifest(self, key: CheckpointKey) -> Manifest:
-        text = str(key)
-        cached = self._manifest_cache.get(text)
+        return self.read_manifest_file(
+            paths.manifest_path(key), str(key), "No committed checkpoint %s" % key
+        )
+
+    def read_manifest_file(self, path: str, label: str, missing: str) -> Manifest:
+        """The manifest at ``path`` (cached by ``label``, which names it in errors);
+        CheckpointNotFound, starting with ``missing``, when there is none."""
+        cached = self._manifest_cache.get(label)
         if cached is not None:
             return cached
-        path = self.manifest_path(key)
         try:
             data = self.backend.read(path)
         except FileNotFoundError:
-            raise CheckpointNotFound(
-                "No committed checkpoint %s (looked for %s)."
-                % (text, self.backend.describe(path))
-            )
-        manifest = unpack_manifest(data, text)
-        self._manifest_cache[text] = manifest
+            raise CheckpointNotFound("%s (looked for %s)." % (missing, self.backend.describe(path)))
+        manifest = unpack_manifest(data, label)
+        self._manifest_cache[label] = manifest
         return manifest
 
     def list_keys(
@@ -501,10 +446,9 @@ class CheckpointStore:
     ) -> List[CheckpointKey]:
         """Committed checkpoint keys of one task, oldest (lowest version) first. A node
         of a gang (other than node 0) has the gang's: those of its control task."""
-        task_dir = self.task_dir(flow, run_id, step, task_id)
-        entries = self.backend.list_dir(task_dir)
+        entries = self.backend.list_dir(paths.task_dir(flow, run_id, step, task_id))
         if not entries:
-            control = self.gang_pointer(flow, run_id, step, task_id)
+            control = read_gang_pointer(self.backend, flow, run_id, step, task_id)
             if control is not None:  # a gang node: its checkpoints are the gang's
                 return self.list_keys(flow, run_id, step, control, attempt)
         if attempt is None:
@@ -513,15 +457,16 @@ class CheckpointStore:
             attempts = [attempt]
         keys = []
         for number in attempts:
-            for name, is_dir in self.backend.list_dir("%s/%d" % (task_dir, number)):
-                key = self._key_from_filename(flow, run_id, step, task_id, number, name)
+            folder = paths.attempt_dir(flow, run_id, step, task_id, number)
+            for name, is_dir in self.backend.list_dir(folder):
+                key = paths.manifest_key(flow, run_id, step, task_id, number, name)
                 if not is_dir and key is not None:
                     keys.append(key)
         return sorted(keys, key=lambda k: (k.version, k.attempt, k.name))
 
     def list_run_tasks(self, flow: str, run_id: str) -> List[Tuple[str, str]]:
         """``(step, task_id)`` of every task of a run that has checkpoint records."""
-        run_dir = "%s/%s/tasks/%s" % (flow, ROOT, run_id)
+        run_dir = paths.run_dir(flow, run_id)
         tasks = []
         for step, step_is_dir in self.backend.list_dir(run_dir):
             if step_is_dir:
@@ -530,56 +475,21 @@ class CheckpointStore:
                         tasks.append((step, task_id))
         return sorted(tasks)
 
-    @staticmethod
-    def _key_from_filename(flow, run_id, step, task_id, attempt, filename):
-        if not filename.endswith(_MANIFEST_SUFFIX):
-            return None
-        version, _, name = filename[: -len(_MANIFEST_SUFFIX)].partition(".")
-        if not version.isdigit() or not is_valid_name(name):
-            return None
-        return CheckpointKey(flow, run_id, step, task_id, attempt, name, int(version))
-
     def iter_manifests(self, flow: str) -> Iterator[CheckpointKey]:
         """The key of every committed checkpoint of ``flow`` (one recursive listing)."""
-        tasks = self._tasks_dir(flow)
-        for entry in self.backend.walk_files(tasks):
-            parts = entry.path[len(tasks) + 1 :].split("/")
-            if len(parts) == 5 and parts[3].isdigit():
-                try:
-                    key = self._key_from_filename(flow, *parts[:3], int(parts[3]), parts[4])
-                except CheckpointException:
-                    continue  # a run or task id the key rules reject: not ours
-                if key is not None:
-                    yield key
+        for entry in self.backend.walk_files(paths.tasks_dir(flow)):
+            listed = paths.parse_task_file(flow, entry.path)
+            if listed is not None and listed.kind == paths.MANIFEST:
+                yield listed.key
 
     def iter_blobs(self, flow: str) -> Iterator[StoredFile]:
         """Every stored blob of ``flow`` (its path ends with its digest), temp files excluded."""
-        for entry in self.backend.walk_files(self._blob_dir(flow)):
+        for entry in self.backend.walk_files(paths.blobs_dir(flow)):
             if not entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX):
                 yield entry
 
-    def stale_temp_files(self, flow: str, cutoff: float) -> List[str]:
-        """Temp files of unfinished writes in ``flow``'s store modified before ``cutoff``
-        (epoch seconds). A save writes its lease without holding one, so temp files
-        among the locks count only once as old as a dead lease."""
-        found = []
-        locks_cutoff = min(cutoff, time.time() - STALE)
-        for top, before in (
-            (self._blob_dir(flow), cutoff),
-            (self._tasks_dir(flow), cutoff),
-            (self._locks_dir(flow), locks_cutoff),
-        ):
-            found.extend(
-                entry.path
-                for entry in self.backend.walk_files(top)
-                if entry.path.rsplit("/", 1)[-1].startswith(TEMP_PREFIX) and entry.mtime < before
-            )
-        # tmp/ holds only the temp files of saves, each under its lease.
-        found.extend(e.path for e in self.backend.walk_files(self._temp_root(flow)) if e.mtime < cutoff)
-        return found
-
     def delete_temp_files(self, flow: str, paths: Sequence[str]) -> None:
-        """Delete temp files found by ``stale_temp_files``; only under ``deleting(flow)``."""
+        """Delete temp files of unfinished writes (gc finds them); only under ``deleting(flow)``."""
         if flow not in self._deleters:
             raise CheckpointException(
                 "Temp files of %s can only be deleted under CheckpointStore.deleting()." % flow
@@ -604,179 +514,5 @@ class CheckpointStore:
         """Remove a checkpoint: its manifest first (that uncommits it), then any gang parts."""
         self.backend.delete([self.manifest_path(key)])
         self._manifest_cache.pop(str(key), None)
-        parts = self.parts_dir(key)
+        parts = paths.parts_dir(key)
         self.backend.delete(["%s/%s" % (parts, name) for name, is_dir in self.backend.list_dir(parts) if not is_dir])
-
-    # -- gangs (gang.py) ---------------------------------------------------------------
-
-    @classmethod
-    def parts_dir(cls, key: CheckpointKey) -> str:
-        """Where the nodes of a gang write their parts of checkpoint ``key``."""
-        return "%s/%d/parts/%08d.%s" % (
-            cls.task_dir(key.flow, key.run_id, key.step, key.task_id), key.attempt, key.version, key.name
-        )
-
-    @classmethod
-    def _nodes_dir(cls, flow: str, run_id: str, step: str, control_task_id: str, attempt: int) -> str:
-        return "%s/%d/nodes" % (cls.task_dir(flow, run_id, step, control_task_id), attempt)
-
-    @classmethod
-    def _gang_pointer_path(cls, flow: str, run_id: str, step: str, task_id: str) -> str:
-        # Beside the task directories, not one of them: a run's listing skips it.
-        return cls.task_dir(flow, run_id, step, task_id) + _GANG_SUFFIX
-
-    def gang_files_without_commit(self, flow: str, committed: set, cutoff: float) -> List[str]:
-        """Parts (and abort notes) of gang saves that never committed (a node died), last
-        modified before ``cutoff``: ``committed`` holds the keys of the committed
-        checkpoints (text), read under the deleter's lock."""
-        tasks = self._tasks_dir(flow)
-        found = []
-        for entry in self.backend.walk_files(tasks):
-            parts = entry.path[len(tasks) + 1 :].split("/")
-            if len(parts) != 7 or parts[4] != "parts" or not parts[3].isdigit():
-                continue
-            version, _, name = parts[5].partition(".")
-            if not version.isdigit() or not is_valid_name(name) or entry.mtime >= cutoff:
-                continue
-            try:
-                key = CheckpointKey(flow, parts[0], parts[1], parts[2], int(parts[3]), name, int(version))
-            except CheckpointException:
-                continue
-            if str(key) not in committed:
-                found.append(entry.path)
-        return found
-
-    def read_part(self, key: CheckpointKey, node: int) -> Manifest:
-        path = "%s/%d%s" % (self.parts_dir(key), node, PART_SUFFIX)
-        label = "%s (node %d's part)" % (key, node)
-        cached = self._manifest_cache.get(label)
-        if cached is not None:
-            return cached
-        try:
-            part = unpack_manifest(self.backend.read(path), label)
-        except FileNotFoundError:
-            raise CheckpointNotFound(
-                "Checkpoint %s has no part of node %d (looked for %s)."
-                % (key, node, self.backend.describe(path))
-            )
-        self._manifest_cache[label] = part
-        return part
-
-    def gang_parts(self, key: CheckpointKey) -> set:
-        """The nodes whose part of ``key`` is written, and ``ABORT`` if a node gave up."""
-        found = set()
-        for name, is_dir in self.backend.list_dir(self.parts_dir(key)):
-            if is_dir:
-                continue
-            if name.startswith(ABORT):
-                found.add(ABORT)
-            elif name.endswith(PART_SUFFIX) and name[: -len(PART_SUFFIX)].isdigit():
-                found.add(int(name[: -len(PART_SUFFIX)]))
-        return found
-
-    def abort_gang_save(self, key: CheckpointKey, node: int, reason: str) -> None:
-        """Tell the other nodes that ``node`` gave up on checkpoint ``key``."""
-        try:
-            self.backend.write(
-                "%s/%s.%d" % (self.parts_dir(key), ABORT, node), [reason.encode()], durable=False
-            )
-        except Exception:
-            pass  # the others find out from this node's marker, or their timeout
-
-    def abort_reason(self, key: CheckpointKey) -> str:
-        parts = self.parts_dir(key)
-        for name, is_dir in sorted(self.backend.list_dir(parts)):
-            if not is_dir and name.startswith(ABORT):
-                try:
-                    return self.backend.read("%s/%s" % (parts, name)).decode(errors="replace")
-                except FileNotFoundError:
-                    continue
-        return "no reason given"
-
-    def hold_node_marker(
-        self, flow: str, run_id: str, step: str, control_task_id: str, attempt: int, node: int
-    ) -> Marker:
-        """The marker that tells a gang's other nodes this node's task is alive."""
-        path = "%s/%d" % (self._nodes_dir(flow, run_id, step, control_task_id, attempt), node)
-        return self.locks.hold(path, "node %d" % node)
-
-    def end_node_marker(self, marker: Marker) -> None:
-        """At the end of a node's task: its marker is replaced by one saying it ended."""
-        self.backend.write(marker.path + _ENDED_SUFFIX, [b""], durable=False)
-        self.locks.release(marker)
-
-    def node_markers(self, key: CheckpointKey, num_nodes: int) -> Tuple[Dict[int, StoredFile], set]:
-        """The markers of the gang saving ``key``: those of live nodes, by node, and the
-        nodes whose task ended."""
-        top = self._nodes_dir(key.flow, key.run_id, key.step, key.task_id, key.attempt)
-        live, ended = {}, set()
-        for entry in self.backend.walk_files(top):
-            name = entry.path.rsplit("/", 1)[-1]
-            node, _, suffix = name.partition(".")
-            if node.isdigit() and int(node) < num_nodes:
-                if not suffix:
-                    live[int(node)] = entry
-                elif "." + suffix == _ENDED_SUFFIX:
-                    ended.add(int(node))
-        return live, ended
-
-    def node_marker_owner(self, path: str) -> Optional[Tuple[str, int]]:
-        """``(host, pid)`` of the process holding a node marker, or None."""
-        try:
-            return marker_owner(self.backend.read(path).decode(errors="replace"))
-        except FileNotFoundError:
-            return None
-
-    def write_gang_pointer(self, flow: str, run_id: str, step: str, task_id: str, gang) -> None:
-        """Note that task ``task_id`` is node ``gang.node_index`` of the gang whose
-        checkpoints are kept under its control task."""
-        text = "%s %d %d" % (gang.control_task_id, gang.node_index, gang.num_nodes)
-        self.backend.write(self._gang_pointer_path(flow, run_id, step, task_id), [text.encode()], durable=False)
-
-    def gang_pointer(self, flow: str, run_id: str, step: str, task_id: str) -> Optional[str]:
-        """The control task of the gang ``task_id`` is a node of, or None."""
-        try:
-            text = self.backend.read(self._gang_pointer_path(flow, run_id, step, task_id)).decode()
-        except (FileNotFoundError, UnicodeDecodeError):
-            return None
-        control = text.split()[0] if text.split() else None
-        return control if control != task_id else None
-
-    # -- across runs -----------------------------------------------------------------
-
-    def note_latest(self, key: CheckpointKey, foreach_indices: Sequence[int]) -> None:
-        """Note that ``key``'s task (in its run) committed a checkpoint of this step and
-        foreach index just now.
-
-        One small file per run, so concurrent runs never overwrite each other's note: it
-        names the task, and its modification time is the task's latest commit (written
-        once per process, touched after that). It is only a hint: readers list the task
-        and verify its manifests.
-        """
-        path = "%s/%s" % (self.latest_dir(key.flow, key.step, foreach_indices), key.run_id)
-        if path in self._noted:
-            self.backend.touch([path])
-        else:
-            self.backend.write(path, [str(key).encode()], durable=False)
-            self._noted.add(path)
-
-    def latest_notes(self, flow: str, step: str, foreach_indices: Sequence[int]) -> List[Tuple[float, str]]:
-        """``(noted at, run id)`` of every run that noted a commit of this step and branch."""
-        return [
-            (entry.mtime, entry.path.rsplit("/", 1)[-1])
-            for entry in self.backend.walk_files(self.latest_dir(flow, step, foreach_indices))
-            if not entry.path.rsplit("/", 1)[-1].startswith(".")
-        ]
-
-    def read_latest_note(
-        self, flow: str, step: str, foreach_indices: Sequence[int], run_id: str
-    ) -> Optional[CheckpointKey]:
-        """The key a run's note names, or None when it is gone or unreadable."""
-        try:
-            return CheckpointKey.parse(
-                self.backend.read(
-                    "%s/%s" % (self.latest_dir(flow, step, foreach_indices), run_id)
-                ).decode()
-            )
-        except (FileNotFoundError, UnicodeDecodeError, CheckpointException):
-            return None
