@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium demo test test-oldest bench clean
+.PHONY: setup chromium demo test test-fast test-durations test-oldest gpu-check bench clean
 
 # Editable, in setuptools' compat mode: Metaflow finds extensions on sys.path, and the default
 # editable mode hides the package from that scan (README: Installing into your own project).
@@ -32,12 +32,24 @@ $(CHROMIUM):
 chromium: $(CHROMIUM)
 
 # Two workers: most of the suite waits on flow subprocesses, so the two cores stay busy.
-# The slowest modules are collected first (tests/conftest.py); with work stealing an idle
-# worker takes queued tests from the busy one, so they finish together. The 15 slowest
-# tests are listed at the end, to see where the time goes.
+# The slowest modules are collected first (their times are in tests/durations.json); with
+# work stealing an idle worker takes queued tests from the busy one, so they finish
+# together. The 15 slowest tests are listed at the end, to see where the time goes.
 test: setup $(CHROMIUM)
 	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15 tests
 	$(MAKE) test-oldest
+
+# The engine tier, for the edit loop: no flow or other subprocess run, no S3 server, no
+# browser, no long stress (the markers are described in pytest.ini).
+FAST_TIER := not flow and not s3 and not browser and not slow
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "$(FAST_TIER)" tests
+
+# The whole suite, rewriting each module's time in tests/durations.json (commit it): the
+# order `make test` starts the modules in.
+test-durations: setup $(CHROMIUM)
+	$(BIN)/python -m pytest -n 2 --dist worksteal --record-durations tests
 
 # The oldest Metaflow setup.py accepts runs the README's quick start too (a crash, the
 # retry's resume, the card), in a venv of its own with just torch and pytest. Metaflow
@@ -62,6 +74,10 @@ $(OLDEST_PACKAGE): $(OLDEST_STAMP) $(PACKAGE_FILES)
 
 test-oldest: $(OLDEST_PACKAGE)
 	$(OLDEST_VENV)/bin/python -m pytest tests/test_newcomer.py::test_readme_quick_start_as_printed
+
+# The checks that need a GPU, on a machine that has one (the script says what it needs).
+gpu-check:
+	./scripts/gpu_check.sh
 
 # The benchmarks get their own environment: the peers they compare against are never
 # dependencies of the package.

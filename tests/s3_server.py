@@ -190,13 +190,13 @@ def moto_server_process(bucket: str = BUCKET) -> Iterator[str]:
             process.wait()
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def any_world(request):
     """The test runs twice: on the local datastore, and on the S3 server's."""
     return request.getfixturevalue("world" if request.param == "local" else "s3_world")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def any_store(request, tmp_path):
     """Makes stores (each a process's view) on one fresh root: a local folder, then a
     root on the S3 server. Engine tests of what S3's listing and overwrite rules could

@@ -208,6 +208,7 @@ def _report(world):
     )
 
 
+@pytest.mark.flow
 def test_step_raising_right_after_a_background_save_still_commits_it(world):
     from conftest import TEST_FLOWS
 
@@ -216,6 +217,7 @@ def test_step_raising_right_after_a_background_save_still_commits_it(world):
     assert report == {"n": 2, "resumed_version": 2, "intact": True, "listed": [1, 2]}
 
 
+@pytest.mark.flow
 def test_hard_kill_during_a_background_save_leaves_the_previous_checkpoint(world):
     from conftest import TEST_FLOWS
 

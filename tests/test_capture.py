@@ -1,6 +1,10 @@
 """Which attributes a save captures: default, include, exclude."""
 
+import pytest
+
 from conftest import TEST_FLOWS
+
+pytestmark = pytest.mark.flow
 
 
 def test_default_include_and_exclude_capture(world):

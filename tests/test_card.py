@@ -202,10 +202,11 @@ def assert_self_contained(html: str) -> None:
 # -- end to end: a crash, a resume, the final card --------------------------------------
 
 
-def test_final_card_tells_the_story_of_every_attempt(world, browser, output_dir):
-    world.run_flow(RESUME_FLOW, "--crash", "kill", "--crash-after", "3", "--saves", "5")
-    run_id = world.latest_run_id("ResumeFlow")
-    pathspec = "ResumeFlow/%s/train/2" % run_id
+@pytest.mark.flow
+@pytest.mark.browser
+def test_final_card_tells_the_story_of_every_attempt(resumed_run, browser, output_dir):
+    # The session's shared run: killed after save 3 of 5 (conftest.RESUMED_RUN_ARGS).
+    world, run_id, pathspec = resumed_run.world, resumed_run.run_id, resumed_run.task_pathspec
 
     # The attempt that succeeded rendered the final card, and it is the task's only
     # checkpoint card: the live card the killed attempt left was removed when the retry
@@ -259,6 +260,9 @@ def test_final_card_tells_the_story_of_every_attempt(world, browser, output_dir)
     assert "Checkpoints 5" in totals and "Attempts 2" in totals
 
 
+@pytest.mark.flow
+@pytest.mark.s3
+@pytest.mark.browser
 def test_card_reads_the_checkpoint_store_on_s3(s3_world, browser, output_dir):
     s3_world.run_flow(RESUME_FLOW, "--crash", "exit", "--crash-after", "2", "--saves", "3")
     pathspec = "ResumeFlow/%s/train/2" % s3_world.latest_run_id("ResumeFlow")
@@ -299,6 +303,8 @@ print(json.dumps(None))
 """
 
 
+@pytest.mark.flow
+@pytest.mark.browser
 def test_live_card_shows_the_saves_made_so_far(world, browser, output_dir, tmp_path):
     go_file = tmp_path / "go"
     flow = world.start_run(LIVE_FLOW, "--go-file", str(go_file))
@@ -345,6 +351,8 @@ def test_live_card_shows_the_saves_made_so_far(world, browser, output_dir, tmp_p
 # -- quiet and hostile cases ------------------------------------------------------------
 
 
+@pytest.mark.flow
+@pytest.mark.browser
 def test_cards_of_a_step_without_saves_one_attempt_and_an_eager_resume(world, browser, output_dir):
     for _ in range(2):
         output = world.run_flow(CASES_FLOW).stdout
@@ -468,6 +476,7 @@ def test_lineage_follows_parents_across_attempts_and_runs(tmp_path):
     assert "not readable" in lineage(store, "not/a/key")[0].problem
 
 
+@pytest.mark.browser
 def test_card_from_manifests_marks_missing_ancestors_and_charts_resumes(tmp_path, browser):
     store = local_store(tmp_path)
     state = State()
@@ -508,6 +517,7 @@ def test_card_from_manifests_marks_missing_ancestors_and_charts_resumes(tmp_path
 
 
 
+@pytest.mark.browser
 def test_a_long_run_shows_its_first_and_newest_saves_and_says_what_it_left_out(tmp_path, browser):
     store = local_store(tmp_path)
     state = State()

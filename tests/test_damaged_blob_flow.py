@@ -4,7 +4,11 @@ make the checkpoint loadable again."""
 
 import os
 
+import pytest
+
 from conftest import TEST_FLOWS
+
+pytestmark = pytest.mark.flow
 
 FLOW = TEST_FLOWS / "damaged_blob_flow.py"
 

@@ -26,6 +26,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.flow
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -52,6 +53,7 @@ def test_bad_arguments_fail_before_any_task(world, write_flow, args, expected):
         assert text in proc.stdout, proc.stdout
 
 
+@pytest.mark.flow
 def test_good_arguments_run(world, write_flow):
     args = 'exclude=["tmp_*"], load_policy="none", keep_last=2, keep_best=1, best_metric="loss", best_mode="max", rng=False, card=False'
     world.run_flow(write_flow(FLOW.format(args=args)))

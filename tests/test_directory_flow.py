@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from conftest import TEST_FLOWS
+
+pytestmark = pytest.mark.flow
 
 FLOW = TEST_FLOWS / "folder_flow.py"
 

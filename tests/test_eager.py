@@ -1,5 +1,9 @@
 """load_policy="eager": a new run resumes from the newest checkpoint of an earlier run."""
 
+import pytest
+
+pytestmark = pytest.mark.flow
+
 
 FLOW = '''
 import os

@@ -7,7 +7,11 @@ EMA model updated through ``.data``.
 
 import shutil
 
+import pytest
+
 from conftest import TEST_FLOWS
+
+pytestmark = pytest.mark.flow
 
 FLOW = "user_classes_flow.py"
 

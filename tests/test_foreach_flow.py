@@ -2,7 +2,11 @@
 branch from the checkpoint of the same foreach index in the earlier run (not from a
 sibling's, even a newer one), and data the siblings share is stored once."""
 
+import pytest
+
 from engine_helpers import blob_bytes_on_disk
+
+pytestmark = pytest.mark.flow
 
 FLOW = '''
 import numpy as np

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
+
 pytest.importorskip("hypothesis", reason="the fuzz test needs hypothesis (the [test] extra)")
 
 HERE = Path(__file__).resolve().parent

@@ -171,6 +171,7 @@ def test_a_node_whose_peer_never_saves_fails_after_the_gang_timeout(tmp_path):
         in_thread(node1.save)(timeout=30)
 
 
+@pytest.mark.flow
 def test_a_node_whose_peer_process_died_fails_without_waiting_out_the_timeout(tmp_path):
     holder = subprocess.Popen(
         [

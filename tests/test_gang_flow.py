@@ -10,6 +10,8 @@ import pytest
 
 from conftest import TEST_FLOWS, MetaflowWorld
 
+pytestmark = pytest.mark.flow
+
 FLOW = TEST_FLOWS / "gang_flow.py"
 
 # Node 1 is started by node 0 as a bare `python`: the test's interpreter must come first.

@@ -13,10 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from s3_server import s3_server  # noqa: F401  (fixture)
 from engine_helpers import State, make_session
 from metaflow_extensions.implicit_checkpoint.engine.gc import collect_garbage
 from stress_process import check_loaded, store_for
+
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 SECONDS = float(os.environ.get("METAFLOW_CHECKPOINT_STRESS_SECONDS", "10"))
 SAVERS = 3
@@ -77,5 +81,6 @@ def test_stress_local(tmp_path):
     run_stress(str(tmp_path))
 
 
+@pytest.mark.s3
 def test_stress_s3(s3_server):
     run_stress(s3_server.new_root(), s3_server.endpoint)

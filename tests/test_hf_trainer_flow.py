@@ -7,6 +7,8 @@ import pytest
 
 from conftest import TEST_FLOWS
 
+pytestmark = pytest.mark.flow
+
 pytest.importorskip("transformers")
 
 FLOW = TEST_FLOWS / "hf_trainer_flow.py"

@@ -209,6 +209,7 @@ def _structured_object_scalar(crafted, doc):
     return "scale"
 
 
+@pytest.mark.flow
 @pytest.mark.parametrize(
     "craft",
     [_object_array, _structured_with_object, _object_scalar, _structured_object_scalar],
@@ -282,6 +283,7 @@ def assert_imports_nothing(base, result, targets, field):
         assert_names(outcome["message"], base.key, field, ("class", "dtype", "import", "module"))
 
 
+@pytest.mark.flow
 @pytest.mark.parametrize(
     "class_ref, targets", LAZY_MODULES, ids=[".".join(c) for c, _ in LAZY_MODULES]
 )
@@ -297,6 +299,7 @@ def test_a_class_reference_never_imports_a_module(base, class_ref, targets):
     assert_imports_nothing(base, run_python(script), targets, "config")
 
 
+@pytest.mark.flow
 @pytest.mark.parametrize("dtype, targets", [("onnx", ["torch.onnx"]), ("_dynamo", ["torch._dynamo"])])
 def test_a_tensor_dtype_never_imports_a_module(base, dtype, targets):
     crafted = base.crafted()
@@ -405,6 +408,7 @@ def test_a_digest_that_escapes_the_store_is_never_opened_or_deleted(base, where,
         assert sentinel not in text, "an error shows the full path outside the store: %s" % text
 
 
+@pytest.mark.flow
 def test_a_digest_naming_a_fifo_fails_promptly(base):
     crafted = base.crafted()
     fifo_digest = "ab" + "c" * 62
@@ -683,6 +687,7 @@ def _claims_1tb_storage(crafted):
     return "bias", ("blob", "bytes", "size")
 
 
+@pytest.mark.flow
 @pytest.mark.parametrize("craft", [_claims_2gb_graph, _claims_1tb_storage], ids=["graph-2GB", "storage-1TB"])
 def test_claimed_sizes_far_beyond_the_blob_allocate_nothing(base, craft):
     crafted = base.crafted()
@@ -696,7 +701,7 @@ def test_claimed_sizes_far_beyond_the_blob_allocate_nothing(base, craft):
 # -- 8. detected damage is never reused, and never stops a resume ---------------------------------
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def store_kind(request, tmp_path):
     """(make_store, bucket): fresh stores (each a process's view) on one root, and raw
     access to its bytes; local, then on the S3 test server."""
@@ -818,6 +823,7 @@ def test_a_list_nested_600_deep_round_trips(tmp_path):
 # -- 11. a safe load of a training state without live objects ---------------------------------------
 
 
+@pytest.mark.flow
 def test_a_notebook_loads_a_training_state_safely_without_live_objects(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

@@ -3,6 +3,7 @@ cached nothing: every read path is counted (``read`` and ``read_into`` locally, 
 GET on S3), and the session that inspects is a different process's view of the store."""
 
 import torch
+import pytest
 
 from engine_helpers import CountingBackend, State, local_store, make_session
 from s3_server import s3_server  # noqa: F401  (fixture)
@@ -33,6 +34,7 @@ def test_inspect_on_local_disk_reads_only_the_manifest(tmp_path):
     assert backend.blob_reads > 0
 
 
+@pytest.mark.s3
 def test_inspect_on_s3_gets_only_the_manifest(s3_server):
     root = s3_server.new_root()
     artifact = make_session(CheckpointStore(s3_server.backend(root)), saved_state()).save()

@@ -74,6 +74,7 @@ def test_a_truncated_blob_is_rewritten_by_the_next_save_of_its_content(tmp_path)
     assert np.array_equal(loaded.weights, state.weights)
 
 
+@pytest.mark.s3
 def test_dedup_on_s3_rewrites_an_emptied_blob(s3_server):
     root = s3_server.new_root()
     state = State()

@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import TEST_FLOWS
 from engine_helpers import State, local_store, make_session
 from saver_process import state_for
+
+pytestmark = pytest.mark.flow
 
 HERE = Path(__file__).resolve().parent
 MEGABYTES = 48
@@ -36,6 +39,7 @@ def kill_saver_after(root: Path, delay: float) -> int:
     return reported[-1]
 
 
+@pytest.mark.slow
 def test_killed_at_many_instants_leaves_only_whole_checkpoints(tmp_path):
     rng = random.Random(7)
     delays = [0.0, 0.01, 0.03] + [rng.uniform(0.0, 1.0) for _ in range(9)]

@@ -37,7 +37,7 @@ RACY = ("after-blob-check", "after-blob-write", "before-manifest-write")
 SAFE = ("lease-taken", "before-blob-check", "after-manifest-write", "after-fence")
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def target(request, tmp_path):
     """``(make a store, the saver's STORE argument)`` on a fresh local folder or S3 root."""
     if request.param == "local":
@@ -109,6 +109,8 @@ def _committed_and_intact(make_store):
     return found
 
 
+@pytest.mark.flow
+@pytest.mark.slow
 @pytest.mark.parametrize("point", RACY + SAFE)
 def test_a_save_stopped_at_any_instant_never_commits_a_checkpoint_missing_a_blob(
     target, point, tmp_path, short_leases
@@ -141,6 +143,7 @@ def test_a_save_stopped_at_any_instant_never_commits_a_checkpoint_missing_a_blob
         assert np.array_equal(getattr(loaded, name), getattr(expected, name)), name
 
 
+@pytest.mark.flow
 def test_a_save_stopped_with_a_temp_file_written_fails_or_commits_intact(target, tmp_path, short_leases):
     """Stopped in the middle of a one-pass blob write, the save's temp file is removed by
     gc (the save is taken for dead): the save may fail, but commits nothing damaged."""
@@ -155,6 +158,7 @@ def test_a_save_stopped_with_a_temp_file_written_fails_or_commits_intact(target,
         assert result["error"].startswith("CheckpointStorageError") and committed == []
 
 
+@pytest.mark.flow
 def test_without_the_fence_the_stopped_save_commits_a_damaged_checkpoint(tmp_path, short_leases):
     """The control: the same race with the fence off leaves a committed checkpoint whose
     reused blob is gone, what the next resume skipped as damaged (issue 21, item 7)."""

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import TEST_FLOWS
 
+pytestmark = pytest.mark.flow
+
 pytest.importorskip("lightning")
 
 FLOW = TEST_FLOWS / "lightning_flow.py"

@@ -11,6 +11,10 @@ its last save.
 
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.flow
+
 FLOW = '''
 import os
 import sys

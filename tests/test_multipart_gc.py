@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from engine_helpers import State, make_session
 from s3_server import s3_server  # noqa: F401  (fixture)
@@ -34,6 +35,7 @@ def open_uploads(server, root: str) -> list:
     return sorted(u["UploadId"] for u in found.get("Uploads", []))
 
 
+@pytest.mark.s3
 def test_gc_aborts_abandoned_uploads_older_than_the_grace_and_only_its_flows(s3_server):
     root = s3_server.new_root()
     store = CheckpointStore(s3_server.backend(root))
@@ -80,6 +82,7 @@ class HeldUploadBackend(S3Backend):
         return super()._upload_part(path, key, upload_id, parts, number, size)
 
 
+@pytest.mark.s3
 def test_gc_never_aborts_the_upload_of_a_live_save(s3_server):
     root = s3_server.new_root()
     backend = HeldUploadBackend(s3_server.client(), root, part_bytes=5 * MiB)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.flow
+
 README = REPO / "README.md"
 DEMO = REPO / "scripts" / "demo.sh"
 CARD_WARNING = "could not remove the checkpoint card"

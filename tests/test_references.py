@@ -1,6 +1,10 @@
 """Loading by artifact / dict / key, list filters, metadata round trip, and bad input in a step."""
 
+import pytest
+
 from conftest import TEST_FLOWS
+
+pytestmark = pytest.mark.flow
 
 
 def test_references_metadata_and_errors(world):

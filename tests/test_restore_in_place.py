@@ -3,6 +3,10 @@ load(): every one of them is restored in place. The objects built before load() 
 ones the step holds after it, their state is the state saved, and the scheduler still
 drives the live optimizer. Checked from a separate process, through the public API."""
 
+import pytest
+
+pytestmark = pytest.mark.flow
+
 FLOW = '''
 import os
 

@@ -1,6 +1,10 @@
 """Metaflow's `resume`: a step that failed on every attempt continues from the origin run."""
 
+import pytest
+
 from conftest import TEST_FLOWS
+
+pytestmark = pytest.mark.flow
 
 RESULTS = """
 import json, sys

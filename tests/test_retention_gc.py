@@ -30,6 +30,7 @@ def age_files(root, seconds):
             os.utime(os.path.join(directory, name), (past, past))
 
 
+@pytest.mark.flow
 def test_keep_last_and_keep_best_then_gc(world):
     world.run_flow(FLOW)
     kept = world.python(
@@ -81,6 +82,8 @@ def test_keep_last_and_keep_best_then_gc(world):
     assert checked == [True] * 5
 
 
+@pytest.mark.flow
+@pytest.mark.s3
 def test_retention_and_gc_on_s3(s3_world):
     """S3 keeps its own modification times, so gc runs here with a 2 s grace after
     waiting that long."""
@@ -184,6 +187,7 @@ def test_gc_keeps_young_blobs_and_blobs_a_save_reuses(tmp_path):
         collect_garbage(local_store(tmp_path), "UnitFlow", grace=-1)
 
 
+@pytest.mark.slow
 def test_gc_running_during_saves_never_breaks_a_checkpoint(tmp_path):
     """Saves whose values recur (so blobs are reused), retention removing old manifests,
     and gc collecting in a loop, all at once, with a 0.3 s

@@ -46,6 +46,7 @@ def blob_keys(keys):
 # -- engine level ---------------------------------------------------------------------
 
 
+@pytest.mark.s3
 def test_large_multi_chunk_state_round_trips_bit_exact(s3_server):
     root = s3_server.new_root()
     writer_backend, writes = s3_server.logged_backend(root, part_bytes=SMALL_PARTS)
@@ -75,6 +76,7 @@ def test_large_multi_chunk_state_round_trips_bit_exact(s3_server):
     assert reads["GetObject"] >= 8 + 2  # the chunks came back as parallel byte ranges
 
 
+@pytest.mark.s3
 def test_existence_checks_are_batched_and_remembered(s3_server):
     root = s3_server.new_root()
     state = State()
@@ -107,6 +109,8 @@ def test_existence_checks_are_batched_and_remembered(s3_server):
     assert len(blob_keys(s3_server.keys(root))) == stored_blobs + 1
 
 
+@pytest.mark.s3
+@pytest.mark.flow
 def test_saving_and_loading_hold_no_second_full_copy(s3_world):
     """tracemalloc sees every buffer Python or numpy allocates: a joined copy of the
     state for an upload, or a staging copy of a download, would show in the peaks."""
@@ -146,6 +150,7 @@ def test_saving_and_loading_hold_no_second_full_copy(s3_world):
     assert result["load_peak"] < size * 1.15, result
 
 
+@pytest.mark.s3
 def test_transient_failures_are_retried_and_loads_are_intact(s3_server):
     root = s3_server.new_root()
     host = s3_server.endpoint.split("://")[1]
@@ -182,6 +187,7 @@ def test_transient_failures_are_retried_and_loads_are_intact(s3_server):
     assert proxy.failed > 0.15 * proxy.requests
 
 
+@pytest.mark.s3
 def test_persistent_failure_fails_the_save_and_keeps_the_last_checkpoint(s3_server):
     root = s3_server.new_root()
     host = s3_server.endpoint.split("://")[1]
@@ -217,6 +223,7 @@ def test_persistent_failure_fails_the_save_and_keeps_the_last_checkpoint(s3_serv
         assert len(manifests) == 1
 
 
+@pytest.mark.s3
 def test_backend_listing_touch_and_delete(s3_server):
     root = s3_server.new_root()
     backend = s3_server.backend(root)
@@ -250,6 +257,7 @@ def test_backend_listing_touch_and_delete(s3_server):
     assert backend.read_into("a/b/one", memoryview(short)) == 5  # the object is shorter
 
 
+@pytest.mark.s3
 def test_misconfiguration_is_named(s3_server):
     with pytest.raises(CheckpointStorageError, match="METAFLOW_DATASTORE_SYSROOT_S3"):
         S3Backend(s3_server.client(), "my-bucket/prefix")
@@ -290,6 +298,8 @@ def notebook_view(world, run_id):
     )
 
 
+@pytest.mark.s3
+@pytest.mark.flow
 def test_flow_killed_and_resumed_through_a_flaky_s3(s3_server, tmp_path):
     """A real flow on the S3 datastore, SIGKILLed after 3 saves, while a quarter of the
     checkpoint requests fail; the retry resumes, and a notebook reads it all back."""

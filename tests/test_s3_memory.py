@@ -5,8 +5,12 @@ its peak (VmHWM, reset just before each operation) above what it held with the s
 built. The S3 server (moto) runs in the test process, so the notebook process that saves
 and loads holds only the client's memory."""
 
+import pytest
+
 from conftest import REPO
 from s3_server import s3_server, s3_world  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.s3, pytest.mark.flow]
 
 STATE_MIB = 192
 

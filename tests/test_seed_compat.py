@@ -12,6 +12,7 @@ from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointExce
 SEED = TEST_FLOWS / "seed"
 
 
+@pytest.mark.flow
 def test_the_seed_prs_test_flow_passes(world):
     proc = world.run_flow(SEED / "test_implicit_checkpoint_flow.py")
     for scenario in range(1, 6):
@@ -33,6 +34,7 @@ def test_the_seed_prs_test_flow_passes(world):
     assert seen == {"fields": ["epoch", "loss"], "name": "inspect_me"}
 
 
+@pytest.mark.flow
 def test_the_seed_prs_pytorch_example_resumes_after_its_random_failures(world):
     # Python's random seeded at start: with seed 3 the example's 20 % failure draw
     # fails attempt 0 once, mid-training, and the retry completes.
@@ -99,6 +101,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.flow
 def test_list_full_namespace_spans_this_steps_runs(world, write_flow):
     flow = write_flow(FULL_NAMESPACE_FLOW)
     world.run_flow(flow)

@@ -3,8 +3,12 @@ METAFLOW_CHECKPOINT_FSYNC=0 (no fsync of checkpoint files), METAFLOW_S3_RETRY_CO
 (how many times a failing S3 request is retried) and METAFLOW_S3_SERVER_SIDE_ENCRYPTION
 (every checkpoint object encrypted at rest, on the moto server)."""
 
+import pytest
+
 from s3_fault_proxy import FaultProxy
 from s3_server import S3World, s3_server, s3_world  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.flow
 
 #: The flow counts the fsync / fdatasync calls made on checkpoint files in its task
 #: process: the counters are installed before Metaflow (and so the store) is imported.
@@ -74,6 +78,7 @@ def test_fsync_zero_turns_off_every_fsync_of_checkpoint_files(world, write_flow)
     assert fast["synced"] == 0 and fast["weights"] == 4999
 
 
+@pytest.mark.s3
 def test_server_side_encryption_setting_encrypts_every_checkpoint_object(s3_world, write_flow):
     s3_world.env["METAFLOW_S3_SERVER_SIDE_ENCRYPTION"] = "AES256"
     s3_world.run_flow(write_flow(FSYNC_FLOW, "settings_flow.py"))
@@ -88,6 +93,7 @@ def test_server_side_encryption_setting_encrypts_every_checkpoint_object(s3_worl
     assert set(encryption.values()) == {"AES256"}, encryption
 
 
+@pytest.mark.s3
 def test_s3_retry_count_is_how_often_a_failing_request_is_retried(s3_server, tmp_path, write_flow):
     flow = write_flow(FSYNC_FLOW, "settings_flow.py")
     host = s3_server.endpoint.split("://")[1]

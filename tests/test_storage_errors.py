@@ -420,6 +420,7 @@ def test_links_and_devices_at_blob_paths_are_missing(tmp_path):
 # -- S3: a server error that persists ---------------------------------------------------------
 
 
+@pytest.mark.s3
 def test_s3_errors_that_persist_name_the_operation_and_the_key(s3_server):
     root = s3_server.new_root()
     host = s3_server.endpoint.split("://")[1]

@@ -7,8 +7,12 @@ import os
 import socket
 import sys
 
+import pytest
+
 from conftest import TEST_FLOWS
 from s3_server import s3_server, s3_world  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.flow
 
 FLOW = TEST_FLOWS / "torchrun_flow.py"
 
@@ -61,6 +65,7 @@ print(json.dumps({"saved": join.saved, "final_keys": sorted(join.final["model"])
 """
 
 
+@pytest.mark.s3
 def test_metaflow_torchrun_gang_ranks_resume_from_rank_0s_checkpoint(s3_world):
     """metaflow-torchrun 0.2.2 runs locally only with one patch and on S3 (see the flow's
     docstring); where it runs, its ranks checkpoint like any worker of a step."""

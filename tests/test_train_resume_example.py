@@ -4,6 +4,8 @@ import pytest
 
 from conftest import EXAMPLE_FLOWS
 
+pytestmark = pytest.mark.flow
+
 FLOW = EXAMPLE_FLOWS / "train_resume.py"
 
 FINAL_STATE = """

@@ -1,8 +1,11 @@
 """Worker subprocesses of a step checkpoint through Checkpoint() with no arguments."""
 
 import torch
+import pytest
 
 from conftest import TEST_FLOWS
+
+pytestmark = pytest.mark.flow
 
 FLOW = TEST_FLOWS / "worker_saves_flow.py"
 
