@@ -161,6 +161,10 @@ class CheckpointSession:
         self._schedule = SaveSchedule(options.mtbf, clock)
         self._after_preemption = after_preemption
         self._notice_file_checked: Optional[float] = None
+        # The stop notice the newest save was made under: that save ends the attempt (a
+        # blocking one: the notice was there when it committed; a background one: when
+        # save() handed it over). Its SaveRecord marks it as a preemption save.
+        self._ending_notice: Optional[StopNotice] = None
         self._directory = directory
         self._gang: Optional[GangMember] = None
         if task.gang is not None and gang_saves:
@@ -319,7 +323,7 @@ class CheckpointSession:
         committed = False
         try:
             artifact = self._save(name, metadata, blocking, latest, storage_format)
-            if self._preemption.notice is None:
+            if self._ending_notice is None:
                 return artifact
             in_save_point = in_save_point or self._enter_save_point()
             self.wait()  # a background save: the attempt ends once it is committed
@@ -398,7 +402,10 @@ class CheckpointSession:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
         blocked = self._schedule.clock() - started
         self._schedule.measured(blocked)
-        self._pending = self._background.submit(self._commit, prepared, started, interval, blocked)
+        self._ending_notice = self._preemption.notice
+        self._pending = self._background.submit(
+            self._commit, prepared, started, interval, blocked, self._ending_notice
+        )
         return CheckpointArtifact.from_manifest(prepared.manifest)
 
     def _commit(
@@ -407,20 +414,24 @@ class CheckpointSession:
         started: float,
         interval: Optional[SaveInterval],
         blocked: Optional[float] = None,
+        notice: Optional[StopNotice] = None,
     ) -> CheckpointArtifact:
-        """Commit ``prepared``, its manifest stamped with its ``SaveRecord``. ``blocked``:
-        how long a background save blocked the step (None: a blocking save, whose cost is
-        its whole duration up to the commit)."""
+        """Commit ``prepared``, its manifest stamped with its ``SaveRecord``. ``blocked``
+        and ``notice``: how long a background save blocked the step, and the stop notice
+        it was made under (None: a blocking save, whose cost is its whole duration up to
+        the commit, and which ends the attempt if a notice came by then)."""
         records: List[SaveRecord] = []
 
         def stamp_and_commit(key: CheckpointKey, manifest: Manifest) -> Manifest:
             took = self._schedule.clock() - started
+            if blocked is None:
+                self._ending_notice = self._preemption.notice
             record = SaveRecord(
                 blocked=took if blocked is None else blocked,
                 to_commit=took,
                 background=blocked is not None,
                 interval=interval,
-                stop_notice=self._preemption.notice,
+                stop_notice=self._ending_notice if blocked is None else notice,
             )
             records.append(record)
             stamped = replace(manifest, save_record=record.to_wire())

@@ -3,7 +3,12 @@ import dataclasses
 from metaflow import current
 from metaflow.decorators import StepDecorator
 
-from ..engine.errors import CheckpointConfigError, CheckpointException, CheckpointSerializationError
+from ..engine.errors import (
+    CheckpointConfigError,
+    CheckpointException,
+    CheckpointSerializationError,
+    TaskPreempted,
+)
 from ..engine.fields import FieldSelector, normalize_patterns
 from ..engine.retention import RetentionPolicy
 from ..engine.session import LOAD_POLICIES, AttributeSource, TaskIdentity
@@ -317,6 +322,8 @@ class CheckpointDecorator(StepDecorator):
         if session is not None:
             session.finish(raise_failure=False)
         _leave_out_unpicklable(exception, flow)
+        if isinstance(exception, TaskPreempted) and session is not None:
+            _leave_out_checkpointed(session, exception, flow)
         why = retry_policy.why_not_retryable(exception)
         retries_left = int(retry_count) < int(max_user_code_retries)
         if why and retries_left:
@@ -383,6 +390,25 @@ def _leave_out_unpicklable(exception, flow) -> None:
             delattr(flow, name)
         except Exception:
             pass
+
+
+def _leave_out_checkpointed(session, exception: TaskPreempted, flow) -> None:
+    """A preempted attempt does not store again, as Metaflow artifacts, what its checkpoint
+    holds: the machine is going away (a model pickled to the datastore may outlast its
+    grace), a retry never reads a failed attempt's artifacts, and a live object the
+    checkpoint saved through its state dict only (a ``StatefulDataLoader`` mid-epoch)
+    cannot be pickled, so Metaflow's error would replace ours."""
+    try:
+        fields = session.inspect(exception.key)["fields"]
+    except CheckpointException as ex:  # the artifacts are stored as usual, the loader may fail
+        warn("@checkpoint: could not read the fields of %s: %s" % (exception.key, ex))
+        return
+    for name in fields:
+        if name in vars(flow):
+            try:
+                delattr(flow, name)
+            except Exception:
+                pass
 
 
 def _note_replayed_randomness(artifact, pathspec: str, attempt: int, metadata_provider) -> None:
