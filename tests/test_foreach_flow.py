@@ -4,52 +4,12 @@ sibling's, even a newer one), and data the siblings share is stored once."""
 
 import pytest
 
+from conftest import TEST_FLOWS
 from engine_helpers import blob_bytes_on_disk
 
 pytestmark = pytest.mark.flow
 
-FLOW = '''
-import numpy as np
-from metaflow import FlowSpec, checkpoint, current, step
-
-BASE_BYTES = 8 * 1024 * 1024
-
-
-class ForeachFlow(FlowSpec):
-    @step
-    def start(self):
-        self.shards = [10, 20, 30]
-        self.next(self.train, foreach="shards")
-
-    @checkpoint(load_policy="eager", card=False)
-    @step
-    def train(self):
-        self.shard = self.input
-        self.resumed_from = None
-        self.resumed_shard = None
-        self.rounds = 0
-        if current.checkpoint.is_loaded:
-            self.resumed_from = current.checkpoint.load().key
-            self.resumed_shard = int(self.own[0])
-        # The same for every sibling (say, frozen base weights); the rest is the branch's own.
-        self.base = np.arange(BASE_BYTES // 8, dtype=np.float64)
-        self.own = np.full(1000, self.input, dtype=np.int64)
-        self.rounds += 1
-        current.checkpoint.save()
-        self.next(self.join)
-
-    @step
-    def join(self, inputs):
-        self.next(self.end)
-
-    @step
-    def end(self):
-        pass
-
-
-if __name__ == "__main__":
-    ForeachFlow()
-'''
+FLOW = TEST_FLOWS / "foreach_flow.py"
 
 BRANCHES = """
 import json
@@ -66,11 +26,10 @@ print(json.dumps(sorted(
 BASE_BYTES = 8 * 1024 * 1024
 
 
-def test_eager_resumes_each_branch_from_its_own_index_and_siblings_share_blobs(world, write_flow):
-    flow = write_flow(FLOW, "foreach_flow.py")
+def test_eager_resumes_each_branch_from_its_own_index_and_siblings_share_blobs(world):
     # One branch at a time: the newest checkpoint of the step is then always the last
     # branch's, which a resume that ignored the foreach index would pick for every branch.
-    world.run_flow(flow, "--max-workers", "1")
+    world.run_flow(FLOW, "--max-workers", "1")
     run1 = world.latest_run_id("ForeachFlow")
     first = world.python(BRANCHES % run1)
     assert [(b[0], b[1], b[2], b[4]) for b in first] == [(0, 10, None, 1), (1, 20, None, 1), (2, 30, None, 1)]
@@ -79,7 +38,7 @@ def test_eager_resumes_each_branch_from_its_own_index_and_siblings_share_blobs(w
     stored = blob_bytes_on_disk(world.datastore_root)
     assert BASE_BYTES <= stored < 1.5 * BASE_BYTES
 
-    world.run_flow(flow, "--max-workers", "1")
+    world.run_flow(FLOW, "--max-workers", "1")
     run2 = world.latest_run_id("ForeachFlow")
     second = world.python(BRANCHES % run2)
     run1_tasks = {b[0]: b[5] for b in first}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TEST_FLOWS
 
 pytestmark = pytest.mark.flow
 
@@ -183,45 +183,11 @@ def test_demo_prints_commands_that_work_for_another_user(tmp_path):
         assert len(keys) == 6 and all(k.startswith("TrainResumeFlow/%s/" % run_id) for k in keys)
 
 
-INSPECT_FLOW = """
-from metaflow import FlowSpec, checkpoint, current, retry, step
+INSPECT_FLOW = TEST_FLOWS / "inspect_default_flow.py"
 
 
-class InspectDefaultFlow(FlowSpec):
-    @step
-    def start(self):
-        self.next(self.train)
-
-    @retry(times=1)
-    @checkpoint(exclude=["seen"])
-    @step
-    def train(self):
-        self.count = 0
-        self.seen = []
-        if current.checkpoint.is_loaded:
-            current.checkpoint.load()
-            self.seen.append(current.checkpoint.inspect()["version"])
-        while self.count < 3:
-            self.count += 1
-            current.checkpoint.save()
-            self.seen.append(current.checkpoint.inspect()["version"])
-            if self.count == 2 and current.retry_count == 0:
-                raise RuntimeError("failure after save 2")
-        self.next(self.end)
-
-    @step
-    def end(self):
-        pass
-
-
-if __name__ == "__main__":
-    InspectDefaultFlow()
-"""
-
-
-def test_inspect_defaults_to_the_newest_checkpoint_and_a_retry_ends_with_one_card(world, write_flow):
-    flow = write_flow(INSPECT_FLOW, "inspect_default_flow.py")
-    out = world.run_flow(flow).stdout
+def test_inspect_defaults_to_the_newest_checkpoint_and_a_retry_ends_with_one_card(world):
+    out = world.run_flow(INSPECT_FLOW).stdout
     assert CARD_WARNING not in out
     seen = world.python(
         """

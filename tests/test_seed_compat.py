@@ -74,36 +74,12 @@ def test_an_artifact_reads_as_the_seeds_reference_dict(tmp_path):
         artifact["url"]
 
 
-FULL_NAMESPACE_FLOW = """
-from metaflow import FlowSpec, checkpoint, current, step
-
-class AcrossRunsFlow(FlowSpec):
-    @step
-    def start(self):
-        self.next(self.train)
-
-    @checkpoint
-    @step
-    def train(self):
-        self.value = 1
-        current.checkpoint.save(name="weights")
-        self.mine = [a.key for a in current.checkpoint.list()]
-        self.everywhere = [a.key for a in current.checkpoint.list(full_namespace=True)]
-        self.identifier = current.checkpoint.task_identifier
-        self.next(self.end)
-
-    @step
-    def end(self):
-        pass
-
-if __name__ == "__main__":
-    AcrossRunsFlow()
-"""
+FULL_NAMESPACE_FLOW = TEST_FLOWS / "across_runs_flow.py"
 
 
 @pytest.mark.flow
-def test_list_full_namespace_spans_this_steps_runs(world, write_flow):
-    flow = write_flow(FULL_NAMESPACE_FLOW)
+def test_list_full_namespace_spans_this_steps_runs(world):
+    flow = FULL_NAMESPACE_FLOW
     world.run_flow(flow)
     world.run_flow(flow)
     other_user = dict(world.env, USERNAME="someone-else")

@@ -4,55 +4,14 @@ METAFLOW_CHECKPOINT_FSYNC=0 (no fsync of checkpoint files), METAFLOW_S3_RETRY_CO
 (every checkpoint object encrypted at rest, on the moto server)."""
 
 import pytest
-
+from conftest import TEST_FLOWS
 from s3_fault_proxy import FaultProxy
 from s3_server import S3World, s3_server, s3_world  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.flow
 
-#: The flow counts the fsync / fdatasync calls made on checkpoint files in its task
-#: process: the counters are installed before Metaflow (and so the store) is imported.
-FSYNC_FLOW = '''
-import os
-
-SYNCED = []
-
-
-def _counting(real):
-    def sync(fd):
-        try:
-            path = os.readlink("/proc/self/fd/%d" % fd)
-        except OSError:
-            path = ""
-        if "_implicit_checkpoints" in path:
-            SYNCED.append(path)
-        return real(fd)
-    return sync
-
-
-os.fsync = _counting(os.fsync)
-os.fdatasync = _counting(os.fdatasync)
-
-from metaflow import FlowSpec, checkpoint, current, step  # noqa: E402
-
-
-class SettingsFlow(FlowSpec):
-    @checkpoint(card=False)
-    @step
-    def start(self):
-        self.weights = list(range(5000))
-        current.checkpoint.save()
-        self.synced = len(SYNCED)
-        self.next(self.end)
-
-    @step
-    def end(self):
-        pass
-
-
-if __name__ == "__main__":
-    SettingsFlow()
-'''
+#: The flow counts the fsync / fdatasync calls made on checkpoint files in its task process.
+FSYNC_FLOW = TEST_FLOWS / "settings_flow.py"
 
 NEWEST = """
 import json
@@ -65,8 +24,8 @@ print(json.dumps({"synced": task.data.synced, "key": newest.key,
 """
 
 
-def test_fsync_zero_turns_off_every_fsync_of_checkpoint_files(world, write_flow):
-    flow = write_flow(FSYNC_FLOW, "settings_flow.py")
+def test_fsync_zero_turns_off_every_fsync_of_checkpoint_files(world):
+    flow = FSYNC_FLOW
     world.run_flow(flow)
     durable = world.python(NEWEST)
     assert durable["synced"] > 0 and durable["weights"] == 4999
@@ -79,9 +38,9 @@ def test_fsync_zero_turns_off_every_fsync_of_checkpoint_files(world, write_flow)
 
 
 @pytest.mark.s3
-def test_server_side_encryption_setting_encrypts_every_checkpoint_object(s3_world, write_flow):
+def test_server_side_encryption_setting_encrypts_every_checkpoint_object(s3_world):
     s3_world.env["METAFLOW_S3_SERVER_SIDE_ENCRYPTION"] = "AES256"
-    s3_world.run_flow(write_flow(FSYNC_FLOW, "settings_flow.py"))
+    s3_world.run_flow(FSYNC_FLOW)
     keys = s3_world.checkpoint_keys()
     assert any("/blobs/" in k for k in keys) and any(k.endswith(".manifest") for k in keys)
     client = s3_world.server.client()
@@ -94,8 +53,8 @@ def test_server_side_encryption_setting_encrypts_every_checkpoint_object(s3_worl
 
 
 @pytest.mark.s3
-def test_s3_retry_count_is_how_often_a_failing_request_is_retried(s3_server, tmp_path, write_flow):
-    flow = write_flow(FSYNC_FLOW, "settings_flow.py")
+def test_s3_retry_count_is_how_often_a_failing_request_is_retried(s3_server, tmp_path):
+    flow = FSYNC_FLOW
     host = s3_server.endpoint.split("://")[1]
     # Every checkpoint request fails twice in a row, then goes through: it takes 3 tries.
     with FaultProxy(host, share=1.0, faults=("503",), max_consecutive=2, only="_implicit_checkpoints") as proxy:
@@ -113,8 +72,8 @@ def test_s3_retry_count_is_how_often_a_failing_request_is_retried(s3_server, tmp
     assert proxy.failures["503"] > 0
 
 
-def test_settings_come_from_metaflows_config_file_and_a_bad_one_fails_before_any_task(world, write_flow):
-    flow = write_flow(FSYNC_FLOW, "settings_flow.py")
+def test_settings_come_from_metaflows_config_file_and_a_bad_one_fails_before_any_task(world):
+    flow = FSYNC_FLOW
     # Metaflow's own config file (METAFLOW_HOME/config.json) carries the setting too.
     (world.root / "config.json").write_text('{"METAFLOW_CHECKPOINT_FSYNC": "0"}')
     world.run_flow(flow)
