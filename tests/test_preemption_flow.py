@@ -130,6 +130,22 @@ def test_sigterm_mid_epoch_saves_at_the_next_batch_and_the_retry_resumes_there(
     assert "@retry starts attempt 1, which resumes from it" in output
     assert "resumed at batch %d" % saved["batch"] in output
 
+    # The card (rendered by attempt 1, from the store) marks the preemption save and
+    # shows each save's cost and the interval in use.
+    card = world.python(
+        """
+        import json
+        from metaflow import Flow, namespace
+        from metaflow.cards import get_cards
+        namespace(None)
+        task = Flow("PreemptionFlow").latest_run["train"].task
+        print(json.dumps(get_cards(task, id="implicit_checkpoint")[0].get()))
+        """
+    )
+    assert card.count("preemption save, after SIGTERM") == 1
+    assert "Save interval in use" in card and "Young/Daly: save cost" in card
+    assert "Save cost</th>" in card
+
 
 def test_sigterm_during_a_background_save_commits_it_and_the_next_one(world, tmp_path, uninterrupted):
     rng = random.Random(SEED + 1)
