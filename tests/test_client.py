@@ -1,11 +1,8 @@
 """`from metaflow import Checkpoint` in a separate Python process acting as the notebook."""
 
 import pytest
-from conftest import TEST_FLOWS
 
 pytestmark = pytest.mark.flow
-
-FLOW = TEST_FLOWS / "resume_flow.py"
 
 
 def test_notebook_lists_inspects_and_loads(resumed_run):
@@ -74,21 +71,20 @@ def test_notebook_lists_inspects_and_loads(resumed_run):
     assert result["flow_obj"] == ["CheckpointArtifact", 5, 5000.0]
 
 
-def test_notebook_errors_name_what_is_wrong(world):
-    world.run_flow(FLOW, "--crash", "none", "--saves", "1")
-    errors = world.python(
+def test_notebook_errors_name_what_is_wrong(resumed_run):
+    errors = resumed_run.world.python(
         """
         import json
         from metaflow import Checkpoint, CheckpointException, Flow, namespace
         namespace(None)
         cp = Checkpoint()
-        run = Flow("ResumeFlow").latest_run
+        run = Flow("ResumeFlow")[%r]
         art = cp.list(task=run["train"].task)[0]
         out = {}
         cases = {
             "unknown_key": lambda: cp.load(art.key[:-1] + "99"),
             "malformed_key": lambda: cp.inspect("ResumeFlow/1/train"),
-            "missing_task": lambda: cp.list(task="ResumeFlow/%s/train/999" % run.id),
+            "missing_task": lambda: cp.list(task="ResumeFlow/%%s/train/999" %% run.id),
             "missing_run": lambda: cp.list(run="ResumeFlow/123456789"),
             "bad_pathspec": lambda: cp.list(task="ResumeFlow/train"),
             "missing_field": lambda: cp.load(art, fields=["weights", "no_such_field"]),
@@ -99,9 +95,10 @@ def test_notebook_errors_name_what_is_wrong(world):
                 call()
                 out[label] = None
             except CheckpointException as ex:
-                out[label] = "%s: %s" % (type(ex).__name__, ex)
+                out[label] = "%%s: %%s" %% (type(ex).__name__, ex)
         print(json.dumps(out))
         """
+        % resumed_run.run_id
     )
     assert errors["unknown_key"].startswith("CheckpointNotFound") and "/99" in errors["unknown_key"]
     assert "not a checkpoint key" in errors["malformed_key"]
@@ -113,25 +110,25 @@ def test_notebook_errors_name_what_is_wrong(world):
     assert "exactly one of" in errors["task_and_run"]
 
 
-def test_other_users_runs_need_the_namespace(world):
-    world.env["USERNAME"] = "alice"
-    world.run_flow(FLOW, "--crash", "none", "--saves", "1")
+def test_other_users_runs_need_the_namespace(resumed_run):
+    # The shared run is user tester's; bob looks at it from his notebook.
+    world = resumed_run.world
     world.env["USERNAME"] = "bob"
     seen = world.python(
         """
         import json
-        from metaflow import Checkpoint, CheckpointException, Flow, namespace
-        namespace(None)
-        pathspec = Flow("ResumeFlow").latest_run["train"].task.pathspec
+        from metaflow import Checkpoint, CheckpointException, namespace
+        pathspec = %r
         namespace("user:bob")
         try:
             Checkpoint().list(task=pathspec)
             in_bob = "listed"
         except CheckpointException as ex:
             in_bob = str(ex)
-        namespace("user:alice")
+        namespace("user:tester")
         print(json.dumps([in_bob, len(Checkpoint().list(task=pathspec))]))
         """
+        % resumed_run.task_pathspec
     )
     assert "not in the current namespace" in seen[0] and "namespace(None)" in seen[0]
-    assert seen[1] == 1
+    assert seen[1] == 5
