@@ -199,3 +199,12 @@ def test_sigterm_is_held_until_the_next_save_which_commits_and_ends_the_attempt(
         assert delivered == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_preempted_attempt_says_what_resumes_it():
+    from metaflow_extensions.implicit_checkpoint.plugins.retry_policy import after_preemption
+
+    assert after_preemption(0, 2) == "@retry starts attempt 1, which resumes from it."
+    last = after_preemption(2, 2)
+    assert "no @retry attempt is left" in last and "resume` reruns the step" in last
+    assert after_preemption(0, 0).startswith("no @retry attempt is left")

@@ -537,7 +537,7 @@ class CheckpointSession:
         try:
             with open(path) as notice:
                 termination_time = notice.read(200).strip()
-        except OSError:  # no notice (the usual case)
+        except (OSError, ValueError):  # no notice (the usual case), or not text yet
             return
         detail = "%s: termination at %s" % (path, termination_time or "an unstated time")
         if self._preemption.notify(SPOT_NOTICE_SOURCE, detail):
