@@ -51,6 +51,9 @@ def train_task(world) -> dict:
                 "attempt": artifact.attempt,
                 "batch": artifact.metadata["batch"],
                 "stop_notice": record.stop_notice.source if record.stop_notice else None,
+                "received_at": record.stop_notice.received_at if record.stop_notice else None,
+                "blocked": record.blocked,
+                "to_commit": record.to_commit,
                 "key": artifact.key,
             })
         print(json.dumps({
@@ -84,7 +87,7 @@ def wait_for(path, condition, timeout=120.0) -> dict:
 
 def run_and_terminate(world, tmp_path, when, *args):
     """Run the flow; send SIGTERM to the train task at the first progress record for which
-    ``when`` is true. Returns (the record at the signal, the run's output)."""
+    ``when`` is true. Returns (that record, the run's output, attempt 0's progress)."""
     progress = tmp_path / "progress.jsonl"
     process = world.start_run(FLOW, "--progress", str(progress), *args)
     try:
@@ -96,7 +99,21 @@ def run_and_terminate(world, tmp_path, when, *args):
             process.kill()
             process.wait()
     assert process.returncode == 0, output[-6000:]
-    return at_signal, output
+    return at_signal, output, [r for r in read_progress(progress) if r["attempt"] == 0]
+
+
+def batch_time(progress: list, batch: int) -> float:
+    """When attempt 0 reported ``batch`` (trained it; its due() came after)."""
+    return next(r["time"] for r in progress if r["batch"] == batch and not {"saved", "stalled"} & set(r))
+
+
+def assert_saved_at_the_first_due_after(saved: dict, progress: list) -> None:
+    """The preemption save is at batch k whose due() was the first after the notice:
+    batch k-1 was reported before the notice, batch k+1 after it (never reported at all,
+    as the attempt ended at k)."""
+    k = saved["batch"]
+    assert batch_time(progress, k - 1) < saved["received_at"]
+    assert not any(r["batch"] > k for r in progress)
 
 
 def assert_same_training(resumed: dict, uninterrupted: dict) -> None:
@@ -110,7 +127,7 @@ def test_sigterm_mid_epoch_saves_at_the_next_batch_and_the_retry_resumes_there(
 ):
     rng = random.Random(SEED)
     target = rng.choice([b for b in range(6, 2 * BATCHES_PER_EPOCH - 4) if b % BATCHES_PER_EPOCH])
-    at_signal, output = run_and_terminate(
+    at_signal, output, progress = run_and_terminate(
         world, tmp_path, lambda r: r["batch"] >= target and r["attempt"] == 0 and "saved" not in r,
         # Young/Daly: the first batch saves (the measurement), then not within this run.
     )
@@ -122,7 +139,8 @@ def test_sigterm_mid_epoch_saves_at_the_next_batch_and_the_retry_resumes_there(
     assert len(preemption_saves) == 1, (SEED, resumed["saves"])
     (saved,) = preemption_saves
     assert saved["attempt"] == 0
-    assert at_signal["batch"] <= saved["batch"] <= at_signal["batch"] + 1, SEED  # its next due()
+    assert saved["batch"] >= at_signal["batch"], SEED
+    assert_saved_at_the_first_due_after(saved, progress)
     assert resumed["resumed_at"] == saved["batch"]
     assert resumed["save_interval"] == "young_daly"
     assert "@checkpoint: SIGTERM received" in output
@@ -149,19 +167,24 @@ def test_sigterm_mid_epoch_saves_at_the_next_batch_and_the_retry_resumes_there(
 
 def test_sigterm_during_a_background_save_commits_it_and_the_next_one(world, tmp_path, uninterrupted):
     rng = random.Random(SEED + 1)
-    save_at = rng.choice([b for b in range(8, 2 * BATCHES_PER_EPOCH - 8, 4) if b % BATCHES_PER_EPOCH])
-    at_signal, output = run_and_terminate(
+    save_at = rng.choice([b for b in range(8, 2 * BATCHES_PER_EPOCH - 8, 8) if b % BATCHES_PER_EPOCH])
+    at_signal, output, progress = run_and_terminate(
         world, tmp_path,
         lambda r: r.get("saved") and r["batch"] == save_at and r["attempt"] == 0,
-        "--every-steps", "4", "--background", "True", "--ballast-mb", "48",
+        "--every-steps", "8", "--background", "True", "--ballast-mb", "64",
     )
     resumed = train_task(world)
     assert_same_training(resumed, uninterrupted)
     assert resumed["attempt"] == 1, output[-4000:]
     batches = {s["batch"]: s for s in resumed["saves"] if s["attempt"] == 0}
-    assert save_at in batches  # the save in flight at the signal committed
+    in_flight = batches[save_at]  # the save in flight at the signal committed
     (preempted,) = [s for s in resumed["saves"] if s["stop_notice"] == "SIGTERM"]
-    assert at_signal["batch"] <= preempted["batch"] <= at_signal["batch"] + 1
+    # The signal came while it was in flight: after save() returned, before its commit.
+    handed_over = at_signal["time"]
+    assert handed_over < preempted["received_at"] < handed_over + in_flight["to_commit"] - in_flight["blocked"]
+    assert in_flight["stop_notice"] is None  # it did not end the attempt: the next save did
+    assert preempted["batch"] > save_at
+    assert_saved_at_the_first_due_after(preempted, progress)
     assert resumed["resumed_at"] == preempted["batch"]
 
 
@@ -169,7 +192,7 @@ def test_a_loop_that_never_reaches_a_save_point_is_ended_after_the_grace_with_it
     world, tmp_path, uninterrupted
 ):
     world.env["METAFLOW_CHECKPOINT_PREEMPTION_GRACE"] = "2"
-    at_signal, output = run_and_terminate(
+    at_signal, output, _ = run_and_terminate(
         world, tmp_path, lambda r: r.get("stalled"),
         "--every-steps", "10", "--background", "True", "--ballast-mb", "48", "--stall-at", "30",
     )

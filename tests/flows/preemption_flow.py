@@ -101,7 +101,9 @@ class PreemptionFlow(FlowSpec):
 
     def _report(self, **events):
         if self.progress:
-            record = dict(pid=os.getpid(), attempt=current.retry_count, batch=self.batch, **events)
+            record = dict(
+                pid=os.getpid(), attempt=current.retry_count, batch=self.batch, time=time.time(), **events
+            )
             with open(self.progress, "a") as out:
                 out.write(json.dumps(record) + "\n")
 
