@@ -319,7 +319,7 @@ def test_a_lease_renewal_that_fails_is_retried_and_stops_the_holder_in_time(tmp_
     from metaflow_extensions.implicit_checkpoint.engine import locks
 
     class NoTouch(LocalDirBackend):
-        def _touch(self, paths, older_than=0.0):
+        def _touch(self, paths):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(locks, "RENEW", 0.05)

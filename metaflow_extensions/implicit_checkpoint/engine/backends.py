@@ -188,11 +188,6 @@ class StorageBackend(ABC):
         with self._boundary("read", path, missing_passes=True):
             return self._read(path)
 
-    def exists_many(self, paths: Sequence[str]) -> List[bool]:
-        """For each path, whether it exists."""
-        with self._boundary("check", paths):
-            return self._exists_many(paths)
-
     def stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
         """For each path, its size in bytes, or None when it does not exist
         (``UNKNOWN_SIZE`` when it exists but the backend cannot tell its size cheaply)."""
@@ -215,11 +210,10 @@ class StorageBackend(ABC):
         with self._boundary("list", prefix):
             yield from self._walk_files(prefix)
 
-    def touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
-        """Renew the modification time of each file last modified more than
-        ``older_than`` seconds ago; return, per file, whether it exists."""
+    def touch(self, paths: Sequence[str]) -> List[bool]:
+        """Renew the modification time of each file; return, per file, whether it exists."""
         with self._boundary("touch", paths):
-            return self._touch(paths, older_than)
+            return self._touch(paths)
 
     def list_uploads(self, prefix: str) -> List[PendingUpload]:
         """The unfinished multipart uploads of objects under ``prefix`` ([] on a storage
@@ -311,10 +305,6 @@ class StorageBackend(ABC):
         """``read``'s implementation."""
 
     @abstractmethod
-    def _exists_many(self, paths: Sequence[str]) -> List[bool]:
-        """``exists_many``'s implementation."""
-
-    @abstractmethod
     def _stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
         """``stat_many``'s implementation."""
 
@@ -331,7 +321,7 @@ class StorageBackend(ABC):
         """``walk_files``'s implementation."""
 
     @abstractmethod
-    def _touch(self, paths: Sequence[str], older_than: float) -> List[bool]:
+    def _touch(self, paths: Sequence[str]) -> List[bool]:
         """``touch``'s implementation."""
 
     def _list_uploads(self, prefix: str) -> List[PendingUpload]:
@@ -498,9 +488,6 @@ class LocalDirBackend(StorageBackend):
         with self._open_regular(path) as f:
             return f.readall()
 
-    def _exists_many(self, paths: Sequence[str]) -> List[bool]:
-        return [size is not None for size in self._stat_many(paths)]
-
     def _stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
         sizes = []
         for path in paths:
@@ -544,7 +531,7 @@ class LocalDirBackend(StorageBackend):
                     continue
                 yield StoredFile("%s/%s" % (relative, name), info.st_size, info.st_mtime)
 
-    def _touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
+    def _touch(self, paths: Sequence[str]) -> List[bool]:
         found = []
         for path in paths:
             try:

@@ -401,16 +401,6 @@ class S3Backend(StorageBackend):
     def _head(self, path: str) -> dict:
         return self._client.head_object(Bucket=self.bucket, Key=self._key(path))
 
-    def _exists_many(self, paths: Sequence[str]) -> List[bool]:
-        def exists(path: str) -> bool:
-            try:
-                self._request("check", path, lambda: self._head(path))
-                return True
-            except FileNotFoundError:
-                return False
-
-        return self._pool.map(exists, list(paths))
-
     def _stat_many(self, paths: Sequence[str]) -> List[Optional[int]]:
         def size(path: str) -> Optional[int]:
             try:
@@ -483,19 +473,15 @@ class S3Backend(StorageBackend):
 
         self._pool.map(delete_batch, batches)
 
-    def _touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
+    def _touch(self, paths: Sequence[str]) -> List[bool]:
         # S3 cannot set a modification time; copying an object onto itself (with new,
-        # empty metadata) renews it, server-side. That copies up to a whole blob, so
-        # an object modified recently enough is only looked at (HEAD), not copied.
+        # empty metadata) renews it, server-side. A HEAD first tells a missing object.
         def touch_one(path: str) -> bool:
             key = self._key(path)
             try:
-                head = self._request("check", path, lambda: self._head(path))
+                self._request("check", path, lambda: self._head(path))
             except FileNotFoundError:
                 return False
-            age = time.time() - head["LastModified"].timestamp()
-            if age <= older_than:
-                return True
             try:
                 self._request(
                     "touch",

@@ -3,7 +3,7 @@
 import json
 from typing import List, Optional
 
-from metaflow._vendor import click
+from .metaflow_internals import click
 
 from ..engine.artifact import CheckpointArtifact
 from ..engine.errors import CheckpointException

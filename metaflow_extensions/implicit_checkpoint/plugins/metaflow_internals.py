@@ -6,9 +6,12 @@ Metaflow changes one of them, this is the module to change.
 """
 
 from types import SimpleNamespace
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from metaflow import current
+
+# Metaflow's CLI is built with its vendored click: an extension's commands must use it too.
+from metaflow._vendor import click  # noqa: F401
 
 
 def parent_artifact_names(flow: Any) -> list:
@@ -125,3 +128,48 @@ def card_info_to_register(card_creator: Any, card_uuid: str) -> Optional[dict]:
         return None
     save, info = should_save(card_uuid)
     return info if save else None
+
+
+def register_task_metadata(
+    metadata_provider: Any, pathspec_parts: Tuple[str, str, str], attempt: int, field: str, value: str,
+    kind: str = "checkpoint",
+) -> None:
+    """Register one metadata entry ``field = value`` of type ``kind`` for attempt
+    ``attempt`` of the task ``(run_id, step, task_id)``."""
+    from metaflow.metadata_provider import MetaDatum
+
+    run_id, step, task_id = pathspec_parts
+    metadata_provider.register_metadata(
+        run_id, step, task_id,
+        [MetaDatum(field=field, value=value, type=kind, tags=["attempt_id:%d" % attempt])],
+    )
+
+
+def configured_datastore() -> str:
+    """The datastore type Metaflow is configured with (METAFLOW_DEFAULT_DATASTORE)."""
+    from metaflow.metaflow_config import DEFAULT_DATASTORE
+
+    return DEFAULT_DATASTORE
+
+
+def datastore_implementations() -> List[Any]:
+    """Metaflow's datastore classes (``TYPE``, ``get_datastore_root_from_config``)."""
+    from metaflow.plugins import DATASTORES
+
+    return list(DATASTORES)
+
+
+def s3_settings() -> SimpleNamespace:
+    """Metaflow's S3 settings: ``client_params`` (boto3 client arguments, e.g. the
+    endpoint), ``retry_count`` and ``server_side_encryption``."""
+    from metaflow.metaflow_config import (
+        DATATOOLS_CLIENT_PARAMS,
+        S3_RETRY_COUNT,
+        S3_SERVER_SIDE_ENCRYPTION,
+    )
+
+    return SimpleNamespace(
+        client_params=dict(DATATOOLS_CLIENT_PARAMS),
+        retry_count=int(S3_RETRY_COUNT),
+        server_side_encryption=S3_SERVER_SIDE_ENCRYPTION,
+    )

@@ -74,7 +74,7 @@ class MetaflowStorageBackend(StorageBackend):
         with self._downloaded(path) as (local, name):
             return local.read(name)
 
-    def _exists_many(self, paths: Sequence[str]) -> List[bool]:
+    def _is_file(self, paths: Sequence[str]) -> List[bool]:
         if not paths:
             return []
         return [bool(x) for x in self._storage.is_file(list(paths))]
@@ -83,7 +83,7 @@ class MetaflowStorageBackend(StorageBackend):
         if self.TYPE == "local":
             return self._local().stat_many(paths)
         # Metaflow's storage layer tells existence, not size, without a download.
-        return [UNKNOWN_SIZE if found else None for found in self.exists_many(paths)]
+        return [UNKNOWN_SIZE if found else None for found in self._is_file(paths)]
 
     def _list_dir(self, path: str) -> List[Tuple[str, bool]]:
         prefix = path.rstrip("/")
@@ -116,12 +116,12 @@ class MetaflowStorageBackend(StorageBackend):
             raise self._unsupported("Listing the modification times of")
         return self._local().walk_files(prefix)
 
-    def _touch(self, paths: Sequence[str], older_than: float = 0.0) -> List[bool]:
+    def _touch(self, paths: Sequence[str]) -> List[bool]:
         if self.TYPE == "local":
-            return self._local().touch(paths, older_than)
+            return self._local().touch(paths)
         # Metaflow's storage layer cannot set a modification time: writing the object
         # again renews it (a download and an upload, through temp files).
-        found = self.exists_many(paths)
+        found = self._is_file(paths)
         for i, path in enumerate(paths):
             if not found[i]:
                 continue

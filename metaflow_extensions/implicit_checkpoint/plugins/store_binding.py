@@ -4,7 +4,7 @@ from typing import Optional
 
 from ..engine.backends import LocalDirBackend, StorageBackend
 from ..engine.store import CheckpointStore
-from .metaflow_internals import s3_client, storage_of
+from .metaflow_internals import configured_datastore, datastore_implementations, s3_client, s3_settings, storage_of
 from .metaflow_storage import MetaflowStorageBackend
 from .settings import settings
 
@@ -47,20 +47,16 @@ def s3_backend(datastore_root: str, client_params: Optional[dict] = None):
     makes the requests itself with this client. ``client_params`` (boto3 client
     arguments, e.g. ``endpoint_url``) are applied on top of Metaflow's.
     """
-    from metaflow.metaflow_config import (
-        DATATOOLS_CLIENT_PARAMS,
-        S3_RETRY_COUNT,
-        S3_SERVER_SIDE_ENCRYPTION,
-    )
     from ..engine.s3_backend import RetryPolicy, S3Backend, client_config
 
-    params = dict(DATATOOLS_CLIENT_PARAMS, **(client_params or {}))
+    settings = s3_settings()
+    params = dict(settings.client_params, **(client_params or {}))
     params["config"] = client_config(params.get("config"))
     return S3Backend(
         s3_client(params),
         datastore_root,
-        retry=RetryPolicy(attempts=int(S3_RETRY_COUNT) + 1),
-        encryption=S3_SERVER_SIDE_ENCRYPTION,
+        retry=RetryPolicy(attempts=settings.retry_count + 1),
+        encryption=settings.server_side_encryption,
     )
 
 
@@ -70,17 +66,15 @@ def store_from_config(datastore_type: str = None, datastore_root: str = None) ->
     ``datastore_type`` ("local", "s3", ...) and ``datastore_root`` override the
     configuration (METAFLOW_DEFAULT_DATASTORE, METAFLOW_DATASTORE_SYSROOT_*).
     """
-    from metaflow.metaflow_config import DEFAULT_DATASTORE
-    from metaflow.plugins import DATASTORES
-
     from ..engine.errors import CheckpointException
 
-    wanted = datastore_type or DEFAULT_DATASTORE
-    impls = [impl for impl in DATASTORES if impl.TYPE == wanted]
+    wanted = datastore_type or configured_datastore()
+    known = datastore_implementations()
+    impls = [impl for impl in known if impl.TYPE == wanted]
     if not impls:
         raise CheckpointException(
             "Unknown datastore %r; this Metaflow knows %s."
-            % (wanted, ", ".join(sorted(impl.TYPE for impl in DATASTORES)))
+            % (wanted, ", ".join(sorted(impl.TYPE for impl in known)))
         )
     impl = impls[0]
     root = datastore_root or impl.get_datastore_root_from_config(lambda *_: None, create_on_absent=False)

@@ -143,14 +143,10 @@ def _is_zombie(pid: int) -> bool:
 
 def record_process(metadata_provider, run_id: str, step: str, task_id: str, attempt: int) -> None:
     """Note in the task's metadata which process runs ``attempt`` (see ``process_alive``)."""
-    from metaflow.metadata_provider import MetaDatum
+    from .metaflow_internals import register_task_metadata
 
-    metadata_provider.register_metadata(
-        run_id,
-        step,
-        task_id,
-        [MetaDatum(field=PROCESS_FIELD, value=json.dumps(this_process()), type="checkpoint",
-                   tags=["attempt_id:%d" % attempt])],
+    register_task_metadata(
+        metadata_provider, (run_id, step, task_id), attempt, PROCESS_FIELD, json.dumps(this_process())
     )
 
 
@@ -178,11 +174,6 @@ def attempt_statuses(pathspec: str) -> List[str]:
 
 def record_loaded(metadata_provider, run_id: str, step: str, task_id: str, attempt: int, key: str) -> None:
     """Note in the task's metadata that ``attempt`` loaded checkpoint ``key``."""
-    from metaflow.metadata_provider import MetaDatum
+    from .metaflow_internals import register_task_metadata
 
-    metadata_provider.register_metadata(
-        run_id,
-        step,
-        task_id,
-        [MetaDatum(field=LOADED_FIELD, value=key, type="checkpoint", tags=["attempt_id:%d" % attempt])],
-    )
+    register_task_metadata(metadata_provider, (run_id, step, task_id), attempt, LOADED_FIELD, key)
