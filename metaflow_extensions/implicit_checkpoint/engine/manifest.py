@@ -409,65 +409,70 @@ def normalize_metadata(metadata: Any, step: str = None) -> Dict[str, Any]:
             "save(metadata=...)%s must be a dict of plain values, not %s."
             % (where, type(metadata).__name__)
         )
+    return _PlainMetadata(where).copy(metadata, "metadata", 0)
 
-    def fail(path: str, problem: str) -> None:
-        raise CheckpointSerializationError(
-            "save(metadata=...)%s: %s %s" % (where, path, problem)
-        )
 
-    def plain(value: Any, path: str, depth: int, open_containers: set) -> Any:
+class _PlainMetadata:
+    """One walk over user metadata: a plain copy, or an error naming the value's path."""
+
+    def __init__(self, where: str):
+        self._where = where
+        self._open = set()  # ids of the containers being copied: a cycle comes back to one
+
+    def copy(self, value: Any, path: str, depth: int) -> Any:
         if value is None or isinstance(value, (bool, str)):
             return value
         if _is_numpy_bool(value):
             return bool(value)
         if isinstance(value, numbers.Integral):
-            number = int(value)
-            if not _MIN_INT <= number <= _MAX_INT:
-                fail(
-                    path,
-                    "is the int %d, outside the 64-bit range metadata can hold (-2**63 to "
-                    "2**64-1). Store it as a str, or a float if precision does not matter."
-                    % number,
-                )
-            return number
+            return self._int(int(value), path)
         if isinstance(value, numbers.Real):
             return float(value)
         if isinstance(value, (list, tuple, dict)):
-            if id(value) in open_containers:
-                fail(path, "contains itself (a reference cycle); metadata must be a tree.")
-            if depth >= MAX_METADATA_DEPTH:
-                fail(
-                    path,
-                    "is nested more than %d levels deep; flatten the metadata."
-                    % MAX_METADATA_DEPTH,
-                )
-            open_containers.add(id(value))
-            try:
-                if isinstance(value, dict):
-                    out = {}
-                    for k, v in value.items():
-                        if not isinstance(k, str):
-                            fail(
-                                "key %r under %s" % (k, path),
-                                "is a %s; metadata keys must be strings." % type(k).__name__,
-                            )
-                        out[k] = plain(v, "%s[%r]" % (path, k), depth + 1, open_containers)
-                    return out
-                return [
-                    plain(v, "%s[%d]" % (path, i), depth + 1, open_containers)
-                    for i, v in enumerate(value)
-                ]
-            finally:
-                open_containers.discard(id(value))
+            return self._container(value, path, depth)
         hint = ""
         if hasattr(value, "item") and callable(value.item):
             hint = " (a one-element tensor or array? pass value.item())"
-        fail(
+        self._fail(
             path,
             "is a %s.%s, which cannot be stored as checkpoint metadata%s. Metadata holds "
             "plain values: None, bool, int, float, str, and lists and str-keyed dicts of them."
             % (type(value).__module__, type(value).__qualname__, hint),
         )
 
-    return plain(metadata, "metadata", 0, set())
+    def _int(self, number: int, path: str) -> int:
+        if not _MIN_INT <= number <= _MAX_INT:
+            self._fail(
+                path,
+                "is the int %d, outside the 64-bit range metadata can hold (-2**63 to "
+                "2**64-1). Store it as a str, or a float if precision does not matter."
+                % number,
+            )
+        return number
+
+    def _container(self, value: Any, path: str, depth: int) -> Any:
+        if id(value) in self._open:
+            self._fail(path, "contains itself (a reference cycle); metadata must be a tree.")
+        if depth >= MAX_METADATA_DEPTH:
+            self._fail(
+                path, "is nested more than %d levels deep; flatten the metadata." % MAX_METADATA_DEPTH
+            )
+        self._open.add(id(value))
+        try:
+            if not isinstance(value, dict):
+                return [self.copy(v, "%s[%d]" % (path, i), depth + 1) for i, v in enumerate(value)]
+            out = {}
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    self._fail(
+                        "key %r under %s" % (k, path),
+                        "is a %s; metadata keys must be strings." % type(k).__name__,
+                    )
+                out[k] = self.copy(v, "%s[%r]" % (path, k), depth + 1)
+            return out
+        finally:
+            self._open.discard(id(value))
+
+    def _fail(self, path: str, problem: str) -> None:
+        raise CheckpointSerializationError("save(metadata=...)%s: %s %s" % (self._where, path, problem))
 
