@@ -339,6 +339,7 @@ class CheckpointSession:
         started = self._schedule.started()
         interval = self._schedule.interval
         self.wait()
+        self._ending_notice = None
         t = self._task
         validate_name(name, t.step)
         metadata = normalize_metadata(metadata, t.step)
