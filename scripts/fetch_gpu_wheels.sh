@@ -6,6 +6,8 @@
 # with CUDA, numpy, msgpack and cloudpickle, so those are not downloaded.
 #
 # Usage: scripts/fetch_gpu_wheels.sh [DESTINATION]   (default: gpu-wheels)
+# WHEELS_PYTHON=3.11 fetches for another Python (e.g. to rehearse the check on a CPU
+# machine whose torch is for 3.11: scripts/gpu_check.sh --rehearse).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,8 +26,9 @@ PACKAGES=(
 mkdir -p "$DESTINATION"
 # --only-binary with --platform/--python-version: pip resolves for the device machine
 # (CPython 3.12, glibc manylinux x86_64), not for this one.
+VERSION="${WHEELS_PYTHON:-3.12}"
 $PIP download --quiet --disable-pip-version-check \
-  --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+  --only-binary=:all: --python-version "$VERSION" --implementation cp --abi "cp${VERSION/./}" \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux_2_28_x86_64 --platform any \
   --dest "$DESTINATION" "${PACKAGES[@]}"
