@@ -27,7 +27,7 @@ from metaflow_extensions.implicit_checkpoint.engine.device_streams import (
 from metaflow_extensions.implicit_checkpoint.engine.errors import CheckpointCorrupted
 from metaflow_extensions.implicit_checkpoint.engine.keys import CheckpointKey
 from metaflow_extensions.implicit_checkpoint.engine.snapshot import commit_save, load_snapshot, prepare_save
-from metaflow_extensions.implicit_checkpoint.engine.staging import StagingArea, copy_device_storages
+from metaflow_extensions.implicit_checkpoint.engine.staging import StagingArea, copy_device_storages, stream_to_host
 
 MIB = 1024 * 1024
 
@@ -121,6 +121,39 @@ def test_a_synchronous_save_copies_device_storages_after_the_work_before_it():
     assert (host_a.view(torch.float64) == 2.5).all()
     assert (host_b.view(torch.int16) == -3).all()
     assert device.host_buffers == [8000, 20]
+
+
+def test_a_synchronous_save_streams_large_device_storages_through_a_slot(tmp_path):
+    device = StandInOrdering(delay=slow_work)
+    store = local_store(tmp_path)
+    weights = device.place(torch.zeros(3 * MIB // 4))
+    norm = device.place(torch.zeros(100))  # small: copied up front
+    device.current.launch(lambda: weights.fill_(4.0))
+    device.current.launch(lambda: norm.fill_(-1.0))
+    key = CheckpointKey("UnitFlow", "1", "train", "1", 0, "checkpoint", 1)
+    prepared = prepare_save(key, {"weights": weights, "norm": norm}, {}, ordering=device)
+    assert list(prepared.streamed.values())[0].numel() == 3 * MIB  # weights' storage
+    with store.save_lease(key):
+        manifest = commit_save(store, prepared)
+    values, _ = load_snapshot(store, manifest)
+    assert (values["weights"] == 4.0).all() and (values["norm"] == -1.0).all()
+    # Host memory: the small storage, then one slot for the large one's chunk.
+    assert device.host_buffers == [400, 3 * MIB]
+
+
+def test_streamed_copies_fill_two_slots_by_turns_and_never_overwrite_a_slot_in_use():
+    device = StandInOrdering(delay=slow_work)
+    sources = [device.place(torch.full((MIB,), i, dtype=torch.uint8)) for i in range(5)]
+    seen = []
+    for group, views in stream_to_host(sources, 2 * MIB, device):
+        # While the caller hashes and writes this group, the next one is copied into the
+        # other slot: a copy into this one would show here.
+        time.sleep(0.05)
+        for index, view in zip(group, views):
+            seen.append(index)
+            assert bytes(view[:1]) == bytes([index]) and bytes(view[-1:]) == bytes([index])
+    assert seen == [0, 1, 2, 3, 4]
+    assert device.host_buffers == [2 * MIB, 2 * MIB]
 
 
 def saved_storages(tmp_path, count, nbytes):

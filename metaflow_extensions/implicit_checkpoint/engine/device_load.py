@@ -10,7 +10,7 @@ two slots; peak device memory is the destination tensors (live ones: nothing mor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
-from .device_streams import DeviceOrdering, Event, ordered_copies, wait_all
+from .device_streams import DeviceOrdering, Event, group_into_slots, ordered_copies, wait_all
 from .layout import CHUNK_BYTES
 from .store import BlobRead
 
@@ -119,16 +119,8 @@ class _DoubleBuffer:
 
 def _batches(digests: List[str], blob_sizes: Mapping[str, int], slot_bytes: int) -> List[List[str]]:
     """Consecutive blobs grouped so that each group fits in a slot."""
-    batches: List[List[str]] = []
-    filled = 0
-    for digest in digests:
-        size = blob_sizes[digest]
-        if not batches or filled + size > slot_bytes:
-            batches.append([])
-            filled = 0
-        batches[-1].append(digest)
-        filled += size
-    return batches
+    groups = group_into_slots([blob_sizes[d] for d in digests], slot_bytes)
+    return [[digests[i] for i in group] for group in groups]
 
 
 def _batch_bytes(batches: List[List[str]], blob_sizes: Mapping[str, int]) -> int:

@@ -85,6 +85,20 @@ def wait_all(events: List[Event]) -> None:
         event.synchronize()
 
 
+def group_into_slots(sizes: List[int], slot_bytes: int) -> List[List[int]]:
+    """Indices of ``sizes``, in order, grouped so that each group fits in a slot of
+    ``slot_bytes`` (an item larger than a slot is a group of its own)."""
+    groups: List[List[int]] = []
+    filled = 0
+    for index, size in enumerate(sizes):
+        if not groups or filled + size > slot_bytes:
+            groups.append([])
+            filled = 0
+        groups[-1].append(index)
+        filled += size
+    return groups
+
+
 # -- CUDA -------------------------------------------------------------------------------
 
 

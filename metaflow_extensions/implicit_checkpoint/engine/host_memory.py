@@ -1,4 +1,4 @@
-"""Large host buffers whose pages are all present from the start.
+"""Large host buffers whose pages are all present from the start (and placeholders with none).
 
 An anonymous mapping with MAP_POPULATE on Linux: the kernel fills in every page at once,
 several times faster than faulting them in one by one while the buffer is first written
@@ -15,3 +15,10 @@ MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if sys.platform.startswith("
 def populated_buffer(nbytes: int) -> mmap.mmap:
     """A private anonymous mapping of ``nbytes`` (at least 1), every page present."""
     return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
+
+
+def address_space(nbytes: int) -> mmap.mmap:
+    """A private anonymous mapping of ``nbytes`` (at least 1) with no page present: a
+    stand-in buffer of the right length that costs no memory until written (a streamed
+    save plans its blobs over one, then hands the blobs host views of their own)."""
+    return mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)

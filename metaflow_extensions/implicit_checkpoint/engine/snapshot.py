@@ -28,16 +28,17 @@ from .change_tracking import (
     observe,
 )
 from .codecs import EncodedGraph, GraphBuilder, GraphEncoder, GraphReader, Ref, plain_preview
-from .device_load import DeviceRead, read_into_device
-from .device_streams import on_device, process_ordering
+from .device_load import DEFAULT_BOUNCE_BYTES, DeviceRead, read_into_device
+from .device_streams import DeviceOrdering, on_device, process_ordering
 from .directory import FileEntry, FolderRestore, FolderScan, capture_files
 from .errors import CheckpointCorrupted, CheckpointException
 from .format_v1 import apply_v1, load_v1
 from .keys import CheckpointKey
-from .layout import PlannedBlob, plan_blobs
+from .host_memory import address_space
+from .layout import PlannedBlob, is_chunked, plan_blobs
 from .manifest import Manifest, StorageLayout, utc_now_iso
 from .restore import apply_restore, build_values, live_value, plan_restore
-from .staging import StagingArea, copy_device_storages
+from .staging import StagingArea, copy_device_storages, stream_to_host
 from .store import BlobRead, CheckpointStore
 from .tensors import DevicePlacement, StorageBuffer, is_tensor_like, to_raw
 
@@ -60,6 +61,11 @@ class PreparedSave:
     staged: bool  # changed bytes are copies: the caller may go on mutating its tensors
     keepalive: List[Any] = field(default_factory=list)
     files: List[Tuple[FileEntry, memoryview]] = field(default_factory=list)  # the folder's files, read
+    # Storage index -> its flat device tensor, for large device storages of a synchronous
+    # save: their ``changed`` entry is a placeholder; commit_save streams their chunks
+    # through pinned slots as it writes them.
+    streamed: Dict[int, Any] = field(default_factory=dict)
+    ordering: Optional[DeviceOrdering] = None  # whose streams copy them (None: this process's)
 
 
 def prepare_save(
@@ -72,16 +78,18 @@ def prepare_save(
     tracker: Optional[ChangeTracker] = None,
     staging: Optional[StagingArea] = None,
     folder: Optional[FolderScan] = None,
+    ordering: Optional[DeviceOrdering] = None,
 ) -> PreparedSave:
     """Capture the state of ``fields`` (and the files of ``folder``) now. With
     ``staging`` (and the changed bytes within its budget), changed storages and the
     files are copied into it, so the caller may go on mutating them; otherwise the
     storages' live memory is referenced until ``commit_save`` and the files are read
-    into memory of their own."""
+    into memory of their own. ``ordering``: the device streams device tensors are
+    copied with (default: this process's, CUDA's with a GPU; tests pass a stand-in)."""
     graph = GraphEncoder(key.step).encode(fields, rng_state)
     by_change = _sort_by_change(graph, tracker)
     files = folder.files if folder is not None else []
-    captured = _capture(graph, by_change.changed, files, staging)
+    captured = _capture(graph, by_change.changed, files, staging, ordering)
     manifest = replace(
         _describe(key, graph, fields, metadata, parent, rng_state, folder, captured.files),
         **(extra or {}),
@@ -97,6 +105,8 @@ def prepare_save(
         captured.staged,
         captured.keepalive,
         captured.files,
+        captured.streamed,
+        ordering,
     )
 
 
@@ -134,6 +144,7 @@ class _Captured:
     files: List[Tuple[FileEntry, memoryview]]  # the folder's files that could be read
     staged: bool
     keepalive: List[Any]
+    streamed: Dict[int, Any] = field(default_factory=dict)
 
 
 def _capture(
@@ -141,6 +152,7 @@ def _capture(
     changed: List[int],
     files: List[FileEntry],
     staging: Optional[StagingArea],
+    ordering: Optional[DeviceOrdering] = None,
 ) -> _Captured:
     """Copy the changed storages and the files into ``staging`` when they fit in its
     budget; else reference the storages' live memory and read the files."""
@@ -153,18 +165,26 @@ def _capture(
         )
         read = [(f, v) for f, v in zip(files, views[len(changed) :]) if v is not None]
         return _Captured(dict(zip(changed, views)), read, True, [])
-    storages, keepalive = {}, []
-    on_devices = [i for i in changed if on_device(table.flat(i))]
-    # Device storages: copied to pinned host memory together, on a side stream.
-    if on_devices:
-        for index, host in zip(on_devices, copy_device_storages([table.flat(i) for i in on_devices])):
+    storages, keepalive, streamed = {}, [], {}
+    on_devices = [i for i in changed if on_device(table.flat(i), ordering)]
+    # Large device storages are copied chunk by chunk while they are written
+    # (commit_save); the small ones now, together, to pinned memory on a side stream.
+    small = [i for i in on_devices if not is_chunked(table.specs[i].nbytes)]
+    for index in on_devices:
+        if index not in small:
+            streamed[index] = table.flat(index)
+            placeholder = address_space(table.specs[index].nbytes)
+            storages[index] = memoryview(placeholder)[: table.specs[index].nbytes]
+            keepalive.append(placeholder)
+    if small:
+        for index, host in zip(small, copy_device_storages([table.flat(i) for i in small], ordering)):
             storages[index], holder = to_raw(host)
             keepalive.append(holder)
     for index in changed:
         if index not in storages:
             storages[index], holder = to_raw(table.flat(index))
             keepalive.append(holder)
-    return _Captured(storages, capture_files(files), False, keepalive)
+    return _Captured(storages, capture_files(files), False, keepalive, streamed)
 
 
 def _describe(
@@ -236,8 +256,8 @@ def commit_save(
         blobs.append(PlannedBlob([memoryview(graph.document)], len(graph.document)))
         extents.append([(len(blobs) - 1, 0, len(graph.document))])
     history = history if history is not None else WriteHistory()
-    hashes, written = store.put_blobs(
-        prepared.key.flow, blobs, [history.probably_changed(blob) for blob in blobs]
+    hashes, written = _put_blobs(
+        store, prepared, blobs, extents, order, [history.probably_changed(blob) for blob in blobs]
     )
     history.remember(blobs, written)
     bytes_written = sum(blob.size for blob, wrote in zip(blobs, written) if wrote)
@@ -295,6 +315,46 @@ def commit_save(
             tracker.remember(table.sources[index], seen, locations[index], verified)
         tracker.keep_only(table.sources)
     return committed
+
+
+def _put_blobs(
+    store: CheckpointStore,
+    prepared: PreparedSave,
+    blobs: List[PlannedBlob],
+    extents: list,
+    order: List[int],
+    one_pass: List[bool],
+) -> Tuple[List[str], List[bool]]:
+    """``store.put_blobs`` of every blob; the chunks of streamed device storages go a
+    slot at a time, each copied to pinned memory while the one before is written."""
+    flow = prepared.key.flow
+    if not prepared.streamed:
+        return store.put_blobs(flow, blobs, one_pass)
+    chunk_blobs, sources = [], []
+    for position, index in enumerate(order):
+        device = prepared.streamed.get(index)
+        if device is None:
+            continue
+        start = 0
+        for blob_index, _, length in extents[position]:  # a chunked buffer: a blob per chunk
+            chunk_blobs.append(blob_index)
+            sources.append(device[start : start + length])
+            start += length
+    hashes: List[Optional[str]] = [None] * len(blobs)
+    written: List[bool] = [False] * len(blobs)
+
+    def put(indices: List[int]) -> None:
+        digests, wrote = store.put_blobs(flow, [blobs[i] for i in indices], [one_pass[i] for i in indices])
+        for i, digest, w in zip(indices, digests, wrote):
+            hashes[i], written[i] = digest, w
+
+    streamed_blobs = set(chunk_blobs)
+    put([i for i in range(len(blobs)) if i not in streamed_blobs])
+    for group, views in stream_to_host(sources, DEFAULT_BOUNCE_BYTES // 2, prepared.ordering):
+        for position, view in zip(group, views):
+            blobs[chunk_blobs[position]].parts = [view]
+        put([chunk_blobs[position] for position in group])
+    return hashes, written
 
 
 def _verify_reused(prepared: PreparedSave, changed: dict, reused: dict, tracker) -> None:

@@ -16,9 +16,9 @@ copied whenever the copy happens to run.
 """
 
 import sys
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
-from .device_streams import DeviceOrdering, on_device, ordered_copies, process_ordering, wait_all
+from .device_streams import DeviceOrdering, group_into_slots, on_device, ordered_copies, process_ordering, wait_all
 from .directory import FileEntry
 from .host_memory import populated_buffer
 from .parallel import LazyPool
@@ -121,6 +121,43 @@ def copy_device_storages(flats: List[Any], ordering: Optional[DeviceOrdering] = 
     copies = [(ordering.host_buffer(flat.numel()), flat) for flat in flats]
     wait_all(ordered_copies(ordering, copies))
     return [host for host, _ in copies]
+
+
+def stream_to_host(
+    sources: List[Any], slot_bytes: int, ordering: Optional[DeviceOrdering] = None
+) -> Iterator[Tuple[List[int], List[memoryview]]]:
+    """Copies of the device buffers ``sources`` (flat uint8 tensors, each at most
+    ``slot_bytes``), a slot at a time, through two pinned slots: yields the indices of a
+    group of sources and host views of their bytes. The next group's copy is enqueued
+    before a group is yielded, so it runs while the caller hashes and writes this one; a
+    group's views are valid until the caller asks for the next but one.
+
+    A synchronous save of a 10 GB model thus holds two slots of host memory, not 10 GB.
+    """
+    ordering = ordering if ordering is not None else process_ordering()
+    if ordering is None:
+        raise ValueError("no device ordering: these tensors are in host memory")
+    groups = group_into_slots([source.numel() for source in sources], slot_bytes)
+    sizes = [max(sum(sources[i].numel() for i in group) for group in groups[which::2]) for which in range(min(2, len(groups)))]
+    slots = [ordering.host_buffer(size) for size in sizes]
+
+    def enqueue(number: int) -> Tuple[List[memoryview], List[Any]]:
+        slot, views, copies, at = slots[number % 2], [], [], 0
+        host = slot.numpy()
+        for index in groups[number]:
+            size = sources[index].numel()
+            copies.append((slot[at : at + size], sources[index]))
+            views.append(memoryview(host[at : at + size]))
+            at += size
+        return views, ordered_copies(ordering, copies)
+
+    pending = enqueue(0) if groups else None
+    for number, group in enumerate(groups):
+        views, copied = pending
+        wait_all(copied)
+        # The other slot held the group before this one, which the caller is done with.
+        pending = enqueue(number + 1) if number + 1 < len(groups) else None
+        yield group, views
 
 
 def _flat_bytes(obj: Any) -> Any:
