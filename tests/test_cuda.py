@@ -3,7 +3,7 @@ these on the device machine with ``pytest -m cuda``).
 
 - A background save of CUDA tensors saves the bytes live at save(), even with the work
   that produced them still queued and the next optimizer step enqueued right after;
-  its staging buffer is pinned.
+  its staging buffer is pinned. A sync save streams more than its pinned slots hold.
 - A load restores CUDA tensors in place (the same Parameter objects, on their device),
   adding no device memory for them; a checkpoint saved on CUDA loads into a model on the
   CPU, onto cuda:0 from cuda:1, and with map_location without a live object.
@@ -92,6 +92,18 @@ def test_a_background_save_of_a_training_loop_saves_the_state_of_its_step(tmp_pa
     values = Checkpoint(root=str(tmp_path)).load(artifact.key, fields=["model"])
     for name, tensor in values["model"].state_dict().items():
         assert torch.equal(tensor, at_save[name]), name
+
+
+def test_a_sync_save_of_more_than_the_pinned_slots_hold_streams_every_chunk(tmp_path):
+    state = State()
+    # 9 chunks of 64 MiB and a rest: more than the two 256 MiB slots hold at once.
+    state.weights = torch.randn(600 * MIB // 4, device="cuda")
+    state.bias = torch.randn(1000, device="cuda")
+    store = local_store(tmp_path)
+    artifact = make_session(store, state).save()
+    loaded = Checkpoint(root=str(tmp_path)).load(artifact.key)
+    assert loaded["weights"].is_cuda and torch.equal(loaded["weights"], state.weights)
+    assert torch.equal(loaded["bias"], state.bias)
 
 
 def test_a_load_restores_cuda_parameters_in_place_without_more_device_memory(tmp_path):
