@@ -100,7 +100,13 @@ def test_a_checkpoint_saved_on_a_gpu_loads_on_a_cpu_only_machine(tmp_path):
 
 @pytest.mark.parametrize(
     "map_location, what",
-    [("gpu0", "the value 'gpu0'"), (3, "the value 3"), ("meta", "the value 'meta'"), ({1: "cpu"}, "a key 1")],
+    [
+        ("gpu0", "the value 'gpu0'"),
+        ("cpux", "the value 'cpux'"),
+        (3, "the value 3"),
+        ("meta", "the value 'meta'"),
+        ({1: "cpu"}, "a key 1"),
+    ],
 )
 def test_a_map_location_that_names_no_device_is_an_error_naming_it(tmp_path, map_location, what):
     _, artifact, _ = trained_checkpoint(tmp_path)

@@ -314,7 +314,7 @@ class DevicePlacement:
                 "as \"cpu\", \"cuda\" or \"cuda:0\", a torch.device, or a dict from saved "
                 "device names to such devices." % (self._where, what, describe(value))
             )
-        return "cpu" if value.startswith("cpu") else value
+        return "cpu" if _is_cpu(value) else value
 
     def _checked(self, value: Any) -> str:
         device = self._device_name(value, "the value")
@@ -384,7 +384,7 @@ def _device_available(device: str) -> bool:
 
 def _is_device_name(name: str) -> bool:
     """Whether torch knows a device of this name (of a kind with memory: not "meta")."""
-    if name.startswith("cpu"):
+    if _is_cpu(name):
         return True
     import torch
 
@@ -392,6 +392,10 @@ def _is_device_name(name: str) -> bool:
         return torch.device(name).type != "meta"
     except (RuntimeError, ValueError):
         return False
+
+
+def _is_cpu(name: str) -> bool:
+    return name == "cpu" or name.startswith("cpu:")
 
 
 def _streamed_to(device: str) -> bool:
