@@ -141,6 +141,21 @@ def test_a_synchronous_save_streams_large_device_storages_through_a_slot(tmp_pat
     assert device.host_buffers == [400, 3 * MIB]
 
 
+def test_a_synchronous_save_of_only_large_device_storages_streams_them_all(tmp_path):
+    device = StandInOrdering()
+    store = local_store(tmp_path)
+    layers = [device.place(torch.full((MIB,), float(i))) for i in range(3)]
+    key = CheckpointKey("UnitFlow", "1", "train", "1", 0, "checkpoint", 1)
+    prepared = prepare_save(key, {"layers": layers}, {}, ordering=device)
+    assert len(prepared.streamed) == 3
+    with store.save_lease(key):
+        manifest = commit_save(store, prepared)
+    values, _ = load_snapshot(store, manifest)
+    for i, layer in enumerate(values["layers"]):
+        assert (layer == float(i)).all()
+    assert device.host_buffers == [12 * MIB]  # one slot: the three fit in it
+
+
 def test_streamed_copies_fill_two_slots_by_turns_and_never_overwrite_a_slot_in_use():
     device = StandInOrdering(delay=slow_work)
     sources = [device.place(torch.full((MIB,), i, dtype=torch.uint8)) for i in range(5)]

@@ -349,7 +349,9 @@ def _put_blobs(
             hashes[i], written[i] = digest, w
 
     streamed_blobs = set(chunk_blobs)
-    put([i for i in range(len(blobs)) if i not in streamed_blobs])
+    others = [i for i in range(len(blobs)) if i not in streamed_blobs]
+    if others:
+        put(others)
     for group, views in stream_to_host(sources, DEFAULT_BOUNCE_BYTES // 2, prepared.ordering):
         for position, view in zip(group, views):
             blobs[chunk_blobs[position]].parts = [view]
