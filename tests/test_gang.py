@@ -163,7 +163,7 @@ def test_a_node_whose_peer_never_saves_fails_after_the_gang_timeout(tmp_path):
     with pytest.raises(GangSaveFailed) as failure:
         node0.save()
     message = str(failure.value)
-    assert "the parts of node(s) 1" in message and "METAFLOW_CHECKPOINT_GANG_TIMEOUT" in message
+    assert "the parts of node(s) 1" in message and "(the gang timeout, Gang.timeout)" in message
     assert "previous checkpoint stays the newest" in message
     assert node0.list() == [] and node1.list() == []
     # The waiting node left word for the others: node 1's save of that point fails at once.

@@ -83,3 +83,27 @@ def test_settings_come_from_metaflows_config_file_and_a_bad_one_fails_before_any
     proc = world.run_flow(flow, check=False)
     assert proc.returncode != 0 and "Task is starting" not in proc.stdout
     assert "METAFLOW_CHECKPOINT_GANG_TIMEOUT='soon' is not valid" in proc.stdout
+
+
+def test_the_engines_messages_name_the_settings_a_flow_sets(tmp_path, caplog):
+    """The engine knows its options by their own names; in a flow, its messages name the
+    METAFLOW_CHECKPOINT_* setting to change instead."""
+    from dataclasses import replace
+
+    import numpy as np
+    from engine_helpers import State, local_store, make_session
+    from metaflow_extensions.implicit_checkpoint.engine.gang import Gang
+    from metaflow_extensions.implicit_checkpoint.plugins.settings import SETTING_NAMES, settings
+
+    options = replace(settings().session, staging_bytes=1000)
+    state = State()
+    state.weights = np.zeros(10_000)
+    session = make_session(local_store(tmp_path), state, options=options)
+    with caplog.at_level("WARNING"):
+        session.save(blocking=False)  # more bytes than the staging budget: saved synchronously
+    session.finish()
+    assert "METAFLOW_CHECKPOINT_STAGING_BYTES=1000" in caplog.text
+    assert options.names.sigterm_wait == "METAFLOW_CHECKPOINT_SIGTERM_WAIT"
+    assert options.names.preemption_grace == "METAFLOW_CHECKPOINT_PREEMPTION_GRACE"
+    assert Gang(0, 2, "1").timeout_name == "Gang.timeout"
+    assert SETTING_NAMES.gang_timeout == "METAFLOW_CHECKPOINT_GANG_TIMEOUT"

@@ -31,6 +31,7 @@ from .integrity import fields_by_blob
 from .keys import CheckpointKey
 from .locks import RENEW
 from .manifest import Manifest, StorageLayout, utc_now_iso
+from .option_names import OptionNames
 from .gang_files import GangFiles
 from .store_paths import ABORT
 
@@ -60,6 +61,8 @@ class Gang:
     num_nodes: int
     control_task_id: str
     timeout: float = DEFAULT_TIMEOUT
+    #: What messages call the timeout (the plugins: the setting that sets it).
+    timeout_name: str = OptionNames.gang_timeout
 
     def __post_init__(self):
         if not 0 <= self.node_index < self.num_nodes:
@@ -199,8 +202,8 @@ class GangMember:
             if now >= deadline:
                 self._fail(
                     key,
-                    "waited %.0f s for %s (the gang timeout, METAFLOW_CHECKPOINT_GANG_TIMEOUT)"
-                    % (self.gang.timeout, waiting_for % _nodes(missing)),
+                    "waited %.0f s for %s (the gang timeout, %s)"
+                    % (self.gang.timeout, waiting_for % _nodes(missing), self.gang.timeout_name),
                 )
             time.sleep(pause)
             pause = min(pause * 2, POLL_MAX)

@@ -32,9 +32,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .errors import CheckpointException
 
-#: The setting for the MTBF (read on the plugins side) and its default: 2 hours, a
-#: pessimistic figure for GPU spot capacity (see docs/guide.md, "Spot machines").
-MTBF_ENV = "METAFLOW_CHECKPOINT_MTBF"
+#: The MTBF's default: 2 hours, a pessimistic figure for GPU spot capacity (see
+#: docs/guide.md, "Spot machines").
 DEFAULT_MTBF = 7200.0
 #: How many of the newest saves the cost estimate takes the median of.
 COST_WINDOW = 5

@@ -23,6 +23,7 @@ from .integrity import check_blobs, describe as describe_damage
 from .keys import CheckpointKey, split_pathspec, validate_name
 from .lineage import find_eager_resume_point, find_origin_resume_point
 from .manifest import Manifest, normalize_metadata
+from .option_names import OptionNames
 from .retention import RetentionPolicy
 from .rng import capture_rng_state, restore_rng_state
 from .save_schedule import DEFAULT_MTBF, SaveInterval, SaveRecord, SaveSchedule, StopNotice
@@ -34,12 +35,11 @@ from .reading import (
     read_listed_manifest,
 )
 from .snapshot import commit_save, load_snapshot, prepare_save
-from .staging import DEFAULT_BUDGET, STAGING_BUDGET_ENV, StagingArea
+from .staging import DEFAULT_BUDGET, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
 from .termination import (
     DEFAULT_PREEMPTION_GRACE,
     DEFAULT_SIGTERM_WAIT,
-    SIGTERM_WAIT_ENV,
     SPOT_NOTICE_SOURCE,
     PreemptionGuard,
 )
@@ -76,6 +76,8 @@ class SessionOptions:
     preemption_grace: float = DEFAULT_PREEMPTION_GRACE
     mtbf: float = DEFAULT_MTBF
     stop_notice_file: Optional[str] = None
+    #: What messages call these options (the plugins: the settings that set them).
+    names: OptionNames = OptionNames()
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,10 @@ class CheckpointSession:
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
         self._preemption = PreemptionGuard(
-            self._commit_before_exit, options.preemption_grace, options.sigterm_wait
+            self._commit_before_exit,
+            options.preemption_grace,
+            options.sigterm_wait,
+            options.names.preemption_grace,
         )
         self._schedule = SaveSchedule(options.mtbf, clock)
         self._after_preemption = after_preemption
@@ -391,7 +396,7 @@ class CheckpointSession:
             if not blocking:
                 warn(
                     "@checkpoint: %s changed more bytes than the staging budget (%s=%d); "
-                    "saved synchronously." % (key, STAGING_BUDGET_ENV, self._staging.budget)
+                    "saved synchronously." % (key, self._options.names.staging_bytes, self._staging.budget)
                 )
             try:
                 return self._commit(prepared, started, interval)
@@ -579,7 +584,7 @@ class CheckpointSession:
         if not pending.done():
             warn(
                 "@checkpoint: SIGTERM: committing the pending background save (waiting up "
-                "to %.0f s, %s)." % (timeout, SIGTERM_WAIT_ENV)
+                "to %.0f s, %s)." % (timeout, self._options.names.sigterm_wait)
             )
         try:
             pending.result(timeout=timeout)

@@ -28,12 +28,11 @@ import time
 from typing import Callable, Optional
 
 from .notices import warn
+from .option_names import OptionNames
 from .save_schedule import StopNotice
 
-#: The settings (read on the plugins side) and their defaults.
-SIGTERM_WAIT_ENV = "METAFLOW_CHECKPOINT_SIGTERM_WAIT"
+#: The options' defaults (the plugins fill them from the extension's settings).
 DEFAULT_SIGTERM_WAIT = 20.0
-PREEMPTION_GRACE_ENV = "METAFLOW_CHECKPOINT_PREEMPTION_GRACE"
 #: 10 s to reach a save point leaves 20 s of Kubernetes' default 30 s for that save.
 DEFAULT_PREEMPTION_GRACE = 10.0
 SIGTERM_SOURCE = "SIGTERM"
@@ -59,9 +58,11 @@ class PreemptionGuard:
         commit_pending: Callable[[float], None],
         grace: float = DEFAULT_PREEMPTION_GRACE,
         wait: float = DEFAULT_SIGTERM_WAIT,
+        grace_name: str = OptionNames.preemption_grace,
     ):
         self._commit_pending = commit_pending
         self._grace = grace
+        self._grace_name = grace_name
         self._wait = wait
         self._previous = None
         self._installed = False
@@ -138,7 +139,7 @@ class PreemptionGuard:
         warn(
             "@checkpoint: SIGTERM received: the step has %.0f s (%s) to reach its next "
             "save point (current.checkpoint.due() is now True); that save commits and ends "
-            "the task as failed, for @retry to resume it." % (self._grace, PREEMPTION_GRACE_ENV)
+            "the task as failed, for @retry to resume it." % (self._grace, self._grace_name)
         )
         if self._grace <= 0:
             self._expire()
@@ -156,7 +157,7 @@ class PreemptionGuard:
             self._expired = True
         warn(
             "@checkpoint: the step reached no save point within %.0f s of SIGTERM (%s)."
-            % (self._grace, PREEMPTION_GRACE_ENV)
+            % (self._grace, self._grace_name)
         )
         try:
             self._commit_pending(self._wait)

@@ -11,7 +11,7 @@ from metaflow.unbounded_foreach import UBF_CONTROL, UBF_TASK
 from ..engine.errors import CheckpointException
 from ..engine.gang import Gang
 from .metaflow_internals import num_parallel
-from .settings import settings
+from .settings import SETTING_NAMES, settings
 
 
 def gang_of_task(flow, ubf_context, task_id: str, step_name: str) -> Optional[Gang]:
@@ -34,4 +34,4 @@ def gang_of_task(flow, ubf_context, task_id: str, step_name: str) -> Optional[Ga
         return None
     if num_nodes <= 1:
         return None
-    return Gang(node_index, num_nodes, control_task_id, settings().gang_timeout)
+    return Gang(node_index, num_nodes, control_task_id, settings().gang_timeout, SETTING_NAMES.gang_timeout)

@@ -173,3 +173,34 @@ def s3_settings() -> SimpleNamespace:
         retry_count=int(S3_RETRY_COUNT),
         server_side_encryption=S3_SERVER_SIDE_ENCRYPTION,
     )
+
+
+def card_datastore(flow_datastore: Any, pathspec: str) -> Any:
+    """Metaflow's ``CardDatastore`` of the task ``pathspec``.
+
+    Cards live under a root of their own (``CardDatastore.get_storage_root``), beside
+    the flow's datastore; Metaflow's card CLI points a storage of the same kind there.
+    """
+    from metaflow.plugins.cards.card_datastore import CardDatastore
+
+    card_root = CardDatastore.get_storage_root(flow_datastore.TYPE)
+    return CardDatastore(datastore_shell(flow_datastore, card_root), pathspec)
+
+
+def stored_card_files(cards: Any, card_type: str, card_id: str) -> List[str]:
+    """The paths of every stored card and card-data file of ``card_type`` / ``card_id`` in
+    the card datastore ``cards`` ([] when the task has none)."""
+    from metaflow.plugins.cards.exception import CardNotPresentException
+
+    try:
+        found = cards.extract_card_paths(card_type=card_type, card_id=card_id)
+    except CardNotPresentException:  # Metaflow's way to say: the task has no card yet
+        found = []
+    return found + cards.extract_data_paths(card_type=card_type, card_id=card_id)
+
+
+def render_template(template: str, data: Any, partials: Optional[dict] = None) -> str:
+    """A mustache ``template`` rendered with ``data`` by the renderer Metaflow's cards use."""
+    from metaflow.plugins.cards.card_modules import chevron
+
+    return chevron.render(template, data, partials_dict=partials or {})

@@ -107,16 +107,10 @@ def after_preemption(attempt: int, max_retries: int) -> str:
 
 def record(metadata_provider, run_id: str, step: str, task_id: str, attempt: int, exception) -> None:
     """Note in the attempt's metadata that it failed with ``exception``, which no retry fixes."""
-    from metaflow.metadata_provider import MetaDatum
+    from .metaflow_internals import register_task_metadata
 
     value = json.dumps({"error": type(exception).__name__, "message": _message_of(exception)})
-    metadata_provider.register_metadata(
-        run_id,
-        step,
-        task_id,
-        [MetaDatum(field=NOT_RETRYABLE_FIELD, value=value, type="checkpoint",
-                   tags=["attempt_id:%d" % attempt])],
-    )
+    register_task_metadata(metadata_provider, (run_id, step, task_id), attempt, NOT_RETRYABLE_FIELD, value)
 
 
 def recorded(pathspec: str, attempt: int) -> Optional[dict]:

@@ -11,9 +11,19 @@ from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
 from ..engine.errors import CheckpointConfigError
+from ..engine.option_names import OptionNames
 from ..engine.session import SessionOptions
 
 T = TypeVar("T")
+
+#: The engine's messages name the settings that set its options.
+SETTING_NAMES = OptionNames(
+    staging_bytes="METAFLOW_CHECKPOINT_STAGING_BYTES",
+    sigterm_wait="METAFLOW_CHECKPOINT_SIGTERM_WAIT",
+    preemption_grace="METAFLOW_CHECKPOINT_PREEMPTION_GRACE",
+    mtbf="METAFLOW_CHECKPOINT_MTBF",
+    gang_timeout="METAFLOW_CHECKPOINT_GANG_TIMEOUT",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ def settings() -> Settings:
             mtbf=read(
                 "CHECKPOINT_MTBF", _number(float, 0, strict=True), "a number of seconds above 0"
             ),
+            names=SETTING_NAMES,
         ),
         gang_timeout=read(
             "CHECKPOINT_GANG_TIMEOUT", _number(float, 0, strict=True), "a number of seconds above 0"

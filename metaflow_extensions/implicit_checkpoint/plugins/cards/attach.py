@@ -10,7 +10,13 @@ import os
 import time
 from typing import List, Optional
 
-from ..metaflow_internals import attach_step_decorators, card_of_this_task, datastore_shell, storage_of
+from ..metaflow_internals import (
+    attach_step_decorators,
+    card_datastore,
+    card_of_this_task,
+    storage_of,
+    stored_card_files,
+)
 from ...engine.notices import warn
 
 CARD_TYPE = "implicit_checkpoint"
@@ -81,18 +87,6 @@ def _runtime_card(card_id: str):
     return handle
 
 
-def card_datastore(flow_datastore, pathspec: str):
-    """Metaflow's ``CardDatastore`` of the task ``pathspec``.
-
-    Cards live under a root of their own (``CardDatastore.get_storage_root``), beside
-    the flow's datastore; Metaflow's card CLI points a storage of the same kind there.
-    """
-    from metaflow.plugins.cards.card_datastore import CardDatastore
-
-    card_root = CardDatastore.get_storage_root(flow_datastore.TYPE)
-    return CardDatastore(datastore_shell(flow_datastore, card_root), pathspec)
-
-
 #: Longest wait for an earlier attempt's card render to finish (Metaflow's own limit for
 #: a card process it does not wait for).
 ORPHAN_RENDER_TIMEOUT = 30.0
@@ -146,17 +140,11 @@ def remove_cards_of_earlier_attempts(flow_datastore, pathspec: str, card_id: str
     when the retry starts and again when it ends; this attempt's own card is kept.
     """
     own = _own_card_uuid(card_id)
-    from metaflow.plugins.cards.exception import CardNotPresentException
-
     from ..store_binding import backend_for_storage
 
     try:
         cards = card_datastore(flow_datastore, pathspec)
-        try:
-            found = cards.extract_card_paths(card_type=CARD_TYPE, card_id=card_id)
-        except CardNotPresentException:  # Metaflow's way to say: the task has no card yet
-            found = []
-        found += cards.extract_data_paths(card_type=CARD_TYPE, card_id=card_id)
+        found = stored_card_files(cards, CARD_TYPE, card_id)
         stale = [path for path in found if own is None or own not in path.rsplit("/", 1)[-1]]
         if stale:
             backend_for_storage(storage_of(cards)).delete(stale)

@@ -18,9 +18,14 @@ card discovery does not import it.
 import time
 from typing import Any, Optional
 
-from ..metaflow_internals import card_info_to_register, stop_card_render
+from ..metaflow_internals import (
+    card_datastore,
+    card_info_to_register,
+    register_task_metadata,
+    stop_card_render,
+)
 from ..task_status import client_reading
-from .attach import CARD_TYPE, card_datastore
+from .attach import CARD_TYPE
 from ...engine.notices import warn
 
 #: What Metaflow's card templates carry in place of the reload token; ``card create``
@@ -104,21 +109,10 @@ class InProcessFinalCard:
             return
         import json
 
-        from metaflow.metadata_provider import MetaDatum
-
         _, run_id, step, task_id = self._pathspec.split("/")
-        self._metadata_provider.register_metadata(
-            run_id,
-            step,
-            task_id,
-            [
-                MetaDatum(
-                    field=card_uuid,
-                    value=json.dumps(info),
-                    type="card-info",
-                    tags=["attempt_id:%d" % self._attempt],
-                )
-            ],
+        register_task_metadata(
+            self._metadata_provider, (run_id, step, task_id), self._attempt, card_uuid,
+            json.dumps(info), kind="card-info",
         )
 
 

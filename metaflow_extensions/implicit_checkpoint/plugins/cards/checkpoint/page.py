@@ -9,9 +9,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict
 
-from metaflow.plugins.cards.card_modules import chevron
-
 from ....engine.errors import CheckpointException
+from ...metaflow_internals import render_template
 
 PAGE = "checkpoint_card.html"
 BODY = "checkpoint_body.html"
@@ -39,7 +38,7 @@ def _read(name: str) -> str:
 
 def render_body(report: Dict[str, Any]) -> str:
     """The card's content (what a live update replaces)."""
-    return chevron.render(_read(BODY), report, partials_dict={"checkpoint_row": _read(ROW)})
+    return render_template(_read(BODY), report, {"checkpoint_row": _read(ROW)})
 
 
 def render_page(report: Dict[str, Any]) -> str:
@@ -49,4 +48,4 @@ def render_page(report: Dict[str, Any]) -> str:
 
 def page_html(pathspec: str, body: str) -> str:
     """The self-contained HTML document around a card ``body`` of the task ``pathspec``."""
-    return chevron.render(_read(PAGE), {"pathspec": pathspec, "css": _read(STYLES), "body": body})
+    return render_template(_read(PAGE), {"pathspec": pathspec, "css": _read(STYLES), "body": body})
