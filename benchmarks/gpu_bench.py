@@ -281,6 +281,15 @@ class Bench:
         shutil.rmtree(path.parent)
 
 
+def run_case(case: Callable[[], None]) -> None:
+    """Run one group of cases; a failure (a torch without some dcp API, a full disk) is
+    printed and the others still run: the GPU machine is at hand once."""
+    try:
+        case()
+    except Exception as ex:  # noqa: BLE001 - reported, the run goes on
+        print("  %s failed: %s: %s" % (case.__name__, type(ex).__name__, ex), flush=True)
+
+
 def pinned_stager(pinned: bool):
     """dcp's stager with pinned memory (with CUDA), staging before async_save returns (so
     "blocked" is the copy, as ours)."""
@@ -360,7 +369,8 @@ def training_throughput(work: Path, seconds: float, every: float, device: str) -
 def targets(samples) -> List[str]:
     """The issue's targets, checked on the medians (PASS/MISS), with the figures used."""
     def median(case: str) -> Optional[float]:
-        return samples.figure(case).median if case in samples else None
+        figure = reported(samples, case)
+        return figure.median if figure is not None else None
 
     def check(label: str, value: Optional[float], limit: Optional[float], better=lambda v, l: v <= l) -> str:
         if value is None or limit is None:
@@ -381,13 +391,31 @@ def targets(samples) -> List[str]:
     return lines
 
 
-def report(size_gb: float, samples) -> List[str]:
+def reported(samples, case: str):
+    """The figure of ``case``, or None when no reported round has a sample of it (it
+    failed, or ran in the warm-up only)."""
+    if case not in samples:
+        return None
+    try:
+        return samples.figure(case)
+    except ValueError:
+        return None
+
+
+def figures_json(samples) -> Dict[str, dict]:
+    found = {case: reported(samples, case) for case in samples.cases()}
+    return {case: figure.to_json() for case, figure in found.items() if figure is not None}
+
+
+def report(size_gb: float, device: str, samples) -> List[str]:
     from measure import seconds
 
-    lines = ["", "== %.3g GB CUDA state ==" % size_gb]
+    lines = ["", "== %.3g GB %s state ==" % (size_gb, "CUDA" if device == "cuda" else "CPU (smoke)")]
     for case in samples.cases():
-        figure = samples.figure(case)
-        if "(bytes)" in case:
+        figure = reported(samples, case)
+        if figure is None:
+            lines.append("  %-55s not measured (see the failure above)" % case)
+        elif "(bytes)" in case:
             lines.append("  %-55s %.0f MB (%.0f to %.0f)" % (case, figure.median / MB, figure.low / MB, figure.high / MB))
         else:
             lines.append("  %-55s %s" % (case, seconds(figure)))
@@ -395,8 +423,13 @@ def report(size_gb: float, samples) -> List[str]:
     return lines
 
 
-def report_training(training: Dict[str, float]) -> Dict[str, float]:
+def run_training(work: Path, args: argparse.Namespace, device: str) -> Dict[str, float]:
     print("\n== training throughput (CheckFreq's figure of merit) ==")
+    try:
+        training = training_throughput(work, args.train_seconds, args.save_every, device)
+    except Exception as ex:  # noqa: BLE001 - reported, the run goes on
+        print("  failed: %s: %s" % (type(ex).__name__, ex), flush=True)
+        return {}
     for name, value in training.items():
         print("  %-55s %.2f" % (name, value))
     kept = training["throughput kept (%)"]
@@ -442,23 +475,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         sizes = sorted(args.sizes)
         for number, size_gb in enumerate(sizes):
             if number == 1:
-                results["training"] = report_training(training_throughput(work, args.train_seconds, args.save_every, device))
+                results["training"] = run_training(work, args, device)
             state = device_state(int(size_gb * GB), device)
             samples = Rounds()
             bench = Bench(work, state, samples)
             for _ in range(args.rounds + 1):
-                bench.limits()
-                bench.ours()
-                bench.dcp()
-                bench.torch_save()
+                for case in (bench.limits, bench.ours, bench.dcp, bench.torch_save):
+                    run_case(case)
                 samples.next_round()
-            print("\n".join(report(size_gb, samples)), flush=True)
-            results["%.3g GB" % size_gb] = samples.to_json()
+            print("\n".join(report(size_gb, device, samples)), flush=True)
+            results["%.3g GB" % size_gb] = figures_json(samples)
             del state, bench
             if cuda:
                 torch.cuda.empty_cache()
         if "training" not in results:
-            results["training"] = report_training(training_throughput(work, args.train_seconds, args.save_every, device))
+            results["training"] = run_training(work, args, device)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
         print("figures written to %s" % args.json)

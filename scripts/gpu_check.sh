@@ -115,7 +115,8 @@ fi
 
 section "4/4 GPU benchmark"
 LEFT=$((BUDGET - (SECONDS - START) - 15))
-BENCH_ARGS=(--sizes-gb 1,10 --rounds 1 --train-seconds 60 --save-every 30)
+# A 30 s training window holds one background save (at 15 s): a save every 30 s.
+BENCH_ARGS=(--sizes-gb 1,10 --rounds 1 --train-seconds 30 --save-every 30)
 [ "$REHEARSE" = 1 ] && BENCH_ARGS+=(--smoke)
 BENCH=("${RUN_ENV[@]}" timeout "$LEFT" "$PYTHON" benchmarks/gpu_bench.py "${BENCH_ARGS[@]}" --json "$RESULTS/gpu_bench.json")
 if [ "$DRY_RUN" = 1 ]; then
