@@ -166,13 +166,24 @@ def _resumed_run_record(tmp_path_factory) -> dict:
         return json.loads(record.read_text())
 
 
+def _files_under(root: Path) -> dict:
+    return {str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in root.rglob("*") if path.is_file()}
+
+
 @pytest.fixture
 def resumed_run(_resumed_run_record) -> ResumedRun:
     """The session's ResumeFlow run (RESUMED_RUN_ARGS), for checks that only read it:
     list, inspect, load, fetch its card. Each test gets a world of its own over the shared
-    datastore (its ``env`` is the test's to change); nothing may write to the store."""
+    datastore (its ``env`` is the test's to change). A test that changed a file of the
+    datastore fails: it needs a run of its own."""
     record = _resumed_run_record
-    return ResumedRun(MetaflowWorld(Path(record["root"])), record["run_id"], record["output"])
+    shared = ResumedRun(MetaflowWorld(Path(record["root"])), record["run_id"], record["output"])
+    before = _files_under(shared.world.datastore_root)
+    yield shared
+    after = _files_under(shared.world.datastore_root)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, "the shared resumed run is read-only; this test changed %s" % changed[:5]
 
 
 # -- slowest modules first, from recorded durations ----------------------------------------
