@@ -109,8 +109,7 @@ def test_a_sync_save_of_more_than_the_pinned_slots_hold_streams_every_chunk(tmp_
 def test_a_load_restores_cuda_parameters_in_place_without_more_device_memory(tmp_path):
     state = State()
     state.model = build_model()
-    state.optimizer = torch.optim.SGD(state.model.parameters(), lr=0.1, momentum=0.9)
-    train_step(state.model, state.optimizer)
+    train_step(state.model, torch.optim.SGD(state.model.parameters(), lr=0.1))
     store = local_store(tmp_path)
     artifact = make_session(store, state).save()
     saved = {k: v.clone() for k, v in state.model.state_dict().items()}
@@ -130,10 +129,10 @@ def test_a_load_restores_cuda_parameters_in_place_without_more_device_memory(tmp
     assert list(resumed.model.parameters()) == parameters  # the same objects
     for name, tensor in resumed.model.state_dict().items():
         assert tensor.is_cuda and torch.equal(tensor, saved[name]), name
-    # The optimizer is built new (no live one), its momentum buffers as large as the
-    # model: the model's own bytes take no device memory beyond its parameters.
-    momentum_bytes = sum(t.numel() * t.element_size() for t in saved.values())
-    assert added <= momentum_bytes + 4 * MIB, (added, momentum_bytes)
+    model_bytes = sum(t.numel() * t.element_size() for t in saved.values())
+    # The bytes go from the bounce buffer into the parameters: no device copy of the
+    # model (4 MiB: a block of the caching allocator, e.g. for the CUDA RNG state).
+    assert added < min(model_bytes, 4 * MIB), (added, model_bytes)
 
 
 def test_a_checkpoint_saved_on_cuda_loads_into_a_cpu_model_and_with_map_location(tmp_path):
