@@ -7,6 +7,8 @@
   machine, by default and with ``map_location``; a bad ``map_location`` names itself.
 - bf16, fp16 and both fp8 formats round-trip bit-exactly, inside a model and as fields;
   a CPU GradScaler's state and torch's CPU generator come back.
+- CUDA generator states for another number of devices than this machine has are warned
+  about (none restored on a CPU); states that are no tensors are an error.
 """
 
 import pytest
@@ -173,3 +175,24 @@ def test_a_grad_scaler_and_the_generator_of_a_mixed_precision_loop_resume(tmp_pa
     make_session(store, resumed, attempt=1).load(artifact)
     assert resumed.scaler.state_dict() == scaler_state
     assert torch.equal(torch.randn(5), next_draw)  # torch's generator resumed where it was
+
+
+def test_cuda_generator_states_on_a_machine_with_other_devices_are_warned_about(caplog):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    from metaflow_extensions.implicit_checkpoint.engine import rng
+
+    cpu_state = torch.get_rng_state()
+    saved = {rng.TORCH: cpu_state, rng.TORCH_CUDA: [torch.zeros(16, dtype=torch.uint8)] * 2}
+    torch.randn(3)
+    with caplog.at_level("WARNING"):
+        rng.restore_rng_state(saved)
+    assert torch.equal(torch.get_rng_state(), cpu_state)  # the CPU generator is restored
+    assert "CUDA generator states of 2 device(s), this machine has 0: none is restored" in caplog.text
+
+
+def test_cuda_generator_states_that_are_no_tensors_are_an_error():
+    from metaflow_extensions.implicit_checkpoint.engine import rng
+
+    with pytest.raises(CheckpointException, match="not a list of tensors; it was altered"):
+        rng.restore_rng_state({rng.TORCH: torch.get_rng_state(), rng.TORCH_CUDA: "cuda"})
