@@ -61,10 +61,11 @@ def _restore_cuda(torch: Any, states: Any) -> None:
         )
     here = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if len(states) != here:
+        restored = "the first %d are" % min(len(states), here) if here else "none is"
         warn(
             "@checkpoint: the checkpoint holds the CUDA generator states of %d device(s), this "
             "machine has %d: %s restored. Random numbers drawn on the GPU differ from the "
-            "run that saved it." % (len(states), here, "the first %d are" % min(len(states), here) if here else "none is")
+            "run that saved it." % (len(states), here, restored)
         )
     for index, device_state in enumerate(states[:here]):
         torch.cuda.set_rng_state(device_state, index)

@@ -138,8 +138,9 @@ def stream_to_host(
     if ordering is None:
         raise ValueError("no device ordering: these tensors are in host memory")
     groups = group_into_slots([source.numel() for source in sources], slot_bytes)
-    sizes = [max(sum(sources[i].numel() for i in group) for group in groups[which::2]) for which in range(min(2, len(groups)))]
-    slots = [ordering.host_buffer(size) for size in sizes]
+    group_bytes = [sum(sources[i].numel() for i in group) for group in groups]
+    # Slot 0 holds the even groups, slot 1 the odd ones: each as large as its largest.
+    slots = [ordering.host_buffer(max(group_bytes[which::2])) for which in range(min(2, len(groups)))]
 
     def enqueue(number: int) -> Tuple[List[memoryview], List[Any]]:
         slot, views, copies, at = slots[number % 2], [], [], 0
