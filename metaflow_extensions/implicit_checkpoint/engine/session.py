@@ -22,6 +22,7 @@ from .gang import Gang, GangMember
 from .integrity import check_blobs, describe as describe_damage
 from .keys import CheckpointKey, split_pathspec, validate_name
 from .lineage import find_eager_resume_point, find_origin_resume_point
+from .loading import LoadRequest, load_checkpoint
 from .manifest import Manifest, normalize_metadata
 from .option_names import OptionNames
 from .retention import RetentionPolicy
@@ -34,7 +35,7 @@ from .reading import (
     open_checkpoint,
     read_listed_manifest,
 )
-from .snapshot import commit_save, load_snapshot, prepare_save
+from .snapshot import commit_save, prepare_save
 from .staging import DEFAULT_BUDGET, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
 from .termination import (
@@ -655,23 +656,22 @@ class CheckpointSession:
     def _load(self, key: CheckpointKey, allow_pickle: bool, map_location: Any = None) -> CheckpointArtifact:
         gang = self._task.gang
         opened = open_checkpoint(self._store, key, gang.node_index if gang is not None else None)
-        _, rng_state = load_snapshot(
-            self._store,
-            opened.part,
+        request = LoadRequest(
             target=self._target,
             allow_pickle=allow_pickle,
             with_rng=self._rng,
             folder=self._directory,
             map_location=map_location,
         )
-        if rng_state:
-            restore_rng_state(rng_state)
+        loaded = load_checkpoint(self._store, opened, request)
+        if loaded.rng_state:
+            restore_rng_state(loaded.rng_state)
         self._parent = str(opened.key)
         # The step's state is the checkpoint's now: the interval counts from here, with
         # the cost that checkpoint's save measured.
         self._schedule.started()
         self._schedule.resume_from(SaveRecord.from_wire(opened.manifest.save_record))
-        artifact = CheckpointArtifact.from_manifest(opened.manifest)
+        artifact = loaded.artifact
         for listener in self.on_load:
             listener(artifact)
         return artifact

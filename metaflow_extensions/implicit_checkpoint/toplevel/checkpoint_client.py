@@ -11,7 +11,7 @@ from ..engine.fields import FieldSelector
 from ..engine.keys import split_pathspec
 from ..engine.reading import inspect_checkpoint, list_run, list_task, open_checkpoint
 from ..engine.session import DEFAULT_NAME, AttributeSource, CheckpointSession
-from ..engine.snapshot import load_snapshot
+from ..engine.loading import LoadRequest, load_checkpoint
 from ..engine.verify import VerifyReport, verify_checkpoints
 from ..plugins.formatting import missing_blobs, verify_report_dict
 from ..plugins.run_visibility import runs_in_current_namespace
@@ -136,15 +136,8 @@ class Checkpoint(object):
                 "save({\"model\": model, \"step\": step}); got %r." % (type(fields).__name__,)
             )
         values = dict(fields)
-        session = CheckpointSession(
-            self._store,
-            handed.task,
-            AttributeSource(lambda: values),
-            target=None,
-            selector=FieldSelector(include=sorted(values)),
-            rng=False,
-            gang_saves=False,
-            options=settings().session,
+        session = self._session_of(
+            handed, AttributeSource(lambda: values), selector=FieldSelector(include=sorted(values)), rng=False
         )
         try:
             return session.save(name=name, metadata=metadata)
@@ -160,16 +153,22 @@ class Checkpoint(object):
             )
         return self._handed
 
-    def _session_of(self, handed: HandedTask) -> CheckpointSession:
-        """A session of the task handed down to this process, for reading."""
+    def _session_of(
+        self, handed: HandedTask, source: Optional[AttributeSource] = None, **kwargs
+    ) -> CheckpointSession:
+        """A session of the task handed down to this process (for reading, or with
+        ``source`` for a save), with the options of this process's settings. Its saves
+        are the worker's own: never a gang's global checkpoint."""
         return CheckpointSession(
             self._store,
             handed.task,
-            AttributeSource(lambda: {}),
+            source or AttributeSource(lambda: {}),
             target=None,
             load_policy=handed.load_policy,
             accept_run=runs_in_current_namespace(handed.task.flow),
             gang_saves=False,
+            options=settings().session,
+            **kwargs,
         )
 
     def _resume_point(self) -> CheckpointArtifact:
@@ -312,22 +311,20 @@ class Checkpoint(object):
         if node is None and self._handed is not None and self._handed.task.gang is not None:
             node = self._handed.task.gang.node_index
         opened = open_checkpoint(self._store, reference, node)
-        with_files = (files if files is not None else fields is None) and opened.part.has_folder
-        if with_files:
-            self._check_folder_is_ours(opened.key)
-        values, _ = load_snapshot(
-            self._store,
-            opened.part,
-            fields,
+        request = LoadRequest(
+            fields=fields,
             target=flow,
             allow_pickle=allow_pickle,
-            folder=self.directory if with_files else None,
+            folder=self.directory,
+            files=files,
             map_location=map_location,
         )
+        with_files = request.restores_files(opened)
+        if with_files:
+            self._check_folder_is_ours(opened.key)
+        loaded = load_checkpoint(self._store, opened, request)
         self._filled = self._filled or with_files
-        if flow is None:
-            return values
-        return CheckpointArtifact.from_manifest(opened.manifest)
+        return loaded.values if flow is None else loaded.artifact
 
     def _check_folder_is_ours(self, key) -> None:
         """A load makes the folder exactly the checkpoint's: never over files that this
