@@ -141,7 +141,11 @@ def main():
     session = make_session(store, fence_state(State()), task_id="2")
     result = {"key": None, "error": None}
     try:
-        result["key"] = session.save().key
+        if os.environ.get("BACKGROUND") == "1":  # committed by the background thread
+            result["key"] = session.save(blocking=False).key
+            session.wait()
+        else:
+            result["key"] = session.save().key
     except Exception as ex:  # reported to the test, which decides
         result["error"] = "%s: %s" % (type(ex).__name__, ex)
         traceback.print_exc()

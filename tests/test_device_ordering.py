@@ -105,7 +105,7 @@ def test_a_background_save_of_device_tensors_commits_what_save_saw(tmp_path):
     assert prepared.staged
     device.current.launch(lambda: weights.zero_())  # the next step, before the commit
     with store.save_lease(key):
-        manifest = commit_save(store, prepared)
+        manifest = commit_save(store, prepared).manifest
     values, _ = load_snapshot(store, manifest)
     assert (values["weights"] == 5.0).all() and values["weights"].shape == (3, MIB // 8)
     assert torch.equal(values["bias"], bias)
@@ -134,7 +134,7 @@ def test_a_synchronous_save_streams_large_device_storages_through_a_slot(tmp_pat
     prepared = prepare_save(key, {"weights": weights, "norm": norm}, {}, ordering=device)
     assert list(prepared.streamed.values())[0].numel() == 3 * MIB  # weights' storage
     with store.save_lease(key):
-        manifest = commit_save(store, prepared)
+        manifest = commit_save(store, prepared).manifest
     values, _ = load_snapshot(store, manifest)
     assert (values["weights"] == 4.0).all() and (values["norm"] == -1.0).all()
     # Host memory: the small storage, then one slot for the large one's chunk.
@@ -149,7 +149,7 @@ def test_a_synchronous_save_of_only_large_device_storages_streams_them_all(tmp_p
     prepared = prepare_save(key, {"layers": layers}, {}, ordering=device)
     assert len(prepared.streamed) == 3
     with store.save_lease(key):
-        manifest = commit_save(store, prepared)
+        manifest = commit_save(store, prepared).manifest
     values, _ = load_snapshot(store, manifest)
     for i, layer in enumerate(values["layers"]):
         assert (layer == float(i)).all()

@@ -68,11 +68,16 @@ def _old_unreferenced_blob(make_store) -> set:
     return blobs
 
 
-def _run_paused_saver(make_store, spec, point, tmp_path, fence="on"):
+def _run_paused_saver(make_store, spec, point, tmp_path, fence="on", background=False):
     """Start the saver, let it stop at ``point``, gc while it is stopped; its result
-    and gc's report."""
+    and gc's report. ``background``: the saver's save is a background one."""
     flag = str(tmp_path / ("paused-%s" % point))
-    env = dict(os.environ, FENCE=fence, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
+    env = dict(
+        os.environ,
+        FENCE=fence,
+        BACKGROUND="1" if background else "0",
+        PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]),
+    )
     saver = subprocess.Popen(
         [sys.executable, str(HERE / "paused_saver.py"), spec, point, flag],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -138,6 +143,31 @@ def test_a_save_stopped_at_any_instant_never_commits_a_checkpoint_missing_a_blob
     reader = make_session(make_store(), State(), task_id="2", attempt=1)
     (artifact,) = reader.list()
     make_session(make_store(), loaded, task_id="reader", attempt=9).load(artifact)
+    expected = fence_state(State())
+    for name in ("old", "new", "small"):
+        assert np.array_equal(getattr(loaded, name), getattr(expected, name)), name
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+@pytest.mark.parametrize("point", RACY)
+def test_a_background_save_stopped_where_gc_deletes_its_blobs_is_committed_by_its_retry(
+    point, tmp_path, short_leases
+):
+    """The retry is the background save's too: its staged bytes are still what save()
+    saw, so once the fence uncommitted it, it commits again, intact, before wait() returns."""
+    root = str(tmp_path / "store")
+    os.makedirs(root)
+    make_store = lambda: CheckpointStore(LocalDirBackend(root))  # noqa: E731
+    _old_unreferenced_blob(make_store)
+    result, report = _run_paused_saver(make_store, root, point, tmp_path, background=True)
+    assert result["error"] is None, result["log"]
+    assert report.deleted_blobs, "gc deleted nothing: the race was not exercised"
+    assert result["uncommits"] == 1
+    committed = _committed_and_intact(make_store)
+    assert committed == [(result["key"], {})]
+    loaded = State()
+    make_session(make_store(), loaded, task_id="reader", attempt=9).load(result["key"])
     expected = fence_state(State())
     for name in ("old", "new", "small"):
         assert np.array_equal(getattr(loaded, name), getattr(expected, name)), name

@@ -35,7 +35,7 @@ from .reading import (
     open_checkpoint,
     read_listed_manifest,
 )
-from .snapshot import commit_save, prepare_save
+from .snapshot import PreparedSave, commit_save, prepare_save, teach_tracker
 from .staging import DEFAULT_BUDGET, StagingArea
 from .store import CheckpointStore, ReusedBlobDamaged
 from .termination import (
@@ -399,25 +399,46 @@ class CheckpointSession:
                     "@checkpoint: %s changed more bytes than the staging budget (%s=%d); "
                     "saved synchronously." % (key, self._options.names.staging_bytes, self._staging.budget)
                 )
-            try:
-                return self._commit(prepared, started, interval)
-            except ReusedBlobDamaged:
-                # The step's state is still what was captured: capture it again, with
-                # change tracking reset, so every tensor is checked and stored.
-                return self._commit(prepare(), started, interval)
+            # The step's state is still what was captured: a retry captures it again.
+            return self._save_now(prepared, lambda _: prepare(), started, interval)
         if self._background is None:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
         blocked = self._schedule.clock() - started
         self._schedule.measured(blocked)
         self._ending_notice = self._preemption.notice
         self._pending = self._background.submit(
-            self._commit, prepared, started, interval, blocked, self._ending_notice
+            self._save_now, prepared, _staged_again, started, interval, blocked, self._ending_notice
         )
         return CheckpointArtifact.from_manifest(prepared.manifest)
 
+    def _save_now(
+        self,
+        prepared: PreparedSave,
+        capture_again: Callable[[PreparedSave], Optional[PreparedSave]],
+        started: float,
+        interval: Optional[SaveInterval],
+        blocked: Optional[float] = None,
+        notice: Optional[StopNotice] = None,
+    ) -> CheckpointArtifact:
+        """Commit ``prepared``, on this thread or the background one, with the one retry a
+        save gets: when a blob it reuses turns out gone or damaged (``ReusedBlobDamaged``:
+        deleted by hand, by ``verify --repair``, or by a gc that took a paused save for
+        dead), nothing was committed; change tracking forgets what it knew, and the save
+        is committed once more from ``capture_again(prepared)``, which stores every tensor
+        anew, or raises when the bytes the save saw can no longer be had (None)."""
+        try:
+            return self._commit(prepared, started, interval, blocked, notice)
+        except ReusedBlobDamaged:
+            if self._tracker is not None:
+                self._tracker.keep_only([])
+            again = capture_again(prepared)
+            if again is None:
+                raise
+            return self._commit(again, started, interval, blocked, notice)
+
     def _commit(
         self,
-        prepared,
+        prepared: PreparedSave,
         started: float,
         interval: Optional[SaveInterval],
         blocked: Optional[float] = None,
@@ -447,16 +468,11 @@ class CheckpointSession:
             self._store.commit(key, stamped)
             return stamped
 
-        try:
-            with self._store.save_lease(prepared.key):
-                manifest = commit_save(
-                    self._store, prepared, self._tracker, stamp_and_commit, self._write_history
-                )
-        except ReusedBlobDamaged:
-            # A reused blob is gone or damaged: the next save stores every tensor anew.
-            if self._tracker is not None:
-                self._tracker.keep_only([])
-            raise
+        with self._store.save_lease(prepared.key):
+            outcome = commit_save(self._store, prepared, stamp_and_commit, self._write_history)
+        manifest = outcome.manifest
+        if self._tracker is not None:
+            teach_tracker(self._tracker, prepared, outcome)
         if blocked is None:
             self._schedule.measured(records[-1].blocked)
         self._schedule.committed(records[-1].to_commit)
@@ -752,3 +768,13 @@ class CheckpointSession:
         if self._task.attempt == 0:
             return "this is the task's first attempt (attempt 0)"
         return "no earlier attempt of this task committed a checkpoint"
+
+
+def _staged_again(prepared: PreparedSave) -> Optional[PreparedSave]:
+    """A background save's retry: its staged bytes are still what ``save()`` saw, so it
+    commits them again (every blob written anew where missing). One that reused
+    unchanged tensors without staging them cannot: the step may have changed them since
+    (None: the failure is raised at the next ``save()``/``wait()``, and that save stores
+    every tensor anew)."""
+    return prepared if prepared.staged and not prepared.reused else None
+

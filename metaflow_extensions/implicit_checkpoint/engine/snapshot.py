@@ -224,26 +224,84 @@ def _describe(
     return manifest
 
 
+@dataclass(frozen=True)
+class CommitOutcome:
+    """What ``commit_save`` did: the committed manifest, where every storage's bytes are
+    now, and, when a storage changed behind torch's version counter, why the change
+    tracker must stop trusting it (``teach_tracker``)."""
+
+    manifest: Manifest
+    locations: Dict[int, Location]
+    counter_distrusted: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class _WrittenBlobs:
+    """The blobs of a save, as written: buffer ``i``'s bytes are at ``extents[i]``."""
+
+    blobs: List[PlannedBlob]
+    extents: list
+    hashes: List[str]
+    written: List[bool]
+    order: List[int]  # the changed storages, in the order of their buffers
+    graph_inline: bool
+
+    def located(self, buffer_index: int) -> list:
+        return [[self.hashes[b], offset, length] for b, offset, length in self.extents[buffer_index]]
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(blob.size for blob, wrote in zip(self.blobs, self.written) if wrote)
+
+
 def commit_save(
     store: CheckpointStore,
     prepared: PreparedSave,
-    tracker: Optional[ChangeTracker] = None,
     commit: Optional[Callable[[CheckpointKey, Manifest], Manifest]] = None,
     history: Optional[WriteHistory] = None,
-) -> Manifest:
-    """Hash and write what is not stored yet, commit the manifest, update the tracker.
+) -> CommitOutcome:
+    """Hash and write what is not stored yet, then commit the manifest.
 
-    ``history``: the task's chunks of its previous save, to pick each chunk's write path.
-
-    ``commit`` writes the finished manifest and returns the committed one; the default
-    is ``store.commit``. A node of a gang commits its part and gets the global manifest.
+    ``history``: the task's chunks of its previous save, to pick each chunk's write path
+    (updated with this save's). ``commit`` writes the finished manifest and returns the
+    committed one; the default is ``store.commit``. A node of a gang commits its part
+    and gets the global manifest. ``prepared`` is not changed: a save whose commit failed
+    can be committed again.
     """
-    graph, table = prepared.graph, prepared.graph.table
-    changed, reused = dict(prepared.changed), dict(prepared.reused)
-    _verify_reused(prepared, changed, reused, tracker)
+    changed, reused, distrusted, holders = _verify_reused(prepared)
+    written = _write_blobs(store, prepared, changed, history if history is not None else WriteHistory())
+    del holders  # the bytes they hold are written
+    locations = _locations(prepared, changed, reused, written)
+    manifest = _with_layout(prepared, locations, written)
+    if commit is None:
+        store.commit(prepared.key, manifest)
+        committed = manifest
+    else:
+        committed = commit(prepared.key, manifest)
+    return CommitOutcome(committed, locations, distrusted)
 
-    # Every buffer to store: changed storages first, then the folder's files (packed per
-    # folder), then the graph if too big to inline.
+
+def teach_tracker(tracker: ChangeTracker, prepared: PreparedSave, outcome: CommitOutcome) -> None:
+    """What the change tracker learns from a committed save: where each storage seen
+    unchanged is stored, and whether its bytes were hashed in this save."""
+    if outcome.counter_distrusted is not None:
+        tracker.disable(outcome.counter_distrusted)
+    if not tracker.enabled:
+        return
+    sources = prepared.graph.table.sources
+    for index, seen in prepared.observations.items():
+        verified = index not in prepared.reused or index in prepared.verify
+        tracker.remember(sources[index], seen, outcome.locations[index], verified)
+    tracker.keep_only(sources)
+
+
+def _write_blobs(
+    store: CheckpointStore, prepared: PreparedSave, changed: Dict[int, memoryview], history: WriteHistory
+) -> _WrittenBlobs:
+    """Cut every buffer to store into blobs and write those not stored yet: changed
+    storages first, then the folder's files (packed per folder), then the graph if too
+    big to inline."""
+    graph, table = prepared.graph, prepared.graph.table
     order = sorted(changed)
     buffers: List[memoryview] = [changed[i] for i in order] + [data for _, data in prepared.files]
     sources = [(id(table.sources[i]), getattr(table.sources[i], "_version", None)) for i in order]
@@ -255,66 +313,63 @@ def commit_save(
         # A blob of its own: every load reads it first, and alone.
         blobs.append(PlannedBlob([memoryview(graph.document)], len(graph.document)))
         extents.append([(len(blobs) - 1, 0, len(graph.document))])
-    history = history if history is not None else WriteHistory()
     hashes, written = _put_blobs(
         store, prepared, blobs, extents, order, [history.probably_changed(blob) for blob in blobs]
     )
     history.remember(blobs, written)
-    bytes_written = sum(blob.size for blob, wrote in zip(blobs, written) if wrote)
-    blob_sizes = {digest: blob.size for digest, blob in zip(hashes, blobs)}
+    return _WrittenBlobs(blobs, extents, hashes, written, order, graph_inline)
 
-    def located(buffer_index: int) -> list:
-        return [[hashes[b], offset, length] for b, offset, length in extents[buffer_index]]
 
+def _locations(
+    prepared: PreparedSave, changed: Dict[int, memoryview], reused: Dict[int, Location], written: _WrittenBlobs
+) -> Dict[int, Location]:
+    """Where every storage's bytes are: reused ones where they were, the others in the
+    blobs just written."""
+    blob_sizes = {digest: blob.size for digest, blob in zip(written.hashes, written.blobs)}
     locations: Dict[int, Location] = dict(reused)
-    for position, index in enumerate(order):
-        where = located(position)
+    for position, index in enumerate(written.order):
+        where = written.located(position)
         locations[index] = Location(
             tuple(map(tuple, where)),
             tuple((digest, blob_sizes[digest]) for digest, _, _ in where),
             fingerprint_of_stored([digest for digest, _, _ in where], changed[index]),
         )
-    for location in reused.values():
-        blob_sizes.update(location.blob_sizes)
-    graph_where = graph.document if graph_inline else located(len(buffers))
-    file_extents = {
-        entry.rel: located(len(order) + position) for position, (entry, _) in enumerate(prepared.files)
-    }
+    return locations
 
+
+def _with_layout(prepared: PreparedSave, locations: Dict[int, Location], written: _WrittenBlobs) -> Manifest:
+    """The prepared manifest, with where its bytes are stored and what this save wrote."""
+    graph, table = prepared.graph, prepared.graph.table
+    blob_sizes = {digest: blob.size for digest, blob in zip(written.hashes, written.blobs)}
+    for location in locations.values():
+        blob_sizes.update(location.blob_sizes)
+    changed_count = len(written.order)
+    file_extents = {
+        entry.rel: written.located(changed_count + position)
+        for position, (entry, _) in enumerate(prepared.files)
+    }
     layout = StorageLayout(
         blobs=blob_sizes,
         tensors=[
             spec.to_wire() + [[list(e) for e in locations[i].extents]]
             for i, spec in enumerate(table.specs)
         ],
-        graph=graph_where,
+        graph=graph.document if written.graph_inline else written.located(changed_count + len(prepared.files)),
         fields={name: {"tensors": list(info.storages)} for name, info in graph.fields.items()},
         rng={"tensors": list(graph.rng_storages)} if prepared.manifest.rng else None,
         files=file_extents if prepared.manifest.has_folder else None,
     )
-    manifest = prepared.manifest.with_storage(
+    return prepared.manifest.with_storage(
         layout,
-        bytes_written=bytes_written,
+        bytes_written=written.bytes_written,
         # Blob bytes this checkpoint uses (RNG state and files included); written <=
         # referenced, and the difference is what dedup saved.
         bytes_referenced=(
             sum(length for location in locations.values() for _, _, length in location.extents)
             + sum(len(data) for _, data in prepared.files)
-            + (0 if graph_inline else len(graph.document))
+            + (0 if written.graph_inline else len(graph.document))
         ),
     )
-    if commit is None:
-        store.commit(prepared.key, manifest)
-        committed = manifest
-    else:
-        committed = commit(prepared.key, manifest)
-
-    if tracker is not None and tracker.enabled:
-        for index, seen in prepared.observations.items():
-            verified = index not in prepared.reused or index in prepared.verify
-            tracker.remember(table.sources[index], seen, locations[index], verified)
-        tracker.keep_only(table.sources)
-    return committed
 
 
 def _put_blobs(
@@ -359,23 +414,27 @@ def _put_blobs(
     return hashes, written
 
 
-def _verify_reused(prepared: PreparedSave, changed: dict, reused: dict, tracker) -> None:
-    """Re-hash the reused storages due for it; store the live bytes of any that changed
-    behind torch's version counter (and stop trusting the counter)."""
+def _verify_reused(prepared: PreparedSave):
+    """Re-hash the reused storages due for it. Returns the storages to write (with the
+    live bytes of any that changed behind torch's version counter), those still reused,
+    why the counter is no longer to be trusted (or None), and what holds the bytes read."""
     table = prepared.graph.table
+    changed, reused = dict(prepared.changed), dict(prepared.reused)
+    distrusted, holders = None, []
     for index in prepared.verify:
         if observe(table.sources[index], table.specs[index]) != prepared.observations[index]:
             continue  # written to since the save began: its old bytes stand
         data, holder = to_raw(table.flat(index))
         if fingerprint(data) != reused[index].fingerprint:
-            prepared.keepalive.append(holder)
+            holders.append(holder)
             changed[index] = data
             del reused[index]
-            tracker.disable(
+            distrusted = (
                 "a %s in checkpoint %s changed without torch noticing (written through "
                 ".data or a numpy view?); its current bytes are saved"
                 % (table.specs[index].describe(), prepared.key)
             )
+    return changed, reused, distrusted, holders
 
 
 def _field_data_size(graph: EncodedGraph) -> int:
