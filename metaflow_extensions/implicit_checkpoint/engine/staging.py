@@ -23,8 +23,7 @@ from .directory import FileEntry
 from .host_memory import populated_buffer
 from .parallel import LazyPool
 
-#: The setting that caps the staging buffer (read on the plugins side), and its default.
-STAGING_BUDGET_ENV = "METAFLOW_CHECKPOINT_STAGING_BYTES"
+#: The staging buffer's default cap (SessionOptions.staging_bytes).
 DEFAULT_BUDGET = 8 * 1024**3
 
 _PIECE = 16 * 1024 * 1024  # copies are split into pieces of this size
