@@ -346,33 +346,16 @@ class CheckpointSession:
         interval = self._schedule.interval
         self.wait()
         self._ending_notice = None
+        metadata = self._checked_save_arguments(name, metadata, latest, storage_format)
         t = self._task
-        validate_name(name, t.step)
-        metadata = normalize_metadata(metadata, t.step)
-        if not isinstance(latest, bool):
-            raise CheckpointException(
-                "save(latest=%r) in step *%s*: latest is True or False." % (latest, t.step)
-            )
-        if storage_format not in STORAGE_FORMATS:
-            raise CheckpointException(
-                "save(storage_format=%r) in step *%s*: use one of %s (recorded only: "
-                "checkpoints are stored as content-addressed blobs either way)."
-                % (storage_format, t.step, ", ".join(map(repr, STORAGE_FORMATS)))
-            )
         fields = self._selector.select(
-            self._source.assigned(),
-            self._source.available_names(),
-            self._source.lookup,
-            t.step,
+            self._source.assigned(), self._source.available_names(), self._source.lookup, t.step
         )
-        if self._next_version is None:
-            self._next_version = max((k.version for k in self._task_keys()), default=0) + 1
-        key = CheckpointKey(
-            t.flow, t.run_id, t.step, t.checkpoint_task_id, t.attempt, name, self._next_version
-        )
+        key = self._next_key(name)
         if not blocking and self._staging is None:
             self._staging = StagingArea(self._options.staging_bytes)
         rng_state = capture_rng_state() if self._rng else None
+        extra = {"foreach_indices": list(t.foreach_indices), "latest": latest, "storage_format": storage_format}
 
         def prepare():
             return prepare_save(
@@ -381,11 +364,7 @@ class CheckpointSession:
                 metadata,
                 parent=self._parent,
                 rng_state=rng_state,
-                extra={
-                    "foreach_indices": list(t.foreach_indices),
-                    "latest": latest,
-                    "storage_format": storage_format,
-                },
+                extra=extra,
                 tracker=self._tracker,
                 staging=None if blocking else self._staging,
                 folder=scan_folder(self._directory) if self._directory is not None else None,
@@ -401,6 +380,36 @@ class CheckpointSession:
                 )
             # The step's state is still what was captured: a retry captures it again.
             return self._save_now(prepared, lambda _: prepare(), started, interval)
+        return self._save_in_background(prepared, started, interval)
+
+    def _checked_save_arguments(
+        self, name: str, metadata: Optional[dict], latest: bool, storage_format: str
+    ) -> Dict[str, Any]:
+        """Check ``save()``'s arguments, naming the step; the metadata as stored."""
+        step = self._task.step
+        validate_name(name, step)
+        metadata = normalize_metadata(metadata, step)
+        if not isinstance(latest, bool):
+            raise CheckpointException("save(latest=%r) in step *%s*: latest is True or False." % (latest, step))
+        if storage_format not in STORAGE_FORMATS:
+            raise CheckpointException(
+                "save(storage_format=%r) in step *%s*: use one of %s (recorded only: "
+                "checkpoints are stored as content-addressed blobs either way)."
+                % (storage_format, step, ", ".join(map(repr, STORAGE_FORMATS)))
+            )
+        return metadata
+
+    def _next_key(self, name: str) -> CheckpointKey:
+        """The key of this task's next save: versions count on from the task's newest."""
+        t = self._task
+        if self._next_version is None:
+            self._next_version = max((k.version for k in self._task_keys()), default=0) + 1
+        return CheckpointKey(t.flow, t.run_id, t.step, t.checkpoint_task_id, t.attempt, name, self._next_version)
+
+    def _save_in_background(
+        self, prepared: PreparedSave, started: float, interval: Optional[SaveInterval]
+    ) -> CheckpointArtifact:
+        """Hand a staged save to the background thread; the step blocked until now."""
         if self._background is None:
             self._background = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
         blocked = self._schedule.clock() - started
