@@ -214,45 +214,65 @@ class CheckpointDecorator(StepDecorator):
         ubf_context,
         inputs,
     ):
+        attempt = int(retry_count)
         self._flow = flow
         self._pathspec = "/".join((flow.name, str(run_id), step_name, str(task_id)))
         self._metadata = metadata
-        self._run_id, self._task_id, self._attempt = str(run_id), str(task_id), int(retry_count)
+        self._run_id, self._task_id, self._attempt = str(run_id), str(task_id), attempt
         self._notices.start()
-        record_process(metadata, str(run_id), step_name, str(task_id), int(retry_count))
-        if int(retry_count) > 0:
-            # Where the scheduler retried an attempt that stopped retries (see
-            # retry_policy.py), fail at once, before the step's own work.
-            try:
-                with client_reading(metadata):
-                    found = retry_policy.recorded(self._pathspec, int(retry_count) - 1)
-            except Exception as ex:  # unreadable metadata: run the retry as usual
-                warn("@checkpoint: could not read how attempt %d ended: %s" % (int(retry_count) - 1, ex))
-                found = None
-            if found is not None:
-                raise retry_policy.fail_at_once(found, int(retry_count))
+        record_process(metadata, str(run_id), step_name, str(task_id), attempt)
+        if attempt > 0:
+            self._fail_if_retries_were_stopped(metadata, attempt)
         log = track_assignments(flow)
         task = TaskIdentity(
             flow=flow.name,
             run_id=str(run_id),
             step=step_name,
             task_id=str(task_id),
-            attempt=int(retry_count),
+            attempt=attempt,
             foreach_indices=foreach_indices(flow),
             origin_run_id=current.origin_run_id,
             gang=gang_of_task(flow, ubf_context, str(task_id), step_name) if self._parallel else None,
-        )
-        source = AttributeSource(
-            assigned=lambda: log.assigned_values(flow),
-            available_names=lambda: parent_artifact_names(flow),
-            lookup=lambda name: getattr(flow, name),
         )
         store = store_for_datastore(self._flow_datastore)
         self._folder = task_folder(
             self._flow_datastore.datastore_root, flow.name, str(run_id), step_name, str(task_id)
         )
         start_task_folder(self._folder)
-        self._session = retry_policy.StepCheckpointSession(
+        self._session = self._open_session(flow, task, log, store, int(max_user_code_retries))
+        hand_down(
+            HandedTask(
+                task,
+                self.attributes["load_policy"],
+                self._flow_datastore.TYPE,
+                self._flow_datastore.datastore_root,
+            )
+        )
+        self._follow_session(step_name, log, metadata)
+        if self._card_id:
+            self._attach_card(getattr(flow, step_name).decorators, store, metadata)
+        publish_on_current("checkpoint", self._session)
+
+    def _fail_if_retries_were_stopped(self, metadata, attempt: int) -> None:
+        """Where the scheduler retried an attempt that stopped retries (see
+        retry_policy.py), fail at once, before the step's own work."""
+        try:
+            with client_reading(metadata):
+                found = retry_policy.recorded(self._pathspec, attempt - 1)
+        except Exception as ex:  # unreadable metadata: run the retry as usual
+            warn("@checkpoint: could not read how attempt %d ended: %s" % (attempt - 1, ex))
+            found = None
+        if found is not None:
+            raise retry_policy.fail_at_once(found, attempt)
+
+    def _open_session(self, flow, task: TaskIdentity, log, store, max_user_code_retries: int):
+        """The task's checkpoint session, started: it found what the attempt resumes from."""
+        source = AttributeSource(
+            assigned=lambda: log.assigned_values(flow),
+            available_names=lambda: parent_artifact_names(flow),
+            lookup=lambda name: getattr(flow, name),
+        )
+        session = retry_policy.StepCheckpointSession(
             store,
             task,
             source,
@@ -264,43 +284,43 @@ class CheckpointDecorator(StepDecorator):
             accept_run=runs_in_current_namespace(flow.name),
             directory=self._folder,
             options=dataclasses.replace(settings().session, stop_notice_file=self._notice_file()),
-            after_preemption=retry_policy.after_preemption(int(retry_count), int(max_user_code_retries)),
+            after_preemption=retry_policy.after_preemption(task.attempt, max_user_code_retries),
         )
-        self._session.start()
+        session.start()
+        return session
+
+    def _follow_session(self, step_name: str, log, metadata) -> None:
+        """What the task notes of each load and commit: fields left out, the loaded
+        checkpoint in the task's metadata, randomness a retry replays."""
+        session, flow, attempt = self._session, self._flow, self._attempt
         left_out = LeftOutNote(step_name, self._selector, lambda: log.assigned_values(flow))
-        self._session.on_commit.append(left_out.on_commit)
-        self._session.on_load.append(left_out.on_load)
-        hand_down(
-            HandedTask(
-                task,
-                self.attributes["load_policy"],
-                self._flow_datastore.TYPE,
-                self._flow_datastore.datastore_root,
-            )
-        )
-        self._session.on_load.append(
+        session.on_commit.append(left_out.on_commit)
+        session.on_load.append(left_out.on_load)
+        session.on_load.append(
             lambda artifact: record_loaded(
-                metadata, str(run_id), step_name, str(task_id), int(retry_count), artifact.key
+                metadata, self._run_id, step_name, self._task_id, attempt, artifact.key
             )
         )
-        if self._rng and int(retry_count) > 0:
-            self._session.on_load.append(
-                lambda artifact: _note_replayed_randomness(artifact, self._pathspec, int(retry_count), metadata)
+        if self._rng and attempt > 0:
+            session.on_load.append(
+                lambda artifact: _note_replayed_randomness(artifact, self._pathspec, attempt, metadata)
             )
-        if self._card_id:
-            if int(retry_count) > 0:
-                self._remove_cards_of_earlier_attempts()
-            self._session.on_commit.append(LiveCardRefresh(self._card_id, int(retry_count)))
-            final_card.install(
-                getattr(flow, step_name).decorators,
-                self._card_id,
-                flow_datastore=self._flow_datastore,
-                store=store,
-                pathspec=self._pathspec,
-                attempt=int(retry_count),
-                metadata_provider=metadata,
-            )
-        publish_on_current("checkpoint", self._session)
+
+    def _attach_card(self, decorators, store, metadata) -> None:
+        """The checkpoint card: earlier attempts' removed, refreshed at each commit, and
+        rendered in this process at task end."""
+        if self._attempt > 0:
+            self._remove_cards_of_earlier_attempts()
+        self._session.on_commit.append(LiveCardRefresh(self._card_id, self._attempt))
+        final_card.install(
+            decorators,
+            self._card_id,
+            flow_datastore=self._flow_datastore,
+            store=store,
+            pathspec=self._pathspec,
+            attempt=self._attempt,
+            metadata_provider=metadata,
+        )
 
     def _notice_file(self):
         """The spot-termination notice file of this task, or None where there is none."""
