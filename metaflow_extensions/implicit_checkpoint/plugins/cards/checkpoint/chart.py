@@ -10,7 +10,8 @@ guide marks where the attempt starts. This module only computes coordinates; the
 markup lives in the card's template.
 """
 
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional
 
 from ....engine.errors import CheckpointException
 from ....engine.keys import CheckpointKey
@@ -141,16 +142,57 @@ def _chart(
         value = (manifest.get("metadata") or {}).get(name)
         if is_number(value):
             values[i] = float(value)
-    low, high = min(values.values()), max(values.values())
-    if low == high:
-        spread = abs(low) * 0.1 or 1.0
-        low, high = low - spread, high + spread
-    plot_top, plot_bottom = TOP, HEIGHT - BOTTOM
-    y_ticks = [high, (high + low) / 2.0, low]
+    scale = _YScale.of(values.values())
+    y_ticks = [scale.high, (scale.high + scale.low) / 2.0, scale.low]
+    return {
+        "metric": truncate(name, 40),
+        "width": WIDTH,
+        "height": HEIGHT,
+        "left": LEFT,
+        "right": WIDTH - RIGHT,
+        "plot_top": scale.top,
+        "plot_bottom": scale.bottom,
+        "label_x": LEFT - 6,
+        "y_ticks": [
+            {"y": "%.1f" % scale.y_of(v), "label": label}
+            for v, label in zip(y_ticks, tick_labels(y_ticks))
+        ],
+        "x_ticks": [
+            {"x": "%.1f" % x_of[i], "label": x_labels[i].rsplit(" ", 1)[-1]}
+            for i in _tick_indices(len(checkpoints))
+        ],
+        "x_caption": x_labels[0].rsplit(" ", 1)[0] if " " in x_labels[0] else "save",
+        "x_label_y": HEIGHT - 8,
+        "series": _series(name, checkpoints, values, x_of, x_labels, scale),
+        "resumes": [_resume_marker(row, resume, values, x_of, scale) for row, resume in enumerate(resumes)],
+    }
 
-    def y_of(value: float) -> float:
-        return plot_top + (high - value) / (high - low) * (plot_bottom - plot_top)
 
+@dataclass(frozen=True)
+class _YScale:
+    """Metric values to heights in the plot (the plot's top is the highest value)."""
+
+    low: float
+    high: float
+    top: float = TOP
+    bottom: float = HEIGHT - BOTTOM
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> "_YScale":
+        values = list(values)
+        low, high = min(values), max(values)
+        if low == high:
+            spread = abs(low) * 0.1 or 1.0
+            low, high = low - spread, high + spread
+        return cls(low, high)
+
+    def y_of(self, value: float) -> float:
+        return self.top + (self.high - value) / (self.high - self.low) * (self.bottom - self.top)
+
+
+def _series(name, checkpoints, values: Dict[int, float], x_of, x_labels, scale: _YScale) -> List[dict]:
+    """One line per attempt, through its checkpoints' values (with a dot per value when
+    there are few)."""
     series = []
     for attempt in sorted({m["attempt"] for m in checkpoints}):
         indices = [i for i in values if checkpoints[i]["attempt"] == attempt]
@@ -159,11 +201,11 @@ def _chart(
         series.append(
             {
                 "cls": attempt_class(attempt),
-                "points": " ".join("%.1f,%.1f" % (x_of[i], y_of(values[i])) for i in indices),
+                "points": " ".join("%.1f,%.1f" % (x_of[i], scale.y_of(values[i])) for i in indices),
                 "dots": [
                     {
                         "cx": "%.1f" % x_of[i],
-                        "cy": "%.1f" % y_of(values[i]),
+                        "cy": "%.1f" % scale.y_of(values[i]),
                         "title": "v%d \u00b7 attempt %d%s \u00b7 %s = %s"
                         % (
                             checkpoints[i]["version"],
@@ -177,53 +219,34 @@ def _chart(
                 ],
             }
         )
+    return series
 
-    markers = []
-    for row, resume in enumerate(resumes):
-        first, parent = resume["first_index"], resume["parent_index"]
-        marker = {
-            "cls": attempt_class(resume["attempt"]),
-            "x": "%.1f" % x_of[first],
-            "top": "%.1f" % plot_top,
-            "bottom": "%.1f" % plot_bottom,
-            "label": resume["label"],
-            # Labels of nearby resumes would overlap on one line: stagger them.
-            "label_y": "%.1f" % (plot_top + 10 + 11 * (row % 3)),
-            "anchor": "end" if x_of[first] > WIDTH * 0.7 else "start",
-            "dx": -4 if x_of[first] > WIDTH * 0.7 else 4,
-            "link": None,
-        }
-        if parent is not None and parent in values and first in values:
-            marker["link"] = {
-                "x1": "%.1f" % x_of[parent],
-                "y1": "%.1f" % y_of(values[parent]),
-                "x2": "%.1f" % x_of[first],
-                "y2": "%.1f" % y_of(values[first]),
-            }
-        markers.append(marker)
 
-    return {
-        "metric": truncate(name, 40),
-        "width": WIDTH,
-        "height": HEIGHT,
-        "left": LEFT,
-        "right": WIDTH - RIGHT,
-        "plot_top": plot_top,
-        "plot_bottom": plot_bottom,
-        "label_x": LEFT - 6,
-        "y_ticks": [
-            {"y": "%.1f" % y_of(v), "label": label}
-            for v, label in zip(y_ticks, tick_labels(y_ticks))
-        ],
-        "x_ticks": [
-            {"x": "%.1f" % x_of[i], "label": x_labels[i].rsplit(" ", 1)[-1]}
-            for i in _tick_indices(len(checkpoints))
-        ],
-        "x_caption": x_labels[0].rsplit(" ", 1)[0] if " " in x_labels[0] else "save",
-        "x_label_y": HEIGHT - 8,
-        "series": series,
-        "resumes": markers,
+def _resume_marker(row: int, resume: dict, values: Dict[int, float], x_of, scale: _YScale) -> dict:
+    """Where an attempt resumed: a vertical line at its first checkpoint, labelled, and a
+    link from the value it resumed from to its first value."""
+    first, parent = resume["first_index"], resume["parent_index"]
+    right_side = x_of[first] > WIDTH * 0.7
+    marker = {
+        "cls": attempt_class(resume["attempt"]),
+        "x": "%.1f" % x_of[first],
+        "top": "%.1f" % scale.top,
+        "bottom": "%.1f" % scale.bottom,
+        "label": resume["label"],
+        # Labels of nearby resumes would overlap on one line: stagger them.
+        "label_y": "%.1f" % (scale.top + 10 + 11 * (row % 3)),
+        "anchor": "end" if right_side else "start",
+        "dx": -4 if right_side else 4,
+        "link": None,
     }
+    if parent is not None and parent in values and first in values:
+        marker["link"] = {
+            "x1": "%.1f" % x_of[parent],
+            "y1": "%.1f" % scale.y_of(values[parent]),
+            "x2": "%.1f" % x_of[first],
+            "y2": "%.1f" % scale.y_of(values[first]),
+        }
+    return marker
 
 
 def _tick_indices(count: int) -> List[int]:
