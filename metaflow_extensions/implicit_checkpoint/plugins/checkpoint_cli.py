@@ -243,6 +243,15 @@ def inspect_checkpoint(obj, key, as_json):
     if as_json:
         echo(json.dumps(manifest, indent=2, default=str))
         return
+    gang = manifest.get("gang")
+    breakdown = None if gang else field_breakdown(full)
+    _print_summary(echo, manifest, gang, breakdown)
+    _print_fields(echo, manifest, gang, breakdown)
+    _print_files(echo, manifest, gang)
+
+
+def _print_summary(echo, manifest: dict, gang: Optional[dict], breakdown: Optional[dict]) -> None:
+    """What ``checkpoint inspect`` says of the checkpoint as a whole."""
     echo("Checkpoint  %s" % manifest["key"])
     echo("Created     %s (attempt %d, version %d)" % (manifest["created_on"], manifest["attempt"], manifest["version"]))
     echo("Resumed     from %s" % (manifest["parent"] or "nothing (a fresh start)"))
@@ -251,8 +260,6 @@ def inspect_checkpoint(obj, key, as_json):
         "Size        %s in the store (fields, files and RNG state), %s of it written by this save (%s)"
         % (human_bytes(stored), human_bytes(written), reuse_note(stored, written) or "nothing stored")
     )
-    gang = manifest.get("gang")
-    breakdown = None if gang else field_breakdown(full)
     if breakdown is None:
         echo("Field data  %s (tensors the fields share counted once)" % human_bytes(manifest["size"]))
     else:
@@ -264,6 +271,10 @@ def inspect_checkpoint(obj, key, as_json):
         )
     echo("Metadata    %s" % json.dumps(manifest["metadata"]))
     echo("RNG state   %s" % (", ".join(manifest["rng"]) if manifest["rng"] else "not captured"))
+
+
+def _print_fields(echo, manifest: dict, gang: Optional[dict], breakdown: Optional[dict]) -> None:
+    """The table of fields (per node, for a gang's checkpoint)."""
     parts = gang["parts"] if gang else [{"node": None, "fields": manifest["fields"]}]
     if gang:
         echo("Gang        %d nodes, each its own part (`Checkpoint().load(key, node=N)`)" % gang["num_nodes"])
@@ -298,6 +309,10 @@ def inspect_checkpoint(obj, key, as_json):
             "tensor several fields reach (an optimizer's parameters are the model's) is "
             "counted with the first field of the fewest tensors, and the others say so."
         )
+
+
+def _print_files(echo, manifest: dict, gang: Optional[dict]) -> None:
+    """The files of the checkpoint's folder."""
     files = manifest.get("files")
     if files is not None:
         echo("")
