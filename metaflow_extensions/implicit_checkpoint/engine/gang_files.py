@@ -6,16 +6,25 @@ Where they live is in store_paths; how a part is checked and committed is the st
 commit.
 """
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Protocol, Tuple
 
 from . import store_paths as paths
 from .backends import StorageBackend, StoredFile
 from .keys import CheckpointKey
-from .locks import Marker, marker_owner
+from .locks import Locks, Marker, marker_owner
 from .manifest import Manifest
 
-if TYPE_CHECKING:
-    from .store import CheckpointStore
+
+class ManifestStore(Protocol):
+    """What gang files need of the store (store.CheckpointStore): its backend and locks,
+    and its checked manifest writes and cached reads."""
+
+    backend: StorageBackend
+    locks: Locks
+
+    def write_checked_manifest(self, key: CheckpointKey, manifest: Manifest, path: str) -> None: ...
+
+    def read_manifest_file(self, path: str, label: str, missing: str) -> Manifest: ...
 
 
 def read_gang_pointer(backend: StorageBackend, flow: str, run_id: str, step: str, task_id: str) -> Optional[str]:
@@ -31,7 +40,7 @@ def read_gang_pointer(backend: StorageBackend, flow: str, run_id: str, step: str
 class GangFiles:
     """A gang's files in one store."""
 
-    def __init__(self, store: "CheckpointStore"):
+    def __init__(self, store: ManifestStore):
         self._store = store
         self._backend = store.backend
 
