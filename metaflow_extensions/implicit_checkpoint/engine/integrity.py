@@ -52,7 +52,7 @@ def fields_by_blob(manifest: Manifest) -> Dict[str, List[str]]:
         if isinstance(entry.get("payload"), list):
             note(name, entry["payload"])
         for index in entry.get("tensors", ()):
-            note(name, storage.tensors[index][-1])
+            note(name, storage.extents_of(index))
 
     fields = storage.fields
     for name, entry in sorted(fields.items()):

@@ -14,7 +14,7 @@ damaged manifest is detected like a damaged blob.
 import numbers
 from dataclasses import dataclass, field, fields as dataclass_fields, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import blake3
 import msgpack
@@ -100,6 +100,16 @@ class StorageLayout:
     def storage_specs(self) -> List[StorageSpec]:
         """Each storage's spec (format 2; checked when the manifest was read)."""
         return [StorageSpec.from_wire(wire) for wire in self.tensors]
+
+    def extents_of(self, index: int) -> Extents:
+        """Where storage ``index``'s bytes are: the last item of its wire entry (in both
+        formats; checked when the manifest was read)."""
+        return self.tensors[index][-1]
+
+    @staticmethod
+    def storage_entry(spec: StorageSpec, extents: Sequence[Sequence]) -> list:
+        """The wire entry of one storage (format 2): its spec, then its extents."""
+        return spec.to_wire() + [[list(e) for e in extents]]
 
     def check(self, format_version: int) -> None:
         """Raise InvalidRecord unless every value is well formed: digests are digests,

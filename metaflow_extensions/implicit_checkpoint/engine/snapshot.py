@@ -350,10 +350,7 @@ def _with_layout(prepared: PreparedSave, locations: Dict[int, Location], written
     }
     layout = StorageLayout(
         blobs=blob_sizes,
-        tensors=[
-            spec.to_wire() + [[list(e) for e in locations[i].extents]]
-            for i, spec in enumerate(table.specs)
-        ],
+        tensors=[StorageLayout.storage_entry(spec, locations[i].extents) for i, spec in enumerate(table.specs)],
         graph=graph.document if written.graph_inline else written.located(changed_count + len(prepared.files)),
         fields={name: {"tensors": list(info.storages)} for name, info in graph.fields.items()},
         rng={"tensors": list(graph.rng_storages)} if prepared.manifest.rng else None,
@@ -526,7 +523,6 @@ def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_r
             apply_v1(target, values)
         return values, rng_state
     specs = storage.storage_specs()
-    wires = storage.tensors
     reader = GraphReader(_read_graph(store, manifest), specs, key)
     absent = [name for name in wanted if name not in reader.fields]
     if absent:
@@ -538,24 +534,13 @@ def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_r
         )
     live = {name: live_value(target, name) for name in wanted} if target is not None else {}
     plan = plan_restore(reader, specs, live, key)
-
-    needed = set()
-    for name in wanted:
-        needed.update(stored[name]["tensors"])
-    if with_rng and storage.rng:
-        needed.update(storage.rng["tensors"])
-    labels = {}
-    for name in wanted:
-        for index in stored[name]["tensors"]:
-            labels.setdefault(index, "field %r" % name)
-    _check_claims(store, manifest, [(wires[i][-1], labels.get(i, "the RNG state")) for i in sorted(needed)])
+    labels = _storage_labels(manifest, wanted, with_rng)
+    _check_claims(store, manifest, [(storage.extents_of(i), label) for i, label in sorted(labels.items())])
     buffers = {
         i: StorageBuffer(specs[i], live=plan.direct.get(i), device=placement.device_for(specs[i]))
-        for i in sorted(needed)
+        for i in sorted(labels)
     }
-    fresh = {i: b for i, b in buffers.items() if b.live is None}
-    into_live = {i: b for i, b in buffers.items() if b.live is not None}
-    _read_storages(store, manifest, fresh, labels)
+    _read_storages(store, manifest, {i: b for i, b in buffers.items() if b.live is None}, labels)
 
     builder = GraphBuilder(reader, buffers, plan.live, allow_pickle, key)
     values, calls, copies = build_values(builder, reader, wanted, plan)
@@ -564,7 +549,7 @@ def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_r
         rng_state = builder.build(reader.rng, "the RNG state")
 
     try:
-        _read_storages(store, manifest, into_live, labels)
+        _read_storages(store, manifest, {i: b for i, b in buffers.items() if b.live is not None}, labels)
     except CheckpointException as ex:
         raise CheckpointCorrupted(
             "%s Loading had begun reading into live tensors (%s), which may now hold "
@@ -573,6 +558,20 @@ def _load_fields(store, manifest: Manifest, fields, target, allow_pickle, with_r
         ) from ex
     apply_restore(target, values, calls, copies, key)
     return values, rng_state
+
+
+def _storage_labels(manifest: Manifest, wanted: List[str], with_rng: bool) -> Dict[int, str]:
+    """Every storage a load reads, and what it belongs to, for errors: the first wanted
+    field that uses it, else the RNG state."""
+    storage = manifest.storage
+    labels: Dict[int, str] = {}
+    for name in wanted:
+        for index in storage.fields[name]["tensors"]:
+            labels.setdefault(index, "field %r" % name)
+    if with_rng and storage.rng:
+        for index in storage.rng["tensors"]:
+            labels.setdefault(index, "the RNG state")
+    return labels
 
 
 def _stage_folder_restore(store: CheckpointStore, manifest: Manifest, root: str) -> Optional[FolderRestore]:
@@ -609,18 +608,18 @@ def _read_storages(
     buffers: Mapping[int, StorageBuffer],
     labels: Mapping[int, str],
 ) -> None:
-    wires = manifest.storage.tensors
+    storage = manifest.storage
     _read_extents(
         store,
         manifest,
         [
-            (wires[i][-1], buffer.buffer, labels.get(i, "the RNG state"))
+            (storage.extents_of(i), buffer.buffer, labels.get(i, "the RNG state"))
             for i, buffer in buffers.items()
             if buffer.on_host
         ],
     )
     into_devices = [
-        DeviceRead(wires[i][-1], buffer.device_bytes, labels.get(i, "the RNG state"))
+        DeviceRead(storage.extents_of(i), buffer.device_bytes, labels.get(i, "the RNG state"))
         for i, buffer in buffers.items()
         if not buffer.on_host
     ]
