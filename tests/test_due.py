@@ -210,3 +210,25 @@ def test_a_preempted_attempt_says_what_resumes_it():
     last = after_preemption(2, 2)
     assert "no @retry attempt is left" in last and "resume` reruns the step" in last
     assert after_preemption(0, 0).startswith("no @retry attempt is left")
+
+
+@pytest.mark.parametrize("claimed", [-5.0, float("nan"), float("inf"), 1e300, "0.2", None])
+def test_a_resume_points_save_record_is_input_a_bad_cost_never_steers_due(tmp_path, claimed):
+    """The cost a retry starts from is read back from the store: a negative, infinite,
+    absurd or mistyped one is no measurement, and due() falls back to its first call
+    being due (no raw error, no interval that never comes)."""
+    from hostile import frame, manifest_path, unframe
+
+    clock = Clock()
+    session, state = schedule_session(tmp_path, clock)
+    artifact = session.save()
+    session.finish()
+    path = tmp_path / manifest_path(artifact.key)
+    wire = unframe(path.read_bytes())
+    wire["save_record"]["blocked"] = claimed
+    path.write_bytes(frame(wire))
+
+    retry, resumed = schedule_session(tmp_path, clock, attempt=1)
+    retry.load()
+    assert retry.due() is True
+    assert retry.save_interval.chosen_by == NOT_MEASURED

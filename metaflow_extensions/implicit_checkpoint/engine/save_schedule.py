@@ -278,8 +278,10 @@ class SaveSchedule:
         self._commit_latency = max(float(to_commit), 0.0)
 
     def resume_from(self, record: Optional[SaveRecord]) -> None:
-        """A retry starts from the cost its resume point's save measured."""
-        if record is not None and not self._costs:
+        """A retry starts from the cost its resume point's save measured (a record
+        claiming a save as long as the MTBF is no measurement to go by: it was read back
+        from the store)."""
+        if record is not None and not self._costs and record.blocked < self._mtbf:
             self._costs.append(record.blocked)
 
 
@@ -301,7 +303,13 @@ def _positive(value: Any, argument: str, step: str, whole: bool) -> Any:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite number of at least 0 (seconds, counts): what a record read back holds."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _optional_number(value: Any) -> bool:
