@@ -65,6 +65,8 @@ ROWS = [
         "limit: hash all + write 10% changed + fdatasync", 1.3),
     Row("the task's first background save, blocked", "ours: the task's first background save, blocked",
         "limit: memcpy of all bytes", 1.5),
+    Row("a resumed task's first background save, blocked", "ours: a resumed task's first background save, blocked",
+        "limit: memcpy of all bytes", 1.5),
     Row("background save, all changed, blocked", "ours: background save, all changed, blocked",
         "limit: memcpy of all bytes", 1.2),
     Row("background re-save, 10 % changed, blocked", "ours: background re-save, 10% changed, blocked",

@@ -11,6 +11,8 @@ The cases, in this order, each timed save after os.sync():
 
 - a background session (one task): its first ``save(blocking=False)`` (the task's first:
   its staging buffer is new), one after every tensor changed, one after 10 % changed;
+  then a retry of that task: it loads the newest checkpoint in place, trains for
+  RETRY_TRAINS_FOR seconds (a sleep) and saves in the background (its first);
 - a synchronous session: its first save (all bytes), a re-save after 10 % changed;
 - loads of the synchronous session's newest checkpoint, from the page cache: in place into
   a built model (tensors of the same shapes), and into new tensors (an empty holder);
@@ -63,6 +65,8 @@ from metaflow_extensions.implicit_checkpoint.engine.session import (  # noqa: E4
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore  # noqa: E402
 
 TINY_SAVES = 300
+#: Seconds a resumed task trains between its load and its first save.
+RETRY_TRAINS_FOR = 1.0
 
 
 class Holder:
@@ -112,6 +116,16 @@ def measure_round(work: Path, size: int, seed: int, peers: bool) -> dict:
     figures["ours: background re-save, 10% changed, blocked"] = background_blocked(background)
     background.finish()
     del background
+    # A retry: it loads the checkpoint above in place, trains a moment, saves in the background.
+    retry_holder = Holder()
+    retry_holder.model_state = {name: torch.ones_like(t) for name, t in state.items()}
+    retry = session_on(work / "background", retry_holder, attempt=1)
+    retry.load()
+    time.sleep(RETRY_TRAINS_FOR)
+    change_share(retry_holder.model_state, 1.0, seed=seed + 4)
+    figures["ours: a resumed task's first background save, blocked"] = background_blocked(retry)
+    retry.finish()
+    del retry, retry_holder
     shutil.rmtree(work / "background", ignore_errors=True)
 
     # -- synchronous saves, one session -----------------------------------------------

@@ -695,11 +695,24 @@ class CheckpointSession:
         # The step's state is the checkpoint's now: the interval counts from here, with
         # the cost that checkpoint's save measured.
         self._schedule.started()
-        self._schedule.resume_from(SaveRecord.from_wire(opened.manifest.save_record))
+        record = SaveRecord.from_wire(opened.manifest.save_record)
+        self._schedule.resume_from(record)
+        if record is not None and record.background:
+            self._prepare_staging(opened.manifest)
         artifact = loaded.artifact
         for listener in self.on_load:
             listener(artifact)
         return artifact
+
+    def _prepare_staging(self, manifest: Manifest) -> None:
+        """A task resumed from a background save saves in the background again: its
+        staging buffer is mapped now, on a thread of its own, sized to the state loaded, so
+        its first background save only copies (StagingArea.prepare)."""
+        if manifest.format_version == 1:
+            return
+        if self._staging is None:
+            self._staging = StagingArea(self._options.staging_bytes)
+        self._staging.prepare(sum(spec.nbytes for spec in manifest.storage.storage_specs()))
 
     def inspect(self, reference: Optional[Reference] = None) -> dict:
         """The checkpoint's manifest, without reading any field data.

@@ -2,7 +2,9 @@
 folder) while a background save writes.
 
 One buffer, reused from save to save and grown only when more bytes changed than it
-holds, so steady-state background saves allocate (and page-fault) nothing. It is mapped
+holds, so steady-state background saves allocate (and page-fault) nothing. ``prepare``
+maps it ahead, on a thread of its own, sized to a state (the session does when it resumes
+from a checkpoint saved in the background), so the first background save only copies. It is mapped
 with all its pages present (host_memory.py). With CUDA available the buffer
 is pinned instead, so device-to-host copies run at full speed. Copies of large tensors
 are split across two threads (numpy's copy releases the GIL), and so are file reads.
@@ -16,6 +18,8 @@ copied whenever the copy happens to run.
 """
 
 import sys
+import threading
+from concurrent.futures import Future
 from typing import Any, Iterator, List, Optional, Tuple
 
 from .device_streams import DeviceOrdering, group_into_slots, on_device, ordered_copies, process_ordering, wait_all
@@ -41,24 +45,55 @@ class StagingArea:
         self._mapping = None
         self.capacity = 0
         self._pool = LazyPool(_COPY_THREADS, "checkpoint-stage")
+        self._prepared: Optional[Future] = None  # a buffer being mapped ahead of its use
 
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.budget
 
-    def _reserve(self, nbytes: int) -> None:
-        if nbytes <= self.capacity:
+    def prepare(self, nbytes: int) -> None:
+        """Map (and fault in) a buffer of ``nbytes`` on a thread of its own, so that the
+        next ``stage`` of at most that much finds it ready and only copies: the first
+        background save of a task then blocks for the copy alone. Nothing happens when the
+        buffer already holds that much, when ``nbytes`` is over the budget, or while a
+        preparation is under way; a preparation that fails (no memory) leaves ``stage``
+        to map the buffer itself, and report what fails then."""
+        if nbytes <= self.capacity or not self.fits(nbytes) or self._prepared is not None:
             return
+        self._prepared = Future()
+        threading.Thread(
+            target=self._map_into_future, args=(nbytes, self._prepared), name="checkpoint-staging", daemon=True
+        ).start()
+
+    def _map_into_future(self, nbytes: int, future: Future) -> None:
+        try:
+            future.set_result((nbytes, self._map(nbytes)))
+        except BaseException as ex:  # handed to _reserve, which maps anew
+            future.set_exception(ex)
+
+    def _map(self, nbytes: int) -> tuple:
+        """(numpy uint8 view, pinned tensor or None, mapping or None) of a new buffer."""
         import numpy as np
 
-        # Drop the old buffer first; it is unmapped once the last view of it is gone.
-        self._array = self._host_tensor = self._mapping = None
         ordering = self._device_ordering()
         if ordering is not None:
-            self._host_tensor = ordering.host_buffer(nbytes)
-            self._array = self._host_tensor.numpy()
-        else:
-            self._mapping = populated_buffer(nbytes)
-            self._array = np.frombuffer(self._mapping, dtype=np.uint8)[:nbytes]
+            host_tensor = ordering.host_buffer(nbytes)
+            return host_tensor.numpy(), host_tensor, None
+        mapping = populated_buffer(nbytes)
+        return np.frombuffer(mapping, dtype=np.uint8)[:nbytes], None, mapping
+
+    def _reserve(self, nbytes: int) -> None:
+        if self._prepared is not None:
+            prepared, self._prepared = self._prepared, None
+            if prepared.exception() is None:
+                size, buffer = prepared.result()
+                if size > self.capacity:
+                    self._array, self._host_tensor, self._mapping = buffer
+                    self.capacity = size
+        if nbytes <= self.capacity:
+            return
+        # Drop the old buffer first; it is unmapped once the last view of it is gone.
+        self._array = self._host_tensor = self._mapping = None
+        self._array, self._host_tensor, self._mapping = self._map(nbytes)
         self.capacity = nbytes
 
     def stage(self, objects: List[Any], sizes: List[int]) -> List[Optional[memoryview]]:

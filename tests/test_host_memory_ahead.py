@@ -1,0 +1,145 @@
+"""Memory made ready before it is needed: the staging buffer mapped ahead (a resumed task's
+first background save only copies), and fresh load buffers faulted in on a background
+thread. Engine tier: no flow; no timing is asserted (benchmarks/headline.py measures)."""
+
+import mmap
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from metaflow_extensions.implicit_checkpoint.engine import host_memory
+from metaflow_extensions.implicit_checkpoint.engine.staging import StagingArea
+
+from engine_helpers import State, local_store, make_session
+
+torch = pytest.importorskip("torch")
+
+MB = 1024 * 1024
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_prepared_buffer_is_the_one_the_next_stage_copies_into():
+    area = StagingArea(budget=64 * MB)
+    area.prepare(8 * MB)
+    source = np.arange(2 * MB, dtype=np.uint8)
+    (view,) = area.stage([source], [source.nbytes])
+    assert area.capacity == 8 * MB  # the prepared buffer, not one of the 2 MB staged
+    assert bytes(view) == source.tobytes()
+    bigger = np.arange(9 * MB, dtype=np.uint8) * 3
+    (view,) = area.stage([bigger], [bigger.nbytes])  # more than prepared: grown on the spot
+    assert area.capacity == 9 * MB and bytes(view) == bigger.tobytes()
+
+
+def test_prepare_over_the_budget_or_below_the_capacity_maps_nothing():
+    area = StagingArea(budget=4 * MB)
+    area.prepare(8 * MB)
+    source = np.ones(MB, dtype=np.uint8)
+    area.stage([source], [source.nbytes])
+    assert area.capacity == MB
+    area.prepare(MB // 2)  # it already holds that much
+    area.stage([source], [source.nbytes])
+    assert area.capacity == MB
+
+
+def test_a_failed_preparation_leaves_stage_to_map_the_buffer(monkeypatch):
+    area = StagingArea(budget=64 * MB)
+    real_map = area._map
+
+    def no_memory(nbytes):
+        raise MemoryError("no memory for %d bytes" % nbytes)
+
+    monkeypatch.setattr(area, "_map", no_memory)
+    area.prepare(8 * MB)
+    area._prepared.exception()  # the thread is done
+    monkeypatch.setattr(area, "_map", real_map)
+    source = np.arange(3 * MB, dtype=np.uint8)
+    (view,) = area.stage([source], [source.nbytes])
+    assert area.capacity == 3 * MB and bytes(view) == source.tobytes()
+
+
+def test_a_task_resumed_from_a_background_save_has_its_staging_buffer_ready(tmp_path):
+    state = State()
+    state.weights = torch.arange(3 * MB, dtype=torch.float32)
+    state.epoch = 1
+    first = make_session(local_store(tmp_path), state)
+    first.save(blocking=False)
+    first.finish()
+
+    resumed_state = State()
+    resumed = make_session(local_store(tmp_path), resumed_state, attempt=1)
+    resumed.load()
+    staging = resumed._staging
+    assert staging is not None, "no staging buffer prepared at resume"
+    staged = 12 * MB  # the weights (the RNG state and epoch are smaller than the rest)
+    resumed_state.weights.mul_(2)
+    resumed.save(blocking=False)
+    assert staging.capacity >= staged and staging is resumed._staging
+    resumed.finish()
+
+    check_state = State()
+    check = make_session(local_store(tmp_path), check_state, attempt=2)
+    check.load()
+    assert torch.equal(check_state.weights, torch.arange(3 * MB, dtype=torch.float32) * 2)
+    check.finish()
+
+
+def test_a_task_resumed_from_a_blocking_save_maps_no_staging_buffer(tmp_path):
+    state = State()
+    state.weights = torch.ones(MB)
+    first = make_session(local_store(tmp_path), state)
+    first.save()
+    first.finish()
+    resumed = make_session(local_store(tmp_path), State(), attempt=1)
+    resumed.load()
+    assert resumed._staging is None  # a task that saves synchronously holds no second copy
+    resumed.finish()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
+def test_populate_range_makes_the_pages_resident():
+    if host_memory._libc_madvise() is None:
+        pytest.skip("no libc madvise here")
+    size = 64 * MB
+    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    address = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
+    before = resident_bytes()
+    if not host_memory.populate_range(address, size):
+        pytest.skip("this kernel has no MADV_POPULATE_WRITE (Linux < 5.14)")
+    assert resident_bytes() - before >= size // 2
+    mapping.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
+def test_the_background_populator_faults_in_what_it_is_handed():
+    if host_memory._libc_madvise() is None:
+        pytest.skip("no libc madvise here")
+    fresh = torch.empty(64 * MB, dtype=torch.uint8)
+    before = resident_bytes()
+    host_memory.populator.populate(fresh, fresh.data_ptr(), fresh.numel())
+    deadline = time.monotonic() + 30
+    while resident_bytes() - before < 32 * MB and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert resident_bytes() - before >= 32 * MB
+
+
+def test_a_load_into_new_tensors_reads_every_byte_into_populated_memory(tmp_path):
+    state = State()
+    state.big = torch.randn(4 * MB)  # 16 MB: populated ahead
+    state.small = torch.randn(100)  # left to fault in
+    state.array = np.arange(2 * MB, dtype=np.float64)
+    saver = make_session(local_store(tmp_path), state)
+    saver.save()
+    saver.finish()
+    loaded = State()
+    reader = make_session(local_store(tmp_path), loaded, attempt=1)
+    reader.load()
+    assert torch.equal(loaded.big, state.big) and torch.equal(loaded.small, state.small)
+    assert np.array_equal(loaded.array, state.array)
+    reader.finish()
