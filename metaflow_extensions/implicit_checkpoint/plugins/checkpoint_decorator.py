@@ -124,19 +124,44 @@ class CheckpointDecorator(StepDecorator):
         self._has_catch = any(deco.name == "catch" for deco in decorators)
         self._spot_monitored = any(deco.name in SPOT_MONITORED for deco in decorators)
         attrs = self.attributes
-        include = normalize_patterns(attrs["include"], "include", step_name)
-        exclude = normalize_patterns(attrs["exclude"], "exclude", step_name)
+        self._selector = self._field_selector(step_name)
+        if attrs["load_policy"] not in LOAD_POLICIES:
+            raise CheckpointConfigError(
+                "@checkpoint(load_policy=%r) on step *%s*: load_policy must be one of %s."
+                % (attrs["load_policy"], step_name, ", ".join(map(repr, LOAD_POLICIES)))
+            )
+        self._retention = self._retention_policy(step_name)
+        needs_listing = attrs["load_policy"] == "eager" or self._retention.active
+        if needs_listing and flow_datastore.TYPE not in FULLY_SUPPORTED_DATASTORES:
+            raise CheckpointConfigError(
+                "@checkpoint on step *%s*: load_policy='eager', keep_last and keep_best need "
+                "to list and delete checkpoint files by age, which Metaflow's %r datastore "
+                "does not offer. Use them with the local or S3 datastore, or drop them here "
+                "(saving, resuming after a retry and loading work on every datastore)."
+                % (step_name, flow_datastore.TYPE)
+            )
+        node = graph[step_name] if graph is not None else None
+        self._parallel = bool(getattr(node, "parallel_step", False))
+        settings()  # a malformed METAFLOW_CHECKPOINT_* setting fails here, before any task
+        self._rng = self._flag(attrs["rng"], "rng")
+        self._card = self._flag(attrs["card"], "card")
+        self._card_id = attach_card(flow, step_name, decorators, wanted=self._card)
+
+    def _field_selector(self, step_name: str) -> FieldSelector:
+        """What saves capture: ``include`` or ``exclude`` (not both), checked."""
+        include = normalize_patterns(self.attributes["include"], "include", step_name)
+        exclude = normalize_patterns(self.attributes["exclude"], "exclude", step_name)
         if include is not None and exclude is not None:
             raise CheckpointConfigError(
                 "@checkpoint on step *%s*: include and exclude are mutually exclusive. "
                 "Pass include=[...] to capture only those attributes, or exclude=[...] "
                 "to capture everything else, not both." % step_name
             )
-        if attrs["load_policy"] not in LOAD_POLICIES:
-            raise CheckpointConfigError(
-                "@checkpoint(load_policy=%r) on step *%s*: load_policy must be one of %s."
-                % (attrs["load_policy"], step_name, ", ".join(map(repr, LOAD_POLICIES)))
-            )
+        return FieldSelector(include, exclude)
+
+    def _retention_policy(self, step_name: str) -> RetentionPolicy:
+        """``keep_last``, ``keep_best``, ``best_metric`` and ``best_mode``, checked."""
+        attrs = self.attributes
         keep_last = self._count(attrs["keep_last"], "keep_last")
         keep_best = self._count(attrs["keep_best"], "keep_best")
         best_metric = attrs["best_metric"]
@@ -156,23 +181,7 @@ class CheckpointDecorator(StepDecorator):
                 "@checkpoint(best_mode=%r) on step *%s*: best_mode must be 'min' (lower "
                 "is better) or 'max'." % (attrs["best_mode"], step_name)
             )
-        self._selector = FieldSelector(include, exclude)
-        self._retention = RetentionPolicy(keep_last, keep_best, best_metric, attrs["best_mode"])
-        needs_listing = attrs["load_policy"] == "eager" or self._retention.active
-        if needs_listing and flow_datastore.TYPE not in FULLY_SUPPORTED_DATASTORES:
-            raise CheckpointConfigError(
-                "@checkpoint on step *%s*: load_policy='eager', keep_last and keep_best need "
-                "to list and delete checkpoint files by age, which Metaflow's %r datastore "
-                "does not offer. Use them with the local or S3 datastore, or drop them here "
-                "(saving, resuming after a retry and loading work on every datastore)."
-                % (step_name, flow_datastore.TYPE)
-            )
-        node = graph[step_name] if graph is not None else None
-        self._parallel = bool(getattr(node, "parallel_step", False))
-        settings()  # a malformed METAFLOW_CHECKPOINT_* setting fails here, before any task
-        self._rng = self._flag(attrs["rng"], "rng")
-        self._card = self._flag(attrs["card"], "card")
-        self._card_id = attach_card(flow, step_name, decorators, wanted=self._card)
+        return RetentionPolicy(keep_last, keep_best, best_metric, attrs["best_mode"])
 
     def _count(self, value, argument):
         if value is None or value == "None":
