@@ -63,6 +63,15 @@ def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
 _datasync = getattr(os, "fdatasync", os.fsync)
 
 
+def _datasync_path(path: str) -> None:
+    """fdatasync the file at ``path`` (written and closed by this process)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _datasync(fd)
+    finally:
+        os.close(fd)
+
+
 #: What ``stat_many`` says of a file that exists when its size is not known cheaply.
 UNKNOWN_SIZE = -1
 
@@ -377,8 +386,10 @@ class LocalDirBackend(StorageBackend):
     ) -> Tuple[str, bool]:
         # One pass over the data: each block is hashed and written while it is still
         # in the CPU cache; the content-addressed name is known only at the end.
+        # The temporary file is flushed to disk only once it is known to be needed: a
+        # blob stored already (an unchanged pack) costs no fdatasync.
         hasher = new_hasher()
-        tmp = self._write_temp(self._full(temp_prefix), parts, durable, hasher)
+        tmp = self._write_temp(self._full(temp_prefix), parts, durable, hasher, sync=False)
         try:
             digest = hasher.hexdigest()
             path = path_for_digest(digest)
@@ -386,6 +397,8 @@ class LocalDirBackend(StorageBackend):
                 os.unlink(tmp)
                 return digest, False
             # Missing, or damaged (wrong size): ours has the right bytes, it replaces it.
+            if durable:
+                _datasync_path(tmp)
             full = self._full(path)
             self._ensure_dir(os.path.dirname(full))
             self._publish(tmp, full, durable)
@@ -394,8 +407,10 @@ class LocalDirBackend(StorageBackend):
             _remove_quietly(tmp)
             raise
 
-    def _write_temp(self, prefix: str, parts: Sequence, durable: bool, hasher=None) -> str:
-        """Write ``parts`` to a new file named ``prefix`` + a random part; return its path."""
+    def _write_temp(self, prefix: str, parts: Sequence, durable: bool, hasher=None, sync: bool = True) -> str:
+        """Write ``parts`` to a new file named ``prefix`` + a random part; return its path.
+        ``durable``: its writeback is started block by block, and, with ``sync``, waited
+        for (fdatasync) before it is closed."""
         tmp = prefix + uuid.uuid4().hex
         self._ensure_dir(os.path.dirname(tmp))
         try:
@@ -418,7 +433,7 @@ class LocalDirBackend(StorageBackend):
                         offset += written
                     if durable and offset - block_offset == _WRITE_BLOCK:
                         _start_writeback(fd, block_offset, _WRITE_BLOCK)
-            if durable:
+            if durable and sync:
                 _datasync(fd)
         except BaseException:
             os.close(fd)

@@ -6,12 +6,17 @@ Small buffers (biases, norms, pickled skeletons, small files) are packed togethe
 a few blobs, so a model with hundreds of small tensors does not become hundreds of tiny
 files. A pack never mixes buffers of different groups (the files of one folder are a
 group): a new folder's files go into new packs, and the packs of the folders that did not
-change stay byte-identical, so they dedup. Nothing is copied: a blob is a list of views
+change stay byte-identical, so they dedup. The RNG state is a group of its own too
+(RNG_GROUP): two runs, or two epochs, whose small tensors are equal but whose RNG states
+are not share their packs of small tensors. Nothing is copied: a blob is a list of views
 into the original buffers.
 """
 
 from dataclasses import dataclass, field
 from typing import Hashable, List, Optional, Sequence, Tuple
+
+#: The group of the RNG state's buffers: packed apart from the tensors of the fields.
+RNG_GROUP = ("rng",)
 
 CHUNK_BYTES = 64 * 1024 * 1024
 SMALL_BYTES = 1024 * 1024

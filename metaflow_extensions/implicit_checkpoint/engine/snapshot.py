@@ -35,7 +35,7 @@ from .errors import CheckpointCorrupted, CheckpointException
 from .format_v1 import apply_v1, load_v1
 from .keys import CheckpointKey
 from .host_memory import address_space
-from .layout import PlannedBlob, is_chunked, plan_blobs
+from .layout import RNG_GROUP, PlannedBlob, is_chunked, plan_blobs
 from .manifest import Manifest, StorageLayout, utc_now_iso
 from .restore import apply_restore, build_values, live_value, plan_restore
 from .staging import StagingArea, copy_device_storages, stream_to_host
@@ -306,7 +306,10 @@ def _write_blobs(
     buffers: List[memoryview] = [changed[i] for i in order] + [data for _, data in prepared.files]
     sources = [(id(table.sources[i]), getattr(table.sources[i], "_version", None)) for i in order]
     sources += [None] * len(prepared.files)
-    groups = [None] * len(order) + [("folder", entry.group) for entry, _ in prepared.files]
+    # The RNG state is packed apart: it differs between runs (and epochs) whose tensors do
+    # not, and would make their packs of small tensors differ too.
+    rng = set(graph.rng_storages)
+    groups = [RNG_GROUP if i in rng else None for i in order] + [("folder", entry.group) for entry, _ in prepared.files]
     blobs, extents = plan_blobs(buffers, sources, groups)
     graph_inline = len(graph.document) <= INLINE_BYTES
     if not graph_inline:
