@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .device_streams import on_device, process_ordering
 from .errors import CheckpointException
-from .host_memory import populator
 from .graph_format import TensorNode, View
 from .validation import TORCH_DTYPES, describe, expect_int, expect_list, fail
 
@@ -193,8 +192,7 @@ def to_raw(obj: Any) -> Tuple[memoryview, Any]:
 class StorageBuffer:
     """Where one stored buffer's bytes are read to: fresh memory, or a live tensor's.
 
-    Fresh host memory is faulted in ahead of the read, on a background thread
-    (host_memory.populator). Host memory is filled through ``buffer`` (a writable memoryview); device memory
+    Host memory is filled through ``buffer`` (a writable memoryview); device memory
     (``device_bytes``, a flat uint8 tensor: a live CUDA tensor's, or fresh on ``device``)
     through a bounce buffer (device_load.py). ``views`` of the buffer rebuild the saved
     tensors and arrays (sharing its memory). Without ``device``, a fresh torch buffer is
@@ -220,7 +218,6 @@ class StorageBuffer:
                 self._raw = self.device_bytes = torch.empty(spec.nbytes, dtype=torch.uint8, device=device)
             else:
                 self._raw = torch.empty(spec.nbytes, dtype=torch.uint8)
-                populator.populate(self._raw, self._raw.data_ptr(), spec.nbytes)
                 self.buffer = memoryview(self._raw.numpy()) if spec.nbytes else memoryview(bytearray())
                 if device is None and spec.device != "cpu" and _device_available(spec.device):
                     self._move_to = spec.device
@@ -230,7 +227,6 @@ class StorageBuffer:
             import numpy as np
 
             self._raw = np.empty(spec.nbytes, dtype=np.uint8)
-            populator.populate(self._raw, self._raw.ctypes.data, spec.nbytes)
             self.buffer = memoryview(self._raw)
         else:
             raise ValueError("unknown storage kind %r" % (spec.kind,))

@@ -1,16 +1,10 @@
-"""Memory made ready before it is needed: the staging buffer mapped ahead (a resumed task's
-first background save only copies), and fresh load buffers faulted in on a background
-thread. Engine tier: no flow; no timing is asserted (benchmarks/headline.py measures)."""
-
-import mmap
-import os
-import sys
-import time
+"""Memory made ready before it is needed: the staging buffer mapped ahead, so a resumed
+task's first background save only copies. Engine tier: no flow; no timing is asserted
+(benchmarks/headline.py measures)."""
 
 import numpy as np
 import pytest
 
-from metaflow_extensions.implicit_checkpoint.engine import host_memory
 from metaflow_extensions.implicit_checkpoint.engine.staging import StagingArea
 
 from engine_helpers import State, local_store, make_session
@@ -18,11 +12,6 @@ from engine_helpers import State, local_store, make_session
 torch = pytest.importorskip("torch")
 
 MB = 1024 * 1024
-
-
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_a_prepared_buffer_is_the_one_the_next_stage_copies_into():
@@ -102,37 +91,10 @@ def test_a_task_resumed_from_a_blocking_save_maps_no_staging_buffer(tmp_path):
     resumed.finish()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
-def test_populate_range_makes_the_pages_resident():
-    if host_memory._libc_madvise() is None:
-        pytest.skip("no libc madvise here")
-    size = 64 * MB
-    mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    address = np.frombuffer(mapping, dtype=np.uint8).ctypes.data
-    before = resident_bytes()
-    if not host_memory.populate_range(address, size):
-        pytest.skip("this kernel has no MADV_POPULATE_WRITE (Linux < 5.14)")
-    assert resident_bytes() - before >= size // 2
-    mapping.close()
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
-def test_the_background_populator_faults_in_what_it_is_handed():
-    if host_memory._libc_madvise() is None:
-        pytest.skip("no libc madvise here")
-    fresh = torch.empty(64 * MB, dtype=torch.uint8)
-    before = resident_bytes()
-    host_memory.populator.populate(fresh, fresh.data_ptr(), fresh.numel())
-    deadline = time.monotonic() + 30
-    while resident_bytes() - before < 32 * MB and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert resident_bytes() - before >= 32 * MB
-
-
-def test_a_load_into_new_tensors_reads_every_byte_into_populated_memory(tmp_path):
+def test_a_load_into_new_tensors_reads_every_byte(tmp_path):
     state = State()
-    state.big = torch.randn(4 * MB)  # 16 MB: populated ahead
-    state.small = torch.randn(100)  # left to fault in
+    state.big = torch.randn(4 * MB)
+    state.small = torch.randn(100)
     state.array = np.arange(2 * MB, dtype=np.float64)
     saver = make_session(local_store(tmp_path), state)
     saver.save()
