@@ -272,7 +272,8 @@ def build_report(rounds: Dict[str, Rounds], checkouts: List[Checkout], quiet: Qu
         " by the simplest fast code (benchmarks/physical_limit.py): BLAKE3 of every byte on every core"
         " (the blake3 package's max_threads), a memcpy of all bytes into a buffer already written (a"
         " background save cannot know what changed without reading it all), the changed bytes written"
-        " to one file with fdatasync, a page-cache read and hash of the stored bytes in one pass, and,"
+        " to one file with fdatasync, a page-cache read and hash of the stored bytes in one pass (a thread per"
+        " core, the files shared out among them), and,"
         " for new tensors, a first touch of as much fresh memory (torch.empty + fill).",
         "",
         "## Ours against the sound limit (%s)" % checkouts[0].label,

@@ -10,11 +10,12 @@
 The sound limit adds what a checkpoint that holds exactly the live bytes cannot skip, done
 by the simplest fast code: ``hash_all`` (BLAKE3 of every byte, on every core: the blake3
 package's ``max_threads``), ``read_and_hash`` (a page-cache read and a hash of the stored
-bytes in one pass), and ``first_touch`` (fresh memory written once, what a load into new
+bytes in one pass, a thread per core), and ``first_touch`` (fresh memory written once, what a load into new
 tensors must get before it can read into them).
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import List, Sequence
 
 import blake3
@@ -78,12 +79,18 @@ def hash_all(tensors: Sequence[torch.Tensor]) -> str:
 
 
 def read_and_hash(buffer: torch.Tensor, paths: List[str]) -> int:
-    """Read ``paths`` back to back into ``buffer`` in chunks of READ_CHUNK, hashing each
-    chunk right after it is read (one pass, all cores); the bytes read."""
+    """Read ``paths`` back to back into ``buffer``, each in chunks of READ_CHUNK hashed right
+    after they are read (one pass), the files shared out among a thread per core; the bytes
+    read."""
     view = memoryview(buffer.numpy())
-    offset = 0
+    offsets, total = [], 0
     for path in paths:
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        offsets.append(total)
+        total += os.path.getsize(path)
+
+    def read_one(path_and_offset) -> None:
+        path, offset = path_and_offset
+        hasher = blake3.blake3()
         with open(path, "rb", buffering=0) as f:
             while True:
                 n = f.readinto(view[offset : offset + READ_CHUNK])
@@ -92,7 +99,10 @@ def read_and_hash(buffer: torch.Tensor, paths: List[str]) -> int:
                 hasher.update(view[offset : offset + n])
                 offset += n
         hasher.hexdigest()
-    return offset
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(read_one, zip(paths, offsets)))
+    return total
 
 
 def first_touch(nbytes: int) -> torch.Tensor:
