@@ -3,7 +3,8 @@
     HEADLINE_TREE=TREE python benchmarks/headline_round.py WORKDIR SIZE_MB SEED [--peers]
 
 ``headline.py`` runs this script once per round and checkout, with ``HEADLINE_TREE``
-naming the checkout's tree (the only one it imports the package from), so two versions of the package are measured by the same harness, on
+naming the checkout's tree (the only one it imports the package from), so two versions
+of the package are measured by the same harness, on
 the same machine, in the same minutes. It prints one JSON object: the seconds (or rates)
 of every case, and the file the package was imported from (the proof of which tree ran).
 
@@ -148,18 +149,18 @@ def measure_round(work: Path, size: int, seed: int, peers: bool) -> dict:
     figures["limit: BLAKE3 of all bytes, all cores"] = timed(lambda: physical_limit.hash_all(tensors))
     copy_buffer = physical_limit.buffer_for(tensors)
     figures["limit: memcpy of all bytes"] = timed(lambda: physical_limit.copy_into(copy_buffer, tensors))
-    del copy_buffer
+    copy_buffer = None  # freed before the loads
 
     # -- loads of the newest synchronous checkpoint (all in the page cache) -------------
     built = Holder()
     built.model_state = {name: torch.ones_like(t) for name, t in state.items()}
     reader = session_on(work / "sync", built, attempt=1)
     figures["ours: load in place into a built model"] = timed(lambda: reader.load(newest))
-    del reader, built
+    reader = built = None
     fresh = Holder()
     reader = session_on(work / "sync", fresh, attempt=1)
     figures["ours: load into new tensors"] = timed(lambda: reader.load(newest))
-    del reader, fresh
+    reader = fresh = None
     stored = blob_files(work / "sync")
     read_buffer = torch.empty(sum(os.path.getsize(p) for p in stored), dtype=torch.uint8).fill_(1)
     physical_limit.read_into(read_buffer, stored)  # in the page cache for sure
@@ -167,7 +168,7 @@ def measure_round(work: Path, size: int, seed: int, peers: bool) -> dict:
         lambda: physical_limit.read_and_hash(read_buffer, stored)
     )
     figures["limit: first touch of fresh memory"] = timed(lambda: physical_limit.first_touch(read_buffer.numel()))
-    del read_buffer
+    read_buffer = None
 
     # -- tiny states --------------------------------------------------------------------
     for case, kwargs in (("defaults", {}), ("rng=False", {"rng": False})):

@@ -10,8 +10,8 @@
 The sound limit adds what a checkpoint that holds exactly the live bytes cannot skip, done
 by the simplest fast code: ``hash_all`` (BLAKE3 of every byte, on every core: the blake3
 package's ``max_threads``), ``read_and_hash`` (a page-cache read and a hash of the stored
-bytes in one pass, a thread per core), and ``first_touch`` (fresh memory written once, what a load into new
-tensors must get before it can read into them).
+bytes in one pass, a thread per core), and ``first_touch`` (fresh memory written once,
+what a load into new tensors must get before it can read into them).
 """
 
 import os
