@@ -18,7 +18,8 @@ The cases, in this order, each timed save after os.sync():
 - loads of the synchronous session's newest checkpoint, from the page cache: in place into
   a built model (tensors of the same shapes), and into new tensors (an empty holder);
 - tiny states (three fields), saves per second, with defaults and with rng=False;
-- the sound limits of the same bytes (physical_limit.py), measured in this round;
+- the sound limits of the same bytes (physical_limit.py), measured in this round, each the
+  fastest of LIMIT_TRIES tries (ours is timed once);
 - with ``--peers``: dcp.save, dcp.async_save and dcp.load of the same state.
 """
 
@@ -66,6 +67,8 @@ from metaflow_extensions.implicit_checkpoint.engine.session import (  # noqa: E4
 from metaflow_extensions.implicit_checkpoint.engine.store import CheckpointStore  # noqa: E402
 
 TINY_SAVES = 300
+#: Each sound limit is timed this many times in a round, the fastest kept.
+LIMIT_TRIES = 2
 #: Seconds a resumed task trains between its load and its first save.
 RETRY_TRAINS_FOR = 1.0
 
@@ -84,6 +87,11 @@ def session_on(root: Path, holder: Holder, attempt: int = 0, **kwargs) -> Checkp
     )
     session.start()
     return session
+
+
+def best_of(timer, action, tries: int = LIMIT_TRIES) -> float:
+    """The fastest of ``tries`` timings of ``action``: a limit is what the machine can do."""
+    return min(timer(action) for _ in range(tries))
 
 
 def blob_files(root: Path) -> list:
@@ -139,16 +147,18 @@ def measure_round(work: Path, size: int, seed: int, peers: bool) -> dict:
     del synchronous
 
     limit_file = str(work / "limit.bin")
-    figures["limit: hash all + write all + fdatasync"] = timed_from_quiet_disk(
-        lambda: (physical_limit.hash_all(tensors), physical_limit.write_with_fdatasync(limit_file, tensors))
+    figures["limit: hash all + write all + fdatasync"] = best_of(
+        timed_from_quiet_disk,
+        lambda: (physical_limit.hash_all(tensors), physical_limit.write_with_fdatasync(limit_file, tensors)),
     )
-    figures["limit: hash all + write 10% changed + fdatasync"] = timed_from_quiet_disk(
-        lambda: (physical_limit.hash_all(tensors), physical_limit.write_with_fdatasync(limit_file, changed))
+    figures["limit: hash all + write 10% changed + fdatasync"] = best_of(
+        timed_from_quiet_disk,
+        lambda: (physical_limit.hash_all(tensors), physical_limit.write_with_fdatasync(limit_file, changed)),
     )
     os.remove(limit_file)
-    figures["limit: BLAKE3 of all bytes, all cores"] = timed(lambda: physical_limit.hash_all(tensors))
+    figures["limit: BLAKE3 of all bytes, all cores"] = best_of(timed, lambda: physical_limit.hash_all(tensors))
     copy_buffer = physical_limit.buffer_for(tensors)
-    figures["limit: memcpy of all bytes"] = timed(lambda: physical_limit.copy_into(copy_buffer, tensors))
+    figures["limit: memcpy of all bytes"] = best_of(timed, lambda: physical_limit.copy_into(copy_buffer, tensors))
     copy_buffer = None  # freed before the loads
 
     # -- loads of the newest synchronous checkpoint (all in the page cache) -------------
@@ -164,10 +174,10 @@ def measure_round(work: Path, size: int, seed: int, peers: bool) -> dict:
     stored = blob_files(work / "sync")
     read_buffer = torch.empty(sum(os.path.getsize(p) for p in stored), dtype=torch.uint8).fill_(1)
     physical_limit.read_into(read_buffer, stored)  # in the page cache for sure
-    figures["limit: page-cache read + hash, one pass"] = timed(
-        lambda: physical_limit.read_and_hash(read_buffer, stored)
+    figures["limit: page-cache read + hash, one pass"] = best_of(
+        timed, lambda: physical_limit.read_and_hash(read_buffer, stored)
     )
-    figures["limit: first touch of fresh memory"] = timed(lambda: physical_limit.first_touch(read_buffer.numel()))
+    figures["limit: first touch of fresh memory"] = best_of(timed, lambda: physical_limit.first_touch(read_buffer.numel()))
     read_buffer = None
 
     # -- tiny states --------------------------------------------------------------------
