@@ -279,7 +279,8 @@ def build_report(
         " background save cannot know what changed without reading it all), the changed bytes written"
         " to one file with fdatasync, a page-cache read and hash of the stored bytes in one pass (a thread per"
         " core, the files shared out among them), and,"
-        " for new tensors, a first touch of as much fresh memory (torch.empty + fill).",
+        " for new tensors, a first touch of as much fresh memory (torch.empty + fill); each the fastest"
+        " of two tries in its round (ours is timed once).",
         "",
         "## Ours against the sound limit (%s)" % checkouts[0].label,
         "",
