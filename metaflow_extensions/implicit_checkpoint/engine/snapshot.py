@@ -43,7 +43,7 @@ from .store import BlobRead, CheckpointStore
 from .tensors import DevicePlacement, StorageBuffer, is_tensor_like, to_raw
 
 #: A graph document up to this size lives inside the manifest instead of a blob.
-INLINE_BYTES = 1024
+INLINE_BYTES = 4096
 
 
 @dataclass
