@@ -65,7 +65,7 @@ def test_notebook_lists_inspects_and_loads(resumed_run):
     assert result["inspect_fields"] == ["attempts_seen", "count", "resumed_from", "weights"]
     assert result["inspect_same"] is True
     assert result["only_keys"] == ["weights"]
-    assert result["only_reads"] == 2  # the save's object graph, then the weights' blob
+    assert result["only_reads"] == 1  # the weights' blob (the object graph is inline)
     assert result["weights_sum"] == 5000
     assert result["all_keys"] == ["attempts_seen", "count", "resumed_from", "weights"]
     assert result["flow_obj"] == ["CheckpointArtifact", 5, 5000.0]

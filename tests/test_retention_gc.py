@@ -51,12 +51,12 @@ def test_keep_last_and_keep_best_then_gc(world):
     before = blob_bytes_on_disk(flow_dir)
     age_files(flow_dir, AN_HOUR_AND_MORE)
     dry = world.command(FLOW, "checkpoint", "gc", "--dry-run").stdout
-    # Each of the 15 removed checkpoints leaves two blobs of its own: its weights and
-    # its object graph.
-    assert "Would delete 30 unreferenced blob(s)" in dry
+    # Each of the 15 removed checkpoints leaves one blob of its own: its weights (its
+    # object graph, under 4 KiB, was inline in its manifest).
+    assert "Would delete 15 unreferenced blob(s)" in dry
     assert blob_bytes_on_disk(flow_dir) == before
     out = world.command(FLOW, "checkpoint", "gc").stdout
-    assert "Deleted 30 unreferenced blob(s)" in out
+    assert "Deleted 15 unreferenced blob(s)" in out
     freed = before - blob_bytes_on_disk(flow_dir)
     assert freed >= 15 * 512 * 1024
 
@@ -110,8 +110,8 @@ def test_retention_and_gc_on_s3(s3_world):
         """
     )
     after = [k for k in s3_world.checkpoint_keys() if "/blobs/" in k]
-    assert len(report["deleted_blobs"]) == 30  # per removed checkpoint: weights and graph
-    assert len(before) - len(after) == 30 and report["deleted_bytes"] >= 15 * 512 * 1024
+    assert len(report["deleted_blobs"]) == 15  # per removed checkpoint: its weights
+    assert len(before) - len(after) == 15 and report["deleted_bytes"] >= 15 * 512 * 1024
     checked = s3_world.python(
         """
         import json, sys
