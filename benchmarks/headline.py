@@ -20,7 +20,6 @@ busy, no target is called met or missed ("machine busy: rerun").
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from measure import Figure, Rounds, plain, ratio, seconds  # noqa: E402
+from measure import Figure, Rounds, machine, plain, ratio, seconds  # noqa: E402
 
 MB = 1024 * 1024
 #: The state size the targets are set for.
@@ -110,21 +109,6 @@ def cpu_seconds_of_this_run() -> float:
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
     return total
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    return "%s, %d cores, %.0f GB RAM, Python %s, torch %s, %s %s" % (
-        cpu, os.cpu_count(), memory, platform.python_version(), torch.__version__,
-        platform.system(), platform.release())
 
 
 class Quietness:

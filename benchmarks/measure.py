@@ -1,6 +1,7 @@
 """Timing and memory helpers: rounds of samples, medians with ranges, fsync, resident memory."""
 
 import os
+import platform
 import resource
 import statistics
 import time
@@ -118,3 +119,19 @@ def isolated_metaflow_env(root, extra: Optional[dict] = None) -> dict:
     )
     env.update(extra or {})
     return env
+
+
+def machine() -> str:
+    """The machine a report was measured on, in one line."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return "%s, %d cores, %.0f GB RAM, Python %s, torch %s, %s %s" % (
+        cpu, os.cpu_count(), memory, platform.python_version(), torch.__version__,
+        platform.system(), platform.release())

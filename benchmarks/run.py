@@ -14,7 +14,6 @@ round (ours and the peer of the same round) before taking its median and range.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,28 +29,10 @@ import peer_metaflow_checkpoint  # noqa: E402
 import s3_io  # noqa: E402
 import task_overhead  # noqa: E402
 import training_throughput  # noqa: E402
-from measure import Figure, Rounds, plain, ratio, seconds  # noqa: E402
+from measure import Figure, Rounds, machine, plain, ratio, seconds  # noqa: E402
 from states import nbytes, state_dict  # noqa: E402
 
 MB = 1024 * 1024
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
-    return "%s, %d cores, %.0f GB RAM, Python %s, torch %s, %s" % (
-        cpu, os.cpu_count(), memory, platform.python_version(), _torch_version(), platform.system())
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def load_average() -> str:
