@@ -1,10 +1,12 @@
 """Memory made ready before it is needed: the staging buffer mapped ahead, so a resumed
-task's first background save only copies. Engine tier: no flow; no timing is asserted
+task's first background save, or the first of a step that saved in the background in an
+earlier run, only copies. Engine tier: no flow; no timing is asserted
 (benchmarks/headline.py measures)."""
 
 import numpy as np
 import pytest
 
+from metaflow_extensions.implicit_checkpoint.engine.session import AttributeSource, CheckpointSession, TaskIdentity
 from metaflow_extensions.implicit_checkpoint.engine.staging import StagingArea
 
 from engine_helpers import State, local_store, make_session
@@ -105,3 +107,77 @@ def test_a_load_into_new_tensors_reads_every_byte(tmp_path):
     assert torch.equal(loaded.big, state.big) and torch.equal(loaded.small, state.small)
     assert np.array_equal(loaded.array, state.array)
     reader.finish()
+
+
+def _task_of_run(store, state, run_id: str) -> "CheckpointSession":
+    session = CheckpointSession(
+        store,
+        TaskIdentity("UnitFlow", run_id, "train", "1", 0),
+        AttributeSource(lambda: dict(vars(state))),
+        target=state,
+    )
+    session.start()
+    return session
+
+
+def _run_saving(tmp_path, run_id: str, blocking: bool) -> None:
+    state = State()
+    state.weights = torch.arange(3 * MB, dtype=torch.float32)
+    session = _task_of_run(local_store(tmp_path), state, run_id)
+    session.save(blocking=blocking)
+    session.finish()
+
+
+def _prepared(session) -> tuple:
+    """(size, buffer) the staging thread prepared: it is done when this returns."""
+    return session._staging._prepared.result(timeout=60)
+
+
+def test_a_step_saved_in_the_background_before_has_its_buffer_ready_in_its_next_run(tmp_path):
+    _run_saving(tmp_path, "1", blocking=False)
+    state = State()
+    state.weights = torch.zeros(3 * MB)
+    task = _task_of_run(local_store(tmp_path), state, "2")
+    assert not task.is_loaded  # nothing to resume from: a new run, load_policy="fresh"
+    size, (_, _, mapping) = _prepared(task)
+    assert size >= 12 * MB  # sized to the earlier run's state
+    task.save(blocking=False)
+    assert task._staging._mapping is mapping  # the first save copied into it, mapped nothing
+    task.finish()
+    assert torch.equal(_weights_saved_by(tmp_path, "2"), torch.zeros(3 * MB))
+
+
+def _weights_saved_by(tmp_path, run_id: str):
+    state = State()
+    reader = CheckpointSession(
+        local_store(tmp_path),
+        TaskIdentity("UnitFlow", run_id, "train", "1", 1),
+        AttributeSource(lambda: dict(vars(state))),
+        target=state,
+    )
+    reader.start()
+    reader.load()
+    reader.finish()
+    return state.weights
+
+
+def test_a_step_saved_synchronously_before_maps_nothing_ahead(tmp_path):
+    _run_saving(tmp_path, "1", blocking=True)
+    task = _task_of_run(local_store(tmp_path), State(), "2")
+    assert _prepared(task) == (0, None)
+    task.finish()
+
+
+def test_a_damaged_earlier_manifest_only_means_no_buffer_ahead(tmp_path):
+    _run_saving(tmp_path, "1", blocking=False)
+    manifests = [p for p in tmp_path.rglob("*") if p.is_file() and "/blobs" not in str(p) and "/1/train/" in str(p)]
+    assert manifests
+    for path in manifests:
+        path.write_bytes(b"\x00garbage" * 7)
+    state = State()
+    state.weights = torch.ones(3 * MB)
+    task = _task_of_run(local_store(tmp_path), state, "2")
+    task._staging._prepared.exception(timeout=60)  # done, whatever it found
+    task.save(blocking=False)  # maps its own buffer
+    task.finish()
+    assert torch.equal(_weights_saved_by(tmp_path, "2"), torch.ones(3 * MB))

@@ -216,6 +216,8 @@ class CheckpointSession:
                 found = find()
                 if found is not None:
                     self._resume_point = CheckpointArtifact.from_manifest(found)
+        if self._resume_point is None and t.gang is None:
+            self._prepare_staging_as_earlier_runs_did()
         return self._resume_point
 
     def _newest_intact(self, keys: List[CheckpointKey]) -> Optional[CheckpointArtifact]:
@@ -703,6 +705,34 @@ class CheckpointSession:
         for listener in self.on_load:
             listener(artifact)
         return artifact
+
+    def _prepare_staging_as_earlier_runs_did(self) -> None:
+        """A step whose newest checkpoint in an earlier run was saved in the background
+        saves in the background again: a task with nothing to resume from maps its
+        staging buffer now, sized to that checkpoint's state, so even its first
+        background save only copies. The earlier checkpoint is looked up on the staging
+        thread, and only its manifest is read: it sizes a buffer, nothing of it is loaded.
+        A step never saved in the background before maps its buffer at its first
+        background save."""
+        t = self._task
+        if not self._options.staging_bytes:
+            return
+
+        def staged_by_the_newest_earlier_save() -> int:
+            newest = find_eager_resume_point(
+                self._store, t.flow, t.step, t.foreach_indices, self._started_at, t.run_id,
+                accept_run=lambda run_id: True, usable=lambda key, manifest: True,
+            )
+            if newest is None or newest.format_version == 1:
+                return 0
+            record = SaveRecord.from_wire(newest.save_record)
+            if record is None or not record.background:
+                return 0
+            return sum(spec.nbytes for spec in newest.storage.storage_specs())
+
+        if self._staging is None:
+            self._staging = StagingArea(self._options.staging_bytes)
+        self._staging.prepare_sized_by(staged_by_the_newest_earlier_save)
 
     def _prepare_staging(self, manifest: Manifest) -> None:
         """A task resumed from a background save saves in the background again: its

@@ -4,7 +4,9 @@ folder) while a background save writes.
 One buffer, reused from save to save and grown only when more bytes changed than it
 holds, so steady-state background saves allocate (and page-fault) nothing. ``prepare``
 maps it ahead, on a thread of its own, sized to a state (the session does when it resumes
-from a checkpoint saved in the background), so the first background save only copies. It is mapped
+from a checkpoint saved in the background, and when a task starts a step whose newest
+checkpoint in an earlier run was saved in the background), so the first background save
+only copies. It is mapped
 with all its pages present (host_memory.py). With CUDA available the buffer
 is pinned instead, so device-to-host copies run at full speed. Copies of large tensors
 are split across two threads (numpy's copy releases the GIL), and so are file reads.
@@ -20,7 +22,7 @@ copied whenever the copy happens to run.
 import sys
 import threading
 from concurrent.futures import Future
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from .device_streams import DeviceOrdering, group_into_slots, on_device, ordered_copies, process_ordering, wait_all
 from .directory import FileEntry
@@ -57,16 +59,27 @@ class StagingArea:
         buffer already holds that much, when ``nbytes`` is over the budget, or while a
         preparation is under way; a preparation that fails (no memory) leaves ``stage``
         to map the buffer itself, and report what fails then."""
-        if nbytes <= self.capacity or not self.fits(nbytes) or self._prepared is not None:
+        if nbytes <= self.capacity or not self.fits(nbytes):
+            return
+        self.prepare_sized_by(lambda: nbytes)
+
+    def prepare_sized_by(self, size: Callable[[], int]) -> None:
+        """``prepare``, with the size found by ``size()`` on the preparing thread (a
+        lookup that reads the store, so the caller does not wait for it). A size of 0, one
+        over the budget or within the capacity, or an exception maps nothing; a ``stage``
+        that comes first waits for the preparation, then maps what it still needs."""
+        if self._prepared is not None:
             return
         self._prepared = Future()
         threading.Thread(
-            target=self._map_into_future, args=(nbytes, self._prepared), name="checkpoint-staging", daemon=True
+            target=self._map_into_future, args=(size, self._prepared), name="checkpoint-staging", daemon=True
         ).start()
 
-    def _map_into_future(self, nbytes: int, future: Future) -> None:
+    def _map_into_future(self, size: Callable[[], int], future: Future) -> None:
         try:
-            future.set_result((nbytes, self._map(nbytes)))
+            nbytes = size()
+            wanted = nbytes > self.capacity and self.fits(nbytes)
+            future.set_result((nbytes, self._map(nbytes) if wanted else None))
         except BaseException as ex:  # handed to _reserve, which maps anew
             future.set_exception(ex)
 
@@ -86,7 +99,7 @@ class StagingArea:
             prepared, self._prepared = self._prepared, None
             if prepared.exception() is None:
                 size, buffer = prepared.result()
-                if size > self.capacity:
+                if buffer is not None and size > self.capacity:
                     self._array, self._host_tensor, self._mapping = buffer
                     self.capacity = size
         if nbytes <= self.capacity:
