@@ -13,7 +13,9 @@ The cases, in this order, each timed save after os.sync():
 - a background session (one task): its first ``save(blocking=False)`` (the task's first:
   its staging buffer is new), one after every tensor changed, one after 10 % changed;
   then a retry of that task: it loads the newest checkpoint in place, trains for
-  RETRY_TRAINS_FOR seconds (a sleep) and saves in the background (its first);
+  RETRY_TRAINS_FOR seconds (a sleep) and saves in the background (its first); then the
+  same task in the next run (nothing to resume from): it builds its state, trains as
+  long and saves in the background (its first);
 - a synchronous session: its first save (all bytes), a re-save after 10 % changed;
 - loads of the synchronous session's newest checkpoint, from the page cache: in place into
   a built model (tensors of the same shapes), and into new tensors (an empty holder);
@@ -77,10 +79,10 @@ class Holder:
     """Stands in for a step's ``self``: every attribute counts as assigned."""
 
 
-def session_on(root: Path, holder: Holder, attempt: int = 0, **kwargs) -> CheckpointSession:
+def session_on(root: Path, holder: Holder, attempt: int = 0, run_id: str = "1", **kwargs) -> CheckpointSession:
     session = CheckpointSession(
         CheckpointStore(LocalDirBackend(str(root))),
-        TaskIdentity("HeadlineFlow", "1", "train", "1", attempt),
+        TaskIdentity("HeadlineFlow", run_id, "train", "1", attempt),
         AttributeSource(lambda: dict(vars(holder))),
         target=holder,
         **kwargs,
@@ -135,6 +137,16 @@ def measure_round(work: Path, size: int, seed: int, peers: bool) -> dict:
     figures["ours: a resumed task's first background save, blocked"] = background_blocked(retry)
     retry.finish()
     del retry, retry_holder
+    # The next run of the flow: its task has nothing to resume from (load_policy="fresh"),
+    # builds its model, trains a moment and saves in the background (its first).
+    next_holder = Holder()
+    next_holder.model_state = {name: torch.ones_like(t) for name, t in state.items()}
+    next_run = session_on(work / "background", next_holder, run_id="2")
+    time.sleep(RETRY_TRAINS_FOR)
+    change_share(next_holder.model_state, 1.0, seed=seed + 5)
+    figures["ours: the next run's first background save, blocked"] = background_blocked(next_run)
+    next_run.finish()
+    del next_run, next_holder
     shutil.rmtree(work / "background", ignore_errors=True)
 
     # -- synchronous saves, one session -----------------------------------------------
