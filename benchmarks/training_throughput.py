@@ -1,102 +1,181 @@
 """Training throughput kept while checkpointing (CheckFreq's figure of merit), on CPU.
 
-A training loop of an MLP (3 layers of 4096 x 4096 float32: 192 MiB of weights, 384 MiB
-with SGD's momentum buffers) runs for a fixed window in each variant: no checkpoints; ours
-(``save(blocking=False)`` of the model and optimizer every ``interval`` seconds, defaults
-otherwise: rng=True, fsync); ``dcp.async_save`` of their state dicts at the same interval
-(each waits for the previous one to commit, as ours does). The loop uses one torch thread,
-leaving the other core to the savers. Variants run interleaved within each round; the
-figure is steps per second of a variant over steps per second without checkpoints in the
-same round, in %.
+A training loop of an MLP (``layers`` layers of 4096 x 4096 float32, SGD with momentum: 64
+MiB of weights and 64 MiB of momentum buffers per layer, so 8 layers save 1 GiB) runs for
+a fixed window in each variant: no checkpoints; ours (``save(blocking=False)`` of the model
+and optimizer, defaults otherwise: rng=True, fsync); ``dcp.async_save`` of their state
+dicts. Both save at ``interval``, 2 x ``interval``, ... from the window's start, for as long
+as the window lasts (a 120 s window, every 30 s: at 30, 60 and 90 s); each saver waits for
+its previous save before the next, and its last save commits after the window. Only the
+steps of the window count. The loop uses one torch thread, leaving the other core to the
+savers. Variants run interleaved within each round, after a warm-up round; the figure is
+steps per second of a variant over steps per second without checkpoints in the same
+round, in %.
 
-    python training_throughput.py [WINDOW_SECONDS] [ROUNDS]
+    python benchmarks/training_throughput.py                 # the issue's case: 1 GiB saved
+        # every 30 s, 120 s windows, 2 rounds after the warm-up (about 19 minutes)
+    python benchmarks/training_throughput.py --window 6 --interval 2 --rounds 1 --layers 1
+        # a smoke run
 """
 
+import argparse
+import os
 import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import Future
 from pathlib import Path
+from typing import List, Optional, Protocol, Tuple
 
 import torch
 import torch.distributed.checkpoint as dcp
 
-from measure import Rounds
+from measure import Rounds, plain
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from engine_helpers import State, local_store, make_session  # noqa: E402
 
+MB = 1024 * 1024
 WIDTH = 4096
-LAYERS = 3
 BATCH = 8
 TRAIN_THREADS = 1
+DEFAULT_LAYERS = 8
+DEFAULT_WINDOW = 120.0
+DEFAULT_INTERVAL = 30.0
+DEFAULT_ROUNDS = 2
 
 NONE, OURS, DCP = "no checkpoints", "ours: save(blocking=False)", "dcp.async_save"
 
 
-def build():
+def build(layers: int) -> Tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The MLP of ``layers`` linear layers of ``WIDTH`` x ``WIDTH`` (ReLU between them) and
+    its SGD optimizer with momentum, on the current default device.
+
+    Parameters
+    ----------
+    layers : int
+        Linear layers of the MLP.
+
+    Returns
+    -------
+    tuple of (torch.nn.Module, torch.optim.Optimizer)
+    """
     torch.manual_seed(0)
-    layers = []
-    for _ in range(LAYERS):
-        layers += [torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
+    modules = []
+    for _ in range(layers):
+        modules += [torch.nn.Linear(WIDTH, WIDTH), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*modules[:-1])
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     return model, optimizer
 
 
-def saved_state_bytes(model) -> int:
+def saved_state_bytes(layers: int) -> int:
     """Bytes of the model's parameters and SGD's momentum buffers (one per parameter,
-    there from the first step on)."""
+    there from the first step on): what each save writes.
+
+    Parameters
+    ----------
+    layers : int
+        Linear layers of the MLP.
+
+    Returns
+    -------
+    int
+    """
+    with torch.device("meta"):  # counts the parameters without allocating them
+        model, _ = build(layers)
     return 2 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+class _Saver(Protocol):
+    def save(self) -> None: ...
+
+    def wait(self) -> None: ...
+
+
+class _OursSaver:
+    def __init__(self, session):
+        self.session = session
+
+    def save(self) -> None:
+        self.session.save(blocking=False)
+
+    def wait(self) -> None:
+        self.session.wait()
+
+
 class _DcpSaver:
-    def __init__(self, root: Path, model, optimizer):
+    def __init__(self, root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.root, self.model, self.optimizer = root, model, optimizer
         self.pending = None
         self.count = 0
 
-    def save(self):
+    def save(self) -> None:
         self.wait()
         self.count += 1
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         result = dcp.async_save(state, checkpoint_id=str(self.root / ("step-%d" % self.count)))
         self.pending = result if isinstance(result, Future) else result.upload_completion
 
-    def wait(self):
+    def wait(self) -> None:
         if self.pending is not None:
             self.pending.result()
             self.pending = None
 
 
-def _steps_per_second(model, optimizer, window: float, interval: float, save, wait) -> float:
+def _steps_per_second(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, window: float, interval: float,
+    saver: Optional[_Saver],
+) -> float:
     inputs = torch.randn(BATCH, WIDTH)
     targets = torch.randn(BATCH, WIDTH)
-    steps = 0
+    # Start from a quiet disk, so that no window pays for the writeback of the one before.
+    os.sync()
+    steps = saves = 0
     start = time.perf_counter()
-    next_save = start + interval
     while True:
-        now = time.perf_counter()
-        if now - start >= window:
+        elapsed = time.perf_counter() - start
+        if elapsed >= window:
             break
-        if save is not None and now >= next_save:
-            save()
-            next_save = now + interval
+        if saver is not None and elapsed >= (saves + 1) * interval:
+            saver.save()
+            saves += 1
         optimizer.zero_grad(set_to_none=False)
         loss = torch.nn.functional.mse_loss(model(inputs), targets)
         loss.backward()
         optimizer.step()
         steps += 1
-    rate = steps / (time.perf_counter() - start)
-    if wait is not None:
-        wait()  # the last save commits outside the window, like the end of a task
-    return rate
+    if saver is not None:
+        saver.wait()  # the last save commits outside the window, like the end of a task
+    return steps / elapsed
 
 
-def run(workdir: Path, window: float, interval: float, rounds: int) -> Rounds:
+def run(
+    workdir: Path, window: float, interval: float, rounds: int, layers: int = DEFAULT_LAYERS
+) -> Rounds:
+    """Steps per second of each variant and the throughput each saver keeps, per round.
+
+    Parameters
+    ----------
+    workdir : Path
+        Where the checkpoints go (removed after each round).
+    window : float
+        Seconds each variant trains.
+    interval : float
+        Seconds between saves, the first one ``interval`` after the window starts.
+    rounds : int
+        Rounds after the warm-up round.
+    layers : int, default DEFAULT_LAYERS
+        Linear layers of the MLP (``saved_state_bytes``: what each save writes).
+
+    Returns
+    -------
+    Rounds
+    """
     torch.set_num_threads(TRAIN_THREADS)
-    model, optimizer = build()
+    model, optimizer = build(layers)
     samples = Rounds()
     for _ in range(rounds + 1):
         root = workdir / "training"
@@ -106,11 +185,9 @@ def run(workdir: Path, window: float, interval: float, rounds: int) -> Rounds:
         session = make_session(local_store(root / "ours"), holder)
         dcp_saver = _DcpSaver(root / "dcp", model, optimizer)
         rate = {
-            NONE: _steps_per_second(model, optimizer, window, interval, None, None),
-            OURS: _steps_per_second(
-                model, optimizer, window, interval, lambda: session.save(blocking=False), session.wait
-            ),
-            DCP: _steps_per_second(model, optimizer, window, interval, dcp_saver.save, dcp_saver.wait),
+            NONE: _steps_per_second(model, optimizer, window, interval, None),
+            OURS: _steps_per_second(model, optimizer, window, interval, _OursSaver(session)),
+            DCP: _steps_per_second(model, optimizer, window, interval, dcp_saver),
         }
         session.finish()
         samples.add("checkpoints per window: ours", len(session.list()))
@@ -124,12 +201,72 @@ def run(workdir: Path, window: float, interval: float, rounds: int) -> Rounds:
     return samples
 
 
-if __name__ == "__main__":
-    import json
-    import tempfile
+def describe(layers: int, window: float, interval: float, rounds: int) -> str:
+    """What ``run`` with these settings measures, in words, for a report.
 
-    window = float(sys.argv[1]) if len(sys.argv) > 1 else 20.0
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    Parameters
+    ----------
+    layers, window, interval, rounds
+        As for ``run``.
+
+    Returns
+    -------
+    str
+    """
+    return (
+        "A CPU training loop (an MLP of %d layers of %d x %d float32, SGD with momentum: %d MiB of"
+        " state saved) runs a %.0f s window per variant: no checkpoints; ours, `save(blocking=False)`"
+        " of the model and optimizer every %.0f s from the window's start (defaults: rng=True,"
+        " fsync); `dcp.async_save` of their state dicts at the same times. Each saver waits for its"
+        " previous save before the next; the last one commits after the window. The loop runs on one"
+        " torch thread, leaving the other core to the savers. %d rounds after a warm-up round; the"
+        " variants run one after the other within each round, each from a quiet disk (os.sync());"
+        " \"throughput kept\" is a variant's steps per second over those without checkpoints in the"
+        " same round, in %%."
+        % (layers, WIDTH, WIDTH, round(saved_state_bytes(layers) / MB), window, interval, rounds)
+    )
+
+
+def rows(samples: Rounds) -> List[Tuple[str, str]]:
+    """(case, median (min to max)) of every case of ``run``'s samples.
+
+    Parameters
+    ----------
+    samples : Rounds
+        What ``run`` returned.
+
+    Returns
+    -------
+    list of (str, str)
+    """
+    def shown(case: str) -> str:
+        if case.startswith("throughput kept"):
+            return plain(samples.figure(case), "%.1f", " %")
+        if case.startswith("checkpoints"):
+            return plain(samples.figure(case), "%.0f")
+        return plain(samples.figure(case), "%.3f", "/s")
+
+    return [(case, shown(case)) for case in samples.cases()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW, help="seconds each variant trains")
+    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between saves")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds after the warm-up round")
+    parser.add_argument("--layers", type=int, default=DEFAULT_LAYERS,
+                        help="layers of the MLP; each saves 128 MiB (weights and momentum)")
+    args = parser.parse_args()
+    if not 0 < args.interval < args.window:
+        parser.error("the interval must be shorter than the window, for at least one save in it")
     with tempfile.TemporaryDirectory(dir=str(HERE), prefix="work-") as tmp:
-        result = run(Path(tmp), window, window / 5, rounds)
-    print(json.dumps({case: result.figure(case).to_json() for case in result.cases()}, indent=1))
+        samples = run(Path(tmp), args.window, args.interval, args.rounds, args.layers)
+    print(describe(args.layers, args.window, args.interval, args.rounds))
+    print()
+    width = max(len(case) for case in samples.cases())
+    for case, shown in rows(samples):
+        print("%-*s  %s" % (width, case, shown))
+
+
+if __name__ == "__main__":
+    main()
