@@ -39,7 +39,9 @@ def test_a_smoke_run_against_a_baseline_tree(tmp_path):
     )
     report = output.read_text()
     for row in ("load in place into a built model", "load into new tensors (a notebook)", "sync re-save, 10 % changed",
-                "the task's first background save, blocked", "a resumed task's first background save, blocked",
+                "a step's first background save ever (no earlier one to size a buffer by), blocked",
+                "a resumed task's first background save, blocked",
+                "the next run's first background save (its step saved in the background before), blocked",
                 "tiny state (3 fields), saves per second, defaults"):
         assert "| %s |" % row in report, row
     assert "**missed**" not in report and ": met" not in report  # 8 MB: not judged
