@@ -41,6 +41,25 @@ def write_with_fdatasync(path: str, tensors: Sequence[torch.Tensor]) -> None:
         os.close(fd)
 
 
+def hash_and_write_with_fdatasync(path: str, buffer: torch.Tensor) -> str:
+    """``buffer``'s bytes hashed and written to one file in one pass, a READ_CHUNK at a time
+    (each piece written while it is in the cache), on the calling thread alone, then
+    fdatasync: a background save's work, done by the simplest code. Its BLAKE3 digest."""
+    hasher = blake3.blake3()
+    view = memoryview(buffer.numpy())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for start in range(0, len(view), READ_CHUNK):
+            piece = view[start : start + READ_CHUNK]
+            hasher.update(piece)
+            while piece:
+                piece = piece[os.write(fd, piece) :]
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return hasher.hexdigest()
+
+
 def buffer_for(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """A preallocated buffer that holds ``tensors``' bytes back to back, every page of it
     written once (torch.zeros would leave them to be faulted in by the timed copy)."""

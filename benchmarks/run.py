@@ -3,7 +3,7 @@
 (and the raw samples, RESULTS-full.json).
 
     make bench-full                     # the headline, then everything here (about 75 minutes
-                                        # on this 2-core VM, 19 of them training throughput)
+                                        # on this 2-core VM, 25 of them training throughput)
     python benchmarks/run.py --quick    # small states, 2 rounds: a smoke run of every case
 
 Every figure is the median and range (min-max) of its rounds after a warm-up round; ours
