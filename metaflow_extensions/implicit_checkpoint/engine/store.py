@@ -49,6 +49,10 @@ class BlobRead:
     label: str  # what the bytes belong to, for error messages ("field 'model'")
 
 
+#: One pool of lowered threads for every store of the process (a background save's blobs).
+_BACKGROUND_POOL = LazyPool(4, "checkpoint-io-background", nice=BACKGROUND_NICE)
+
+
 class CheckpointStore:
     """Reads and writes checkpoints of any flow on one storage backend.
 
@@ -63,7 +67,7 @@ class CheckpointStore:
         self.durable = durable
         self.locks = Locks(backend)
         self._pool = LazyPool(workers, "checkpoint-io")
-        self._background_pool = LazyPool(workers, "checkpoint-io-background", nice=BACKGROUND_NICE)
+        self._background_pool = _BACKGROUND_POOL
         self._lock = threading.Lock()
         # Blobs this process wrote or checked (present, right size) since the last
         # deletion it knows of; per flow: (deletion epoch, digests).
