@@ -16,13 +16,16 @@ round, in %.
 
     python benchmarks/training_throughput.py                 # the issue's case: 1 GiB saved
         # every 30 s, 120 s windows, 2 rounds after the warm-up (about 25 minutes)
-    python benchmarks/training_throughput.py --window 6 --interval 2 --rounds 1 --layers 1
-        # a smoke run
+    python benchmarks/training_throughput.py --window 6 --interval 2 --rounds 1 --layers 1 \
+        --saves 1 --horizon 1   # a smoke run
+    python benchmarks/training_throughput.py --per-save-only   # what each save costs the
+        # loop, save by save: 6 saves of each saver (about 4 minutes)
 """
 
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -35,7 +38,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 import physical_limit
-from measure import Rounds, plain
+from measure import Figure, Rounds, plain
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -49,6 +52,11 @@ DEFAULT_LAYERS = 8
 DEFAULT_WINDOW = 120.0
 DEFAULT_INTERVAL = 30.0
 DEFAULT_ROUNDS = 2
+DEFAULT_SAVES = 6
+#: Seconds the loop trains after a save before it waits for it: longer than a commit.
+DEFAULT_HORIZON = 10.0
+#: Steps timed before and after each save, for the loop's speed without one.
+REFERENCE_STEPS = 4
 
 NONE, OURS, DCP = "no checkpoints", "ours: save(blocking=False)", "dcp.async_save"
 LIMIT = "sound limit: memcpy, then hash + write + fdatasync on a thread"
@@ -241,6 +249,114 @@ def run(
     return samples
 
 
+def _training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs, targets) -> float:
+    """One step of the loop; its seconds."""
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=False)
+    torch.nn.functional.mse_loss(model(inputs), targets).backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def _seconds_lost_to_one_save(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, saver: _Saver, horizon: float
+) -> float:
+    """What one save costs the loop: the seconds its steps take from the save to
+    ``horizon`` later (and the wait for the save after that, if it is still pending), over
+    what as many steps took just before and just after (the median of REFERENCE_STEPS each)."""
+    inputs, targets = torch.randn(BATCH, WIDTH), torch.randn(BATCH, WIDTH)
+    os.sync()
+    before = [_training_step(model, optimizer, inputs, targets) for _ in range(REFERENCE_STEPS)]
+    start = time.perf_counter()
+    saver.save()
+    steps = 0
+    while time.perf_counter() - start < horizon:
+        _training_step(model, optimizer, inputs, targets)
+        steps += 1
+    saver.wait()
+    spent = time.perf_counter() - start
+    after = [_training_step(model, optimizer, inputs, targets) for _ in range(REFERENCE_STEPS)]
+    return spent - steps * statistics.median(before + after)
+
+
+def run_seconds_lost_per_save(
+    saves: int, horizon: float = DEFAULT_HORIZON, layers: int = DEFAULT_LAYERS, workdir: Optional[Path] = None
+) -> Rounds:
+    """Seconds of training each saver's save costs the loop, measured save by save.
+
+    A window's steps per second (``run``) drift on a VM by more than a save costs; this
+    measures each save against the steps right around it instead. The savers take turns,
+    one save each per round (ours, ``dcp.async_save``, the sound limit), on one loop.
+
+    Parameters
+    ----------
+    saves : int
+        Saves of each saver, after a warm-up save of each (ours maps its staging buffer
+        then, as a task's first background save does; the others make their buffers).
+    horizon : float, default DEFAULT_HORIZON
+        Seconds the loop trains after each save before it waits for the save.
+    layers : int, default DEFAULT_LAYERS
+        Linear layers of the MLP (``saved_state_bytes``: what each save writes).
+    workdir : Path, optional
+        Where the checkpoints go (a temporary folder by default).
+
+    Returns
+    -------
+    Rounds
+        ``seconds lost per save: <saver>``, one sample per save.
+    """
+    torch.set_num_threads(TRAIN_THREADS)
+    model, optimizer = build(layers)
+    _training_step(model, optimizer, torch.randn(BATCH, WIDTH), torch.randn(BATCH, WIDTH))  # momentum buffers
+    samples = Rounds()
+    with tempfile.TemporaryDirectory(dir=str(workdir or HERE), prefix="work-") as tmp:
+        root = Path(tmp)
+        holder = State()
+        holder.model, holder.optimizer = model, optimizer
+        session = make_session(local_store(root / "ours"), holder)
+        savers = {
+            OURS: _OursSaver(session),
+            DCP: _DcpSaver(root / "dcp", model, optimizer),
+            LIMIT: _SoundLimitSaver(root / "limit.bin", model, optimizer),
+        }
+        for _ in range(saves + 1):  # round 0, the warm-up, is not reported
+            for name, saver in savers.items():
+                samples.add("seconds lost per save: %s" % name, _seconds_lost_to_one_save(model, optimizer, saver, horizon))
+            samples.next_round()
+        session.finish()
+    return samples
+
+
+def kept_at(samples: Rounds, saver: str, interval: float) -> Figure:
+    """The throughput, in %, ``saver`` keeps at one save every ``interval`` seconds, from
+    ``run_seconds_lost_per_save``'s samples: 1 - lost / interval, save by save."""
+    lost = samples.figure("seconds lost per save: %s" % saver)
+    return Figure([100.0 * (1.0 - v / interval) for v in lost.samples])
+
+
+def lost_rows(samples: Rounds, interval: float) -> List[Tuple[str, str]]:
+    """(case, median (min to max)) of ``run_seconds_lost_per_save``'s samples, and the
+    throughput each saver keeps at one save every ``interval`` seconds that follows."""
+    rows = []
+    for name in (OURS, DCP, LIMIT):
+        lost = samples.figure("seconds lost per save: %s" % name)
+        rows.append(("seconds lost per save: %s" % name, plain(lost, "%.3f", " s")))
+        rows.append(("throughput kept at one save every %.0f s: %s" % (interval, name),
+                     plain(kept_at(samples, name, interval), "%.1f", " %")))
+    return rows
+
+
+def describe_lost(layers: int, saves: int, horizon: float) -> str:
+    """What ``run_seconds_lost_per_save`` with these settings measures, in words."""
+    return (
+        "The same loop and savers, one save at a time: the seconds the loop's steps take from a"
+        " save to %.0f s later (plus the wait for the save, if it is still pending then), less what"
+        " as many steps took right around it (the median of %d steps before and %d after); the"
+        " savers take turns, %d saves each after a warm-up one. \"Throughput kept\" follows: 1 -"
+        " lost / interval." % (horizon, REFERENCE_STEPS, REFERENCE_STEPS, saves)
+    )
+
+
 def describe(layers: int, window: float, interval: float, rounds: int) -> str:
     """What ``run`` with these settings measures, in words, for a report.
 
@@ -299,15 +415,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="rounds after the warm-up round")
     parser.add_argument("--layers", type=int, default=DEFAULT_LAYERS,
                         help="layers of the MLP; each saves 128 MiB (weights and momentum)")
+    parser.add_argument("--saves", type=int, default=DEFAULT_SAVES,
+                        help="saves of each saver in the per-save measurement (0: none)")
+    parser.add_argument("--horizon", type=float, default=DEFAULT_HORIZON,
+                        help="seconds the loop trains after a save, in the per-save measurement")
+    parser.add_argument("--per-save-only", action="store_true", help="skip the windows (run)")
     args = parser.parse_args()
     if not 0 < args.interval < args.window:
         parser.error("the interval must be shorter than the window, for at least one save in it")
-    with tempfile.TemporaryDirectory(dir=str(HERE), prefix="work-") as tmp:
-        samples = run(Path(tmp), args.window, args.interval, args.rounds, args.layers)
-    print(describe(args.layers, args.window, args.interval, args.rounds))
-    print()
-    width = max(len(case) for case in samples.cases())
-    for case, shown in rows(samples):
+    if not args.per_save_only:
+        with tempfile.TemporaryDirectory(dir=str(HERE), prefix="work-") as tmp:
+            samples = run(Path(tmp), args.window, args.interval, args.rounds, args.layers)
+        print(describe(args.layers, args.window, args.interval, args.rounds))
+        print()
+        _print_rows(rows(samples))
+    if args.saves:
+        lost = run_seconds_lost_per_save(args.saves, args.horizon, args.layers)
+        print()
+        print(describe_lost(args.layers, args.saves, args.horizon))
+        print()
+        _print_rows(lost_rows(lost, args.interval))
+
+
+def _print_rows(table: List[Tuple[str, str]]) -> None:
+    width = max(len(case) for case, _ in table)
+    for case, shown in table:
         print("%-*s  %s" % (width, case, shown))
 
 
