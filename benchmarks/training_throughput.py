@@ -187,10 +187,7 @@ def _steps_per_second(
         if saver is not None and elapsed >= (saves + 1) * interval:
             saver.save()
             saves += 1
-        optimizer.zero_grad(set_to_none=False)
-        loss = torch.nn.functional.mse_loss(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
+        _training_step(model, optimizer, inputs, targets)
         steps += 1
     if saver is not None:
         saver.wait()  # the last save commits outside the window, like the end of a task
