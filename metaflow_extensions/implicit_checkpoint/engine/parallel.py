@@ -1,66 +1,27 @@
-"""Thread pools made on first use, for the I/O and copies that release the GIL, and the
-lowest CPU priority a background save's threads run at."""
+"""A thread pool made on first use, for the I/O and copies that release the GIL."""
 
-import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Sequence, TypeVar
 
 T = TypeVar("T")
 
-#: The nice value of the threads that hash and write a background save's blobs: the
-#: lowest priority, so the save takes the CPU the training loop leaves idle instead of
-#: competing with it for a core. A loop that waits for the save (its next ``save()``,
-#: ``wait()``, the end of the task) leaves it every core.
-BACKGROUND_NICE = 19
-
-
-def yield_cpu_to_others(nice: int = BACKGROUND_NICE) -> None:
-    """Lower the calling thread's CPU priority to ``nice`` (never raise it). Linux sets a
-    priority per thread; elsewhere, or where the OS refuses, nothing changes."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, max(nice, os.getpriority(os.PRIO_PROCESS, thread)))
-    except OSError:
-        pass
-
 
 class LazyPool:
-    """``map`` runs one item inline (but in a pool with a ``nice``), several on up to
-    ``workers`` threads.
+    """``map`` runs one item inline, several on up to ``workers`` threads."""
 
-    Parameters
-    ----------
-    workers : int
-        Threads at most.
-    name : str
-        Their names' prefix.
-    nice : int, default 0
-        Above 0, each thread lowers its CPU priority to this nice value when it starts
-        (``yield_cpu_to_others``): a pool for a background save's work.
-    """
-
-    def __init__(self, workers: int, name: str, nice: int = 0):
+    def __init__(self, workers: int, name: str):
         self._workers = workers
         self._name = name
-        self._nice = nice
         self._pool = None
         self._lock = threading.Lock()
 
     def map(self, fn: Callable[..., T], items: Sequence) -> List[T]:
         items = list(items)
-        if len(items) <= 1 and self._nice <= 0:  # a lowered pool's work never runs inline
+        if len(items) <= 1:
             return [fn(item) for item in items]
         if self._pool is None:
             with self._lock:
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(
-                        self._workers,
-                        thread_name_prefix=self._name,
-                        initializer=yield_cpu_to_others if self._nice > 0 else None,
-                        initargs=(self._nice,) if self._nice > 0 else (),
-                    )
+                    self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=self._name)
         return list(self._pool.map(fn, items))
