@@ -29,13 +29,16 @@ def _bytes_of(tensor: torch.Tensor) -> memoryview:
     return memoryview(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy())
 
 
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def write_with_fdatasync(path: str, tensors: Sequence[torch.Tensor]) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for tensor in tensors:
-            view = _bytes_of(tensor)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, _bytes_of(tensor))
         os.fdatasync(fd)
     finally:
         os.close(fd)
@@ -52,8 +55,7 @@ def hash_and_write_with_fdatasync(path: str, buffer: torch.Tensor) -> str:
         for start in range(0, len(view), READ_CHUNK):
             piece = view[start : start + READ_CHUNK]
             hasher.update(piece)
-            while piece:
-                piece = piece[os.write(fd, piece) :]
+            _write_all(fd, piece)
         os.fdatasync(fd)
     finally:
         os.close(fd)

@@ -5,11 +5,10 @@ MiB of weights and 64 MiB of momentum buffers per layer, so 8 layers save 1 GiB)
 a fixed window in each variant: no checkpoints; ours (``save(blocking=False)`` of the model
 and optimizer, defaults otherwise: rng=True, fsync); ``dcp.async_save`` of their state
 dicts; the sound limit (``_SoundLimitSaver``: a memcpy the loop waits for, then one thread
-hashing and writing the copy with fdatasync). All save at ``interval``, 2 x ``interval``,
-... from the window's start, for as long
-as the window lasts (a 120 s window, every 30 s: at 30, 60 and 90 s); each saver waits for
-its previous save before the next, and its last save commits after the window. Only the
-steps of the window count. The loop uses one torch thread, leaving the other core to the
+hashing and writing the copy with fdatasync). All save at ``interval``, 2 x ``interval``, ...
+from the window's start, for as long as the window lasts (a 120 s window, every 30 s: at 30,
+60 and 90 s); each saver waits for its previous save before the next, and its last save
+commits after the window. Only the steps of the window count. The loop uses one torch thread, leaving the other core to the
 savers. Variants run interleaved within each round, after a warm-up round; the figure is
 steps per second of a variant over steps per second without checkpoints in the same
 round, in %.
@@ -318,7 +317,8 @@ def run_seconds_lost_per_save(
         }
         for _ in range(saves + 1):  # round 0, the warm-up, is not reported
             for name, saver in savers.items():
-                samples.add("seconds lost per save: %s" % name, _seconds_lost_to_one_save(model, optimizer, saver, horizon))
+                lost = _seconds_lost_to_one_save(model, optimizer, saver, horizon)
+                samples.add("seconds lost per save: %s" % name, lost)
             samples.next_round()
         session.finish()
     return samples
