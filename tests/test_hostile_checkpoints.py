@@ -235,6 +235,19 @@ def test_an_unknown_torch_dtype_is_corrupted_data_not_a_value_error(base, dtype)
     assert_refused(base.root, base.key, "bias", ("dtype",))
 
 
+@pytest.mark.parametrize("dtype, data", [("<U1", b"\xff\xff\xff\xff"), (">U2", b"\x00\x00\x00A\x00\x11\x00\x00")])
+def test_a_text_scalar_beyond_unicode_is_corrupted_data_not_a_system_error(base, dtype, data):
+    # numpy raises SystemError making a str of a code point above U+10FFFF (the fuzzer
+    # found it, seed 3204929168).
+    crafted = base.crafted()
+    doc = crafted.graph()
+    node = doc["nodes"][crafted.root("scale", doc)]
+    node[1], node[2] = dtype, data
+    crafted.set_graph(doc)
+    crafted.commit()
+    assert_refused(base.root, base.key, "scale", ("U+10FFFF",))
+
+
 # -- 2. allow_pickle=False imports nothing and runs no code of a class ----------------------------
 
 IMPORT_PROBE = LOAD_OUTCOME + """

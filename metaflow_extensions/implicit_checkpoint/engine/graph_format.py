@@ -44,6 +44,7 @@ from .validation import (
     InvalidRecord,
     MAX_SIZE,
     check_dims,
+    check_numpy_scalar_text,
     check_view_bounds,
     describe,
     expect_dict,
@@ -395,6 +396,7 @@ def _numpy_scalar(wire: list, bounds: GraphBounds, where: str) -> NumpyScalarNod
     expect_type(data, (bytes,), where + " data")
     if len(data) != itemsize:
         fail(where, "holds %d bytes for a %s scalar of %d bytes" % (len(data), dtype, itemsize))
+    check_numpy_scalar_text(dtype, data, where + " data")
     return NumpyScalarNode(dtype, data)
 
 

@@ -13,6 +13,8 @@ names, and their item sizes come from those lists, so a crafted dtype never reac
 """
 
 import re
+import sys
+from array import array
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 #: The largest size, offset or count a record may hold (no real checkpoint is near it).
@@ -147,6 +149,24 @@ def numpy_itemsize(dtype: Any, where: str) -> int:
             fail(where, "is %s, a dtype too large" % describe(dtype))
         return size
     return 8
+
+
+#: The largest Unicode code point: numpy refuses (SystemError) to make a str of more.
+MAX_CODE_POINT = 0x10FFFF
+
+
+def check_numpy_scalar_text(dtype: str, data: bytes, where: str) -> None:
+    """A ``U`` (text) scalar's bytes must be code points numpy can make a str of; other
+    dtypes take any bytes."""
+    match = _NUMPY_DTYPE.match(dtype)
+    if match is None or match.group("flex") != "U" or not data:
+        return
+    units = array("I" if array("I").itemsize == 4 else "L")
+    units.frombytes(data)
+    if (dtype[0] == ">") != (sys.byteorder == "big"):
+        units.byteswap()
+    if max(units) > MAX_CODE_POINT:
+        fail(where, "holds a character beyond U+10FFFF, not text a %s scalar can hold" % dtype)
 
 
 def check_dims(shape: Any, strides: Any, where: str) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
