@@ -152,6 +152,11 @@ class StorageBackend(ABC):
     #: Whether gc and retention can delete here (and so saves take leases, see locks.py).
     can_delete = True
 
+    #: Whether writes run on the calling thread alone, starting no thread (a thread
+    #: started by one at a lowered CPU priority would keep it: Linux threads inherit their
+    #: creator's). Only such a backend's background writes run at the lowest priority.
+    writes_on_calling_thread = False
+
     #: The exceptions, besides OSError, that mean the storage failed (not a bug of ours).
     SERVICE_ERRORS: Tuple[type, ...] = ()
 
@@ -350,6 +355,7 @@ class LocalDirBackend(StorageBackend):
     """
 
     TYPE = "local"
+    writes_on_calling_thread = True
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)

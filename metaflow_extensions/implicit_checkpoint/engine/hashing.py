@@ -19,10 +19,12 @@ def new_hasher():
     return blake3.blake3()
 
 
-def content_hash(parts: Iterable) -> str:
-    """Hex BLAKE3 digest of the concatenation of ``parts`` (bytes-like objects)."""
+def content_hash(parts: Iterable, all_cores: bool = True) -> str:
+    """Hex BLAKE3 digest of the concatenation of ``parts`` (bytes-like objects); a large
+    one on every core unless ``all_cores`` is False (a background save's: BLAKE3's own
+    threads would compete with the training loop at full priority)."""
     parts = list(parts)
-    big = sum(memoryview(p).nbytes for p in parts) >= _MULTITHREAD_BYTES
+    big = all_cores and sum(memoryview(p).nbytes for p in parts) >= _MULTITHREAD_BYTES
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if big else 1)
     for part in parts:
         hasher.update(part)

@@ -384,7 +384,7 @@ def _put_blobs(
     slot at a time, each copied to pinned memory while the one before is written."""
     flow = prepared.key.flow
     if not prepared.streamed:
-        return store.put_blobs(flow, blobs, one_pass)
+        return store.put_blobs(flow, blobs, one_pass, background=prepared.staged)
     chunk_blobs, sources = [], []
     for position, index in enumerate(order):
         device = prepared.streamed.get(index)
@@ -399,7 +399,9 @@ def _put_blobs(
     written: List[bool] = [False] * len(blobs)
 
     def put(indices: List[int]) -> None:
-        digests, wrote = store.put_blobs(flow, [blobs[i] for i in indices], [one_pass[i] for i in indices])
+        digests, wrote = store.put_blobs(
+            flow, [blobs[i] for i in indices], [one_pass[i] for i in indices], background=prepared.staged
+        )
         for i, digest, w in zip(indices, digests, wrote):
             hashes[i], written[i] = digest, w
 

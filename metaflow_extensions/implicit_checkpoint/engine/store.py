@@ -27,7 +27,7 @@ from .latest_notes import LatestNotes
 from .layout import PlannedBlob
 from .locks import STALE, Locks, Marker
 from .manifest import Manifest, pack_manifest, unpack_manifest
-from .parallel import LazyPool
+from .parallel import BACKGROUND_NICE, LazyPool, shared_pool
 
 #: Blob problems that are no damage of the blob itself: repair never deletes for them.
 MISSING, MISDESCRIBED = "missing", "misdescribed"
@@ -63,6 +63,7 @@ class CheckpointStore:
         self.durable = durable
         self.locks = Locks(backend)
         self._pool = LazyPool(workers, "checkpoint-io")
+        self._background_pool = shared_pool(workers, "checkpoint-io-background", BACKGROUND_NICE)
         self._lock = threading.Lock()
         # Blobs this process wrote or checked (present, right size) since the last
         # deletion it knows of; per flow: (deletion epoch, digests).
@@ -127,7 +128,7 @@ class CheckpointStore:
     # -- blobs -----------------------------------------------------------------------
 
     def put_blobs(
-        self, flow: str, blobs: Sequence[PlannedBlob], one_pass: Sequence[bool]
+        self, flow: str, blobs: Sequence[PlannedBlob], one_pass: Sequence[bool], background: bool = False
     ) -> Tuple[List[str], List[bool]]:
         """Hash and store ``blobs`` (skipping ones stored intact); return their hashes and,
         per blob, whether it was written.
@@ -135,14 +136,20 @@ class CheckpointStore:
         A blob marked ``one_pass`` (it probably changed) is hashed and written in one
         pass. The others are hashed first; those not checked in this deletion epoch are
         checked (present, right size) in one batched call, and only missing or damaged
-        ones are written. Both paths store the same bytes.
+        ones are written. Both paths store the same bytes. ``background``: a save the step
+        does not wait for; on a backend that ``writes_on_calling_thread`` its blobs are
+        hashed and written on threads at the lowest CPU priority, each on one core, so
+        they take only the CPU the training loop leaves idle.
         """
         blobs = list(blobs)
         checked_set = self._checked(flow)
         temp_prefix = self._temp_prefix(flow)
         checked = [i for i, fast in enumerate(one_pass) if not fast]
         digests: List[Optional[str]] = [None] * len(blobs)
-        for i, digest in zip(checked, self._pool.map(lambda i: content_hash(blobs[i].parts), checked)):
+        yielding = background and self.backend.writes_on_calling_thread
+        pool = self._background_pool if yielding else self._pool
+        hashed = pool.map(lambda i: content_hash(blobs[i].parts, all_cores=not yielding), checked)
+        for i, digest in zip(checked, hashed):
             digests[i] = digest
         self._check_sizes(flow, {digests[i]: blobs[i].size for i in checked})
 
@@ -172,7 +179,7 @@ class CheckpointStore:
                 damaged.discard(digest)
             return digest, written
 
-        results = self._guarded(flow, lambda: self._pool.map(write, range(len(blobs))))
+        results = self._guarded(flow, lambda: pool.map(write, range(len(blobs))))
         return [digest for digest, _ in results], [written for _, written in results]
 
     def _check_sizes(self, flow: str, sizes: Dict[str, int]) -> Dict[str, str]:
