@@ -37,6 +37,7 @@ from .reading import (
 )
 from .snapshot import PreparedSave, commit_save, prepare_save, teach_tracker
 from .staging import DEFAULT_BUDGET, StagingArea
+from .state_size import tensor_bytes
 from .store import CheckpointStore, ReusedBlobDamaged
 from .termination import (
     DEFAULT_PREEMPTION_GRACE,
@@ -130,13 +131,18 @@ class CheckpointSession:
         directory: Optional[str] = None,
         clock: Callable[[], float] = time.monotonic,
         after_preemption: str = DEFAULT_AFTER_PREEMPTION,
+        saves_in_background: bool = False,
     ):
         """``gang_saves``: for a node of a gang, whether its saves are its part of the
         gang's global checkpoints (the step's own session) or checkpoints of their own
         (a worker process of the node). ``directory``: the task's folder, whose files
         every save snapshots and every load restores (None: saves have no folder).
         ``clock``: seconds, for ``due()`` and save costs. ``after_preemption``: what the
-        error of a preempted attempt says happens next (the scheduler's retry)."""
+        error of a preempted attempt says happens next (the scheduler's retry).
+        ``saves_in_background``: the step's code saves with ``blocking=False`` (the
+        decorator reads it from the step's source): from ``start()`` on, the staging
+        buffer is kept as large as the state the step builds, on a thread of its own, so
+        even the task's first background save only copies."""
         self._store = store
         self._task = task
         self._source = source
@@ -156,6 +162,7 @@ class CheckpointSession:
         self._tracker = ChangeTracker() if options.track_changes else None
         self._write_history = WriteHistory()
         self._staging: Optional[StagingArea] = None
+        self._saves_in_background = saves_in_background
         self._background: Optional[ThreadPoolExecutor] = None
         self._pending: Optional[Future] = None
         self._preemption = PreemptionGuard(
@@ -216,7 +223,9 @@ class CheckpointSession:
                 found = find()
                 if found is not None:
                     self._resume_point = CheckpointArtifact.from_manifest(found)
-        if self._resume_point is None and t.gang is None:
+        if self._saves_in_background:
+            self._follow_the_state_with_staging()
+        elif self._resume_point is None and t.gang is None:
             self._prepare_staging_as_earlier_runs_did()
         return self._resume_point
 
@@ -637,6 +646,8 @@ class CheckpointSession:
                 self._background.shutdown(wait=True)
                 self._background = None
             self._preemption.uninstall()
+            if self._staging is not None:
+                self._staging.close()
             if self._gang is not None:
                 self._gang.leave()
 
@@ -705,6 +716,24 @@ class CheckpointSession:
         for listener in self.on_load:
             listener(artifact)
         return artifact
+
+    def _follow_the_state_with_staging(self) -> None:
+        """Keep the staging buffer as large as the bytes a save would stage now
+        (StagingArea.follow): the fields' tensors and arrays, estimated on the staging
+        thread (state_size.py)."""
+        if not self._options.staging_bytes:
+            return
+        t = self._task
+
+        def state_bytes() -> int:
+            fields = self._selector.select(
+                self._source.assigned(), self._source.available_names(), self._source.lookup, t.step
+            )
+            return tensor_bytes(fields.values())
+
+        if self._staging is None:
+            self._staging = StagingArea(self._options.staging_bytes)
+        self._staging.follow(state_bytes)
 
     def _prepare_staging_as_earlier_runs_did(self) -> None:
         """A step whose newest checkpoint in an earlier run was saved in the background

@@ -5,8 +5,9 @@ One buffer, reused from save to save and grown only when more bytes changed than
 holds, so steady-state background saves allocate (and page-fault) nothing. ``prepare``
 maps it ahead, on a thread of its own, sized to a state (the session does when it resumes
 from a checkpoint saved in the background, and when a task starts a step whose newest
-checkpoint in an earlier run was saved in the background), so the first background save
-only copies. It is mapped
+checkpoint in an earlier run was saved in the background), and ``follow`` keeps it as
+large as the state grows from the task's start (for a step whose code saves in the
+background), so the first background save only copies. It is mapped
 with all its pages present (host_memory.py). With CUDA available the buffer
 is pinned instead, so device-to-host copies run at full speed. Copies of large tensors
 are split across two threads (numpy's copy releases the GIL), and so are file reads.
@@ -35,6 +36,14 @@ DEFAULT_BUDGET = 8 * 1024**3
 _PIECE = 16 * 1024 * 1024  # copies are split into pieces of this size
 _COPY_THREADS = 2
 
+#: How often ``follow`` asks for the state's size: (first, at most) seconds.
+FOLLOW_EVERY = (0.25, 2.0)
+
+
+def _headroom(nbytes: int) -> int:
+    """What ``follow`` maps beyond the state's estimated size."""
+    return nbytes // 64 + 4 * 1024 * 1024
+
 
 class StagingArea:
     """A reusable host buffer, and copies of tensors into it."""
@@ -48,6 +57,8 @@ class StagingArea:
         self.capacity = 0
         self._pool = LazyPool(_COPY_THREADS, "checkpoint-stage")
         self._prepared: Optional[Future] = None  # a buffer being mapped ahead of its use
+        self._following: Optional[threading.Event] = None  # set: stop following the state
+        self.mapped_ahead = 0  # bytes ``follow`` has mapped so far, for a stage to take
 
     def fits(self, nbytes: int) -> bool:
         return nbytes <= self.budget
@@ -75,6 +86,54 @@ class StagingArea:
             target=self._map_into_future, args=(size, self._prepared), name="checkpoint-staging", daemon=True
         ).start()
 
+    def follow(self, size_now: Callable[[], int]) -> None:
+        """Keep a buffer mapped ahead, on a thread of its own, as large as ``size_now()``
+        says the state is, until the first ``stage`` takes it (or ``close``): a step that
+        builds its state after the task started finds, at its first background save, a
+        buffer that only needs the copy. The size is asked for every
+        ``FOLLOW_EVERY[0]`` seconds, less often (up to ``FOLLOW_EVERY[1]``) while it stays
+        the same; ``size_now`` is called on that thread, and an exception counts as no
+        size. Each growth drops the buffer before mapping the larger one (with
+        a little more, for what the estimate leaves out, such as RNG state), so
+        the task never holds two. Nothing happens while another preparation is under way."""
+        if self._prepared is not None:
+            return
+        self._prepared, self._following = Future(), threading.Event()
+        threading.Thread(
+            target=self._keep_mapped,
+            args=(size_now, self._following, self._prepared),
+            name="checkpoint-staging",
+            daemon=True,
+        ).start()
+
+    def close(self) -> None:
+        """Stop following the state's size and drop a buffer mapped ahead that no
+        ``stage`` took (the task ends)."""
+        if self._following is not None:
+            self._following.set()
+        self._following, self._prepared, self.mapped_ahead = None, None, 0
+
+    def _keep_mapped(self, size_now: Callable[[], int], stop: threading.Event, future: Future) -> None:
+        mapped: Tuple[int, Optional[tuple]] = (0, None)
+        delay = FOLLOW_EVERY[0]
+        try:
+            while not stop.wait(delay):
+                try:
+                    nbytes = size_now()
+                except Exception:
+                    nbytes = 0
+                if nbytes > mapped[0] and self.fits(nbytes):
+                    nbytes = min(self.budget, nbytes + _headroom(nbytes))
+                    mapped, self.mapped_ahead = (0, None), 0  # the smaller buffer goes first
+                    mapped = (nbytes, self._map(nbytes))
+                    self.mapped_ahead = nbytes
+                    delay = FOLLOW_EVERY[0]
+                else:
+                    delay = min(2 * delay, FOLLOW_EVERY[1])
+            future.set_result(mapped)
+        except BaseException as ex:  # handed to _reserve, which maps anew
+            future.set_exception(ex)
+
     def _map_into_future(self, size: Callable[[], int], future: Future) -> None:
         try:
             nbytes = size()
@@ -95,6 +154,10 @@ class StagingArea:
         return np.frombuffer(mapping, dtype=np.uint8)[:nbytes], None, mapping
 
     def _reserve(self, nbytes: int) -> None:
+        if self._following is not None:
+            self._following.set()
+            self._following = None
+            self.mapped_ahead = 0
         if self._prepared is not None:
             prepared, self._prepared = self._prepared, None
             if prepared.exception() is None:

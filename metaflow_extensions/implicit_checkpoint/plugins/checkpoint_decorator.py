@@ -28,6 +28,7 @@ from .package_clash import clash_message
 from . import retry_policy
 from .run_visibility import runs_in_current_namespace
 from .settings import settings
+from .step_source import saves_in_background
 from .store_binding import store_for_datastore
 from .task_handoff import HandedTask, hand_down
 from .task_folder import end_task_folder, start_task_folder, task_folder
@@ -294,6 +295,7 @@ class CheckpointDecorator(StepDecorator):
             directory=self._folder,
             options=dataclasses.replace(settings().session, stop_notice_file=self._notice_file()),
             after_preemption=retry_policy.after_preemption(task.attempt, max_user_code_retries),
+            saves_in_background=saves_in_background(getattr(type(flow), task.step, None)),
         )
         session.start()
         return session
