@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from metaflow_extensions.implicit_checkpoint.engine import staging as staging_module
+from metaflow_extensions.implicit_checkpoint.engine.fields import FieldSelector
 from metaflow_extensions.implicit_checkpoint.engine.staging import StagingArea
 from metaflow_extensions.implicit_checkpoint.engine.state_size import MAX_OBJECTS, tensor_bytes
 from metaflow_extensions.implicit_checkpoint.plugins.step_source import saves_in_background
@@ -150,6 +151,19 @@ def test_a_session_that_saves_in_the_background_has_its_first_save_s_buffer_mapp
     reader.finish()
 
 
+def test_include_naming_a_field_not_assigned_yet_still_follows_what_is_there(tmp_path):
+    state = State()
+    task = make_session(
+        local_store(tmp_path), state, saves_in_background=True,
+        selector=FieldSelector(include=["weights", "assigned_later"]),
+    )
+    state.weights = torch.ones(2 * MB)  # 8 MiB; "assigned_later" does not exist yet
+    mapped_ahead_at_least(task._staging, 8 * MB)
+    state.assigned_later = 1
+    task.save(blocking=False)
+    task.finish()
+
+
 def test_a_session_that_saves_synchronously_follows_nothing(tmp_path):
     state = State()
     state.weights = torch.ones(MB)
@@ -207,3 +221,68 @@ class _Flow:
 )
 def test_a_step_saves_in_the_background_when_its_code_passes_blocking_other_than_true(function, expected):
     assert saves_in_background(function) is expected
+
+
+# -- the decorator wiring it -----------------------------------------------------------
+
+FOLLOWING_FLOW = """
+import json
+import time
+
+import torch
+from metaflow import FlowSpec, checkpoint, current, step
+
+MB = 1024 * 1024
+
+
+def staging_report(expected_bytes):
+    staging = current.checkpoint._staging
+    following = staging is not None and staging._following is not None
+    if following:  # up to a minute for the thread's first estimates (not a timing check)
+        end = time.monotonic() + 60
+        while staging.mapped_ahead < expected_bytes and time.monotonic() < end:
+            time.sleep(0.05)
+    return {"following": following, "mapped_ahead": staging.mapped_ahead if staging else 0}
+
+
+class FollowingFlow(FlowSpec):
+    @checkpoint
+    @step
+    def start(self):
+        self.model = torch.nn.Linear(2048, 2048)  # 16 MiB + bias
+        self.report = staging_report(16 * MB)
+        current.checkpoint.save(blocking=False)
+        self.next(self.synchronous)
+
+    @checkpoint
+    @step
+    def synchronous(self):
+        self.model = torch.nn.Linear(2048, 2048)
+        self.report = staging_report(16 * MB)
+        current.checkpoint.save()
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    FollowingFlow()
+"""
+
+
+@pytest.mark.flow
+def test_the_decorator_follows_the_state_only_in_a_step_that_saves_in_the_background(world, write_flow):
+    world.run_flow(write_flow(FOLLOWING_FLOW))
+    reports = world.python(
+        """
+        import json
+        from metaflow import Flow, namespace
+        namespace(None)
+        run = Flow("FollowingFlow").latest_run
+        print(json.dumps({s: run[s].task.data.report for s in ("start", "synchronous")}))
+        """
+    )
+    assert reports["start"]["following"] and reports["start"]["mapped_ahead"] >= 16 * MB
+    assert reports["synchronous"] == {"following": False, "mapped_ahead": 0}

@@ -118,12 +118,15 @@ class FieldSelector:
         available_names: Iterable[str] = (),
         lookup: Optional[Callable[[str], Any]] = None,
         step: str = None,
+        strict: bool = True,
     ) -> Dict[str, Any]:
         """Return ``{field name: value}`` for one save, in a stable (sorted) order.
 
         ``assigned``: attributes the step assigned in this task.
         ``available_names`` / ``lookup``: other readable attributes (parent artifacts),
         considered only when ``include`` names them.
+        ``strict``: raise CheckpointConfigError when ``include`` names a field (not a
+        pattern) that is not there; without it, what is there is returned.
         """
         if self.include is None:
             return {
@@ -142,7 +145,7 @@ class FieldSelector:
             for pattern in self.include
             if not is_pattern(pattern) and pattern not in chosen
         ]
-        if missing:
+        if missing and strict:
             public = [name for name in candidates if not name.startswith("_")]
             raise CheckpointConfigError(
                 "@checkpoint(include=...) on step *%s* names %s, but the step has no "

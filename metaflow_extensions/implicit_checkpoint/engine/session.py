@@ -720,15 +720,13 @@ class CheckpointSession:
     def _follow_the_state_with_staging(self) -> None:
         """Keep the staging buffer as large as the bytes a save would stage now
         (StagingArea.follow): the fields' tensors and arrays, estimated on the staging
-        thread (state_size.py)."""
+        thread (state_size.py). Only what the step assigned counts: reading a parent
+        artifact from this thread would load it behind the step's back."""
         if not self._options.staging_bytes:
             return
-        t = self._task
 
         def state_bytes() -> int:
-            fields = self._selector.select(
-                self._source.assigned(), self._source.available_names(), self._source.lookup, t.step
-            )
+            fields = self._selector.select(self._source.assigned(), strict=False)
             return tensor_bytes(fields.values())
 
         if self._staging is None:

@@ -8,12 +8,11 @@ storage counts once, at its full size (what staging copies). It stops after
 samples) costs a bounded moment; what it did not reach is not counted.
 """
 
-import sys
 import types
 from collections import deque
 from typing import Any, Iterable, Set, Tuple
 
-from .tensors import is_tensor_like, is_torch_tensor
+from .tensors import is_tensor_like, is_torch_tensor, numpy_base_array
 
 #: Objects visited at most per estimate (about 10 ms of one core).
 MAX_OBJECTS = 20_000
@@ -58,8 +57,5 @@ def _memory(obj: Any) -> Tuple[int, int]:
     if is_torch_tensor(obj):
         storage = obj.untyped_storage()
         return storage.data_ptr(), storage.nbytes()
-    np = sys.modules["numpy"]
-    root = obj
-    while isinstance(root.base, np.ndarray):
-        root = root.base
+    root = numpy_base_array(obj)
     return root.__array_interface__["data"][0], root.nbytes

@@ -152,6 +152,15 @@ def _address(array: Any) -> int:
     return array.__array_interface__["data"][0]
 
 
+def numpy_base_array(array: Any) -> Any:
+    """The outermost ndarray ``array`` is a view of (itself when it views none); never copies."""
+    np = sys.modules["numpy"]
+    root = array
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return root
+
+
 def _numpy_root(array: Any) -> Any:
     """The array that owns the memory ``array`` views (itself when it owns it).
 
@@ -159,9 +168,7 @@ def _numpy_root(array: Any) -> Any:
     storage (stored as a contiguous copy).
     """
     np = sys.modules["numpy"]
-    root = array
-    while isinstance(root.base, np.ndarray):
-        root = root.base
+    root = numpy_base_array(array)
     if root.dtype.hasobject or not (root.flags.c_contiguous or root.flags.f_contiguous):
         return np.ascontiguousarray(array)
     return root
